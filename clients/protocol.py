@@ -1,0 +1,279 @@
+"""Framecast wire protocol: every message the server and its clients exchange.
+
+Defined once, here, in pure pydantic (no torch, nothing else of the project), and
+imported by the server and by the Python client alike. The shapes follow the
+conventions users already know from OpenAI's Realtime and Videos APIs: JSON text
+messages with a ``type`` literal for control, binary WebSocket messages for media.
+
+WebSocket ``/v1/realtime/video``::
+
+    client -> session.start            (within START_TIMEOUT_S of connecting)
+    server <- session.started
+    server <- video.chunk  (JSON)  then one binary message with the media it describes
+    server <- session.stats          (now and then)
+    client -> session.update  -> server session.update.queued
+    client -> session.pause | session.resume | session.stop | session.ping
+    server <- session.pong | session.done | error (then close)
+
+HTTP: ``POST /v1/videos`` -> :class:`VideoJob`; errors are :class:`ErrorBody`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = "1"
+REALTIME_PATH = "/v1/realtime/video"
+START_TIMEOUT_S = 10.0
+MAX_PROMPT_CHARS = 1000
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_SEED = 2**63 - 1
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- close codes (RFC 6455 4000-4999 are for applications) -------------------
+
+class CloseCode:
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down
+    UNSUPPORTED_DATA = 1003  # binary from a client
+    POLICY = 1008  # bad or unauthorised input
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    TRY_AGAIN_LATER = 1013  # server full
+    START_TIMEOUT = 4000
+    BAD_REQUEST = 4400
+    UNAUTHORIZED = 4401
+    NOT_FOUND = 4404
+
+
+# --- error codes shared by HTTP bodies and WebSocket `error` messages ----------
+
+ErrorCode = Literal[
+    "invalid_json",
+    "invalid_message",
+    "unknown_message_type",
+    "invalid_prompt",
+    "invalid_seed",
+    "invalid_request",
+    "already_started",
+    "not_started",
+    "binary_not_allowed",
+    "message_too_large",
+    "start_timeout",
+    "unknown_model",
+    "unauthorized",
+    "server_full",
+    "rate_limited",
+    "not_found",
+    "conflict",
+    "internal_error",
+    "shutting_down",
+]
+
+
+class ErrorDetail(_Message):
+    code: ErrorCode | str
+    message: str
+    param: str | None = None
+
+
+class ErrorBody(_Message):
+    """HTTP error body: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+# --- client -> server ----------------------------------------------------------
+
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+MediaFormat = Literal["fmp4", "jpeg"]
+
+
+class SessionStart(_Message):
+    type: Literal["session.start"] = "session.start"
+    prompt: Prompt
+    seed: Seed | None = None
+    model: str | None = None
+    format: MediaFormat = "fmp4"
+    fps: Annotated[float, Field(gt=0, le=60)] | None = None
+    max_seconds: Annotated[float, Field(gt=0)] | None = None
+
+
+class SessionUpdate(_Message):
+    type: Literal["session.update"] = "session.update"
+    prompt: Prompt
+    event_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+
+
+class SessionPause(_Message):
+    type: Literal["session.pause"] = "session.pause"
+
+
+class SessionResume(_Message):
+    type: Literal["session.resume"] = "session.resume"
+
+
+class SessionStop(_Message):
+    type: Literal["session.stop"] = "session.stop"
+
+
+class SessionPing(_Message):
+    type: Literal["session.ping"] = "session.ping"
+    ts: float | None = None
+
+
+ClientMessage = Annotated[
+    Union[SessionStart, SessionUpdate, SessionPause, SessionResume, SessionStop, SessionPing],
+    Field(discriminator="type"),
+]
+CLIENT_MESSAGE_TYPES = ("session.start", "session.update", "session.pause", "session.resume",
+                        "session.stop", "session.ping")
+
+
+# --- server -> client ----------------------------------------------------------
+
+class SessionStarted(_Message):
+    type: Literal["session.started"] = "session.started"
+    session_id: str
+    width: int
+    height: int
+    fps: float
+    format: MediaFormat
+    model: str
+    protocol: str = PROTOCOL_VERSION
+
+
+class VideoChunk(_Message):
+    """Metadata for the binary message that immediately follows it.
+
+    fmp4: index 0 is the init segment (frames == 0), then one fragment per chunk.
+    jpeg: one message per frame (frames == 1).
+    """
+
+    type: Literal["video.chunk"] = "video.chunk"
+    index: int
+    frames: int
+    bytes: int
+    pts: float  # seconds of stream time of the first frame
+    prompt_event_id: str | None = None
+    init: bool = False
+
+
+class SessionUpdateQueued(_Message):
+    type: Literal["session.update.queued"] = "session.update.queued"
+    event_id: str
+    at_chunk: int | None = None
+
+
+class SessionStats(_Message):
+    type: Literal["session.stats"] = "session.stats"
+    fps: float
+    latency_ms: float
+    frames: int
+    chunks: int
+
+
+class SessionPaused(_Message):
+    type: Literal["session.paused"] = "session.paused"
+
+
+class SessionResumed(_Message):
+    type: Literal["session.resumed"] = "session.resumed"
+
+
+class SessionPong(_Message):
+    type: Literal["session.pong"] = "session.pong"
+    ts: float | None = None
+
+
+class SessionDone(_Message):
+    type: Literal["session.done"] = "session.done"
+    reason: Literal["max_seconds", "stopped", "shutdown"]
+    frames: int
+    seconds: float
+
+
+class Error(_Message):
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+ServerMessage = Annotated[
+    Union[SessionStarted, VideoChunk, SessionUpdateQueued, SessionStats, SessionPaused,
+          SessionResumed, SessionPong, SessionDone, Error],
+    Field(discriminator="type"),
+]
+
+client_message_adapter: TypeAdapter = TypeAdapter(ClientMessage)
+server_message_adapter: TypeAdapter = TypeAdapter(ServerMessage)
+
+
+def parse_client_message(text: str | bytes):
+    """Parse one client JSON message; raises pydantic.ValidationError."""
+    return client_message_adapter.validate_json(text)
+
+
+def parse_server_message(text: str | bytes):
+    return server_message_adapter.validate_json(text)
+
+
+# --- HTTP: video jobs (OpenAI Videos API shape) and models -------------------------
+
+JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
+
+
+class VideoCreate(_Message):
+    prompt: Prompt
+    seconds: Annotated[float, Field(gt=0, le=600)] = 4.0
+    seed: Seed | None = None
+    size: Annotated[str, Field(pattern=r"^\d{2,5}x\d{2,5}$")] | None = None  # "WxH"
+    fps: Annotated[float, Field(gt=0, le=60)] | None = None
+    model: str | None = None
+
+
+class VideoJob(_Message):
+    id: str
+    object: Literal["video"] = "video"
+    status: JobStatus
+    progress: Annotated[int, Field(ge=0, le=100)] = 0
+    created_at: int
+    completed_at: int | None = None
+    model: str
+    prompt: str
+    seconds: float
+    seed: int
+    size: str
+    fps: float
+    error: ErrorDetail | None = None
+
+
+class VideoList(_Message):
+    object: Literal["list"] = "list"
+    data: list[VideoJob]
+
+
+class ModelCard(_Message):
+    id: str
+    object: Literal["model"] = "model"
+    owned_by: str = "framecast"
+    width: int
+    height: int
+    fps: float
+    chunk_frames: int
+    steps_per_chunk: list[int]
+    attention: str
+    formats: list[MediaFormat] = ["fmp4", "jpeg"]
+    backend: str = "eager"
+    description: str = ""
+
+
+class ModelList(_Message):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
