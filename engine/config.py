@@ -1,0 +1,184 @@
+"""One typed config per model: it is the constructor's argument and what `model.json`
+holds, so a checkpoint always knows how to rebuild itself. Defaults live here only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import InvalidConfig
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TransformerConfig(_Config):
+    """Exactly the constructor arguments of diffusers' `WanTransformer3DModel`, so a real
+    Wan2.1 config.json maps onto it one to one (Wan2.1-T2V-1.3B: heads 12, head dim 128,
+    ffn 8960, layers 30, text_dim 4096)."""
+
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    num_attention_heads: int = 2
+    attention_head_dim: int = 24
+    in_channels: int = 16
+    out_channels: int = 16
+    text_dim: int = 32
+    freq_dim: int = 256
+    ffn_dim: int = 96
+    num_layers: int = 2
+    cross_attn_norm: bool = True
+    qk_norm: str | None = "rms_norm_across_heads"
+    eps: float = 1e-6
+    rope_max_seq_len: int = 1024
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+Policy = Literal["full", "sink_window", "ema_sink", "linear_state"]
+
+
+class AttentionConfig(_Config):
+    """How a chunk attends to the past (DESIGN.md, "Attention, positions and the cache").
+
+    full          bidirectional over the whole clip (the teacher); no cache.
+    sink_window   block-causal: the current chunk sees `sink_frames` fixed first frames and
+                  the last `window_frames` frames (sink 0 and a large window = plain causal).
+    ema_sink      as sink_window, but each frame leaving the window is folded into the sink:
+                  sink <- a * sink + (1 - a) * evicted (Reward Forcing, a = ema_decay).
+    linear_state  as sink_window, plus a running linear-attention state of evicted frames read
+                  through a zero-initialised projection (Hybrid Forcing).
+    """
+
+    policy: Policy = "sink_window"
+    chunk_frames: int = Field(3, ge=1)  # latent frames generated per chunk
+    sink_frames: int = Field(3, ge=0)
+    window_frames: int = Field(9, ge=1)  # past latent frames kept beside the sink
+    ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
+    backend: str = "native"  # a diffusers attention backend name: native (torch SDPA), xformers, flash ...
+
+    @model_validator(mode="after")
+    def _check(self) -> "AttentionConfig":
+        if self.policy == "ema_sink" and self.sink_frames < 1:
+            raise ValueError("ema_sink needs sink_frames >= 1")
+        return self
+
+
+class SamplerConfig(_Config):
+    """Few-step flow matching (Self-Forcing): timesteps in [0, 1000] before the shift."""
+
+    timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
+    shift: float = Field(5.0, gt=0)
+    num_train_timesteps: int = 1000
+    # Steps per chunk: chunk i uses steps_per_chunk[min(i, len-1)] (diagonal: 4, 3, 2).
+    steps_per_chunk: tuple[int, ...] = (4,)
+    # After a chunk is denoised, one forward over the clean chunk at t=0 writes its K/V.
+    # False: keep the K/V of the last (partially noisy) step instead (diagonal distillation).
+    refresh_context: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "SamplerConfig":
+        if any(s < 1 or s > len(self.timesteps) for s in self.steps_per_chunk):
+            raise ValueError(f"steps_per_chunk must be within 1..{len(self.timesteps)}")
+        if list(self.timesteps) != sorted(self.timesteps, reverse=True):
+            raise ValueError("timesteps must decrease")
+        return self
+
+
+class LatentConfig(_Config):
+    """Wan latent layout: 4x temporal, 8x spatial compression."""
+
+    channels: int = 16
+    temporal_compression: int = 4
+    spatial_compression: int = 8
+    height: int = 64  # pixels
+    width: int = 64
+    fps: float = 16.0
+
+    @property
+    def latent_height(self) -> int:
+        return self.height // self.spatial_compression
+
+    @property
+    def latent_width(self) -> int:
+        return self.width // self.spatial_compression
+
+
+class TextEncoderConfig(_Config):
+    kind: Literal["hash", "minilm", "umt5"] = "hash"
+    dim: int = 32
+    max_tokens: int = 16
+    path: str | None = None  # local directory (relative paths are relative to the model dir)
+    sha256: str | None = None
+
+
+class DecoderConfig(_Config):
+    kind: Literal["standin", "shapes_ae", "wan_vae", "taehv"] = "standin"
+    path: str | None = None
+
+
+class ModelConfig(_Config):
+    name: str = "tiny-random"
+    description: str = ""
+    transformer: TransformerConfig = TransformerConfig()
+    attention: AttentionConfig = AttentionConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    latent: LatentConfig = LatentConfig()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    guidance_scale: float = 1.0  # for the teacher's 50-step sampling; students are guidance-free
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    provenance: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        t, lat = self.transformer, self.latent
+        if t.in_channels != lat.channels:
+            raise ValueError(f"transformer.in_channels {t.in_channels} != latent.channels {lat.channels}")
+        if t.text_dim != self.text_encoder.dim:
+            raise ValueError(f"transformer.text_dim {t.text_dim} != text_encoder.dim {self.text_encoder.dim}")
+        for side in (lat.height, lat.width):
+            if side % (lat.spatial_compression * t.patch_size[1]):
+                raise ValueError(f"frame size {lat.width}x{lat.height} must divide by "
+                                 f"{lat.spatial_compression * t.patch_size[1]}")
+        if t.attention_head_dim % 2:
+            raise ValueError("attention_head_dim must be even (rotary embedding)")
+        return self
+
+    # --- derived sizes -------------------------------------------------------------
+    @property
+    def tokens_per_frame(self) -> int:
+        p = self.transformer.patch_size
+        return (self.latent.latent_height // p[1]) * (self.latent.latent_width // p[2])
+
+    @property
+    def frames_per_chunk(self) -> int:
+        """Video frames each streamed chunk yields."""
+        return self.attention.chunk_frames * self.latent.temporal_compression
+
+    # --- JSON ------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        try:
+            return cls.model_validate_json(Path(path).read_text())
+        except ValidationError as exc:
+            raise InvalidConfig(f"{path}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise InvalidConfig(f"{path}: cannot read model config: {exc}") from exc
+
+
+def build_config(**overrides: Any) -> ModelConfig:
+    """A ModelConfig from nested dict overrides, with validation errors as InvalidConfig."""
+    try:
+        return ModelConfig.model_validate(overrides)
+    except ValidationError as exc:
+        raise InvalidConfig(str(exc)) from exc

@@ -1,0 +1,225 @@
+"""A loaded streaming model: config, transformer, text encoder, decoder, and the prompt
+cache; `load_model` finds one by name or directory; `run_forwards` executes (and
+batches) the forwards that sessions ask for."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .components import build_decoder, build_text_encoder
+from .config import AttentionConfig, LatentConfig, ModelConfig, TextEncoderConfig, TransformerConfig
+from .errors import CheckpointError, InvalidInput, ModelNotFound
+from .session import Forward, StreamSession, check_prompt
+from .transformer import CausalWanTransformer, build_transformer, make_cache
+
+log = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).parent / "models"
+DEFAULT_MODEL_DIR = MODELS_DIR / "shapes-default"
+
+# Built-in configs that need no files: random weights, stand-in text encoder and decoder.
+PRESETS: dict[str, ModelConfig] = {
+    "tiny-random": ModelConfig(
+        name="tiny-random",
+        description="2-layer random-weight model with stand-in text encoder and decoder, for tests.",
+        transformer=TransformerConfig(num_attention_heads=2, attention_head_dim=24, ffn_dim=96, num_layers=2,
+                                      text_dim=32),
+        attention=AttentionConfig(policy="sink_window", chunk_frames=2, sink_frames=2, window_frames=4),
+        latent=LatentConfig(channels=16, height=64, width=64, fps=16.0),
+        text_encoder=TextEncoderConfig(kind="hash", dim=32, max_tokens=16),
+    ),
+}
+PROMPT_CACHE_SIZE = 64
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class StreamModel:
+    def __init__(self, config: ModelConfig, transformer: CausalWanTransformer, text_encoder, decoder,
+                 model_dir: Path | None = None):
+        self.config = config
+        self.transformer = transformer
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+        self.model_dir = model_dir
+        self._contexts: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._contexts_lock = threading.Lock()
+
+    # --- facts ---------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.dtype
+
+    @property
+    def width(self) -> int:
+        return self.config.latent.width
+
+    @property
+    def height(self) -> int:
+        return self.config.latent.height
+
+    @property
+    def fps(self) -> float:
+        return self.config.latent.fps
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.config.frames_per_chunk
+
+    def weights_bytes(self) -> int:
+        modules = [self.transformer] + [m for m in (self.decoder,) if isinstance(m, torch.nn.Module)]
+        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+    def session_memory_bytes(self) -> int:
+        """KV cache (+ linear state) of one stream, from the config, without allocating."""
+        cfg, t, att = self.config, self.config.transformer, self.config.attention
+        slots = (att.chunk_frames + att.sink_frames + att.window_frames) * cfg.tokens_per_frame
+        kv = 2 * t.num_layers * slots * t.inner_dim * torch.finfo(self.dtype).bits // 8
+        state = 0
+        if att.policy == "linear_state":
+            state = t.num_layers * t.num_attention_heads * t.attention_head_dim * (t.attention_head_dim + 1) * 4
+        latents = (att.sink_frames + att.window_frames) * cfg.latent.channels * \
+            cfg.latent.latent_height * cfg.latent.latent_width * 4
+        return kv + state + latents
+
+    # --- prompts ---------------------------------------------------------------------
+    @torch.no_grad()
+    def context_for(self, prompt: str) -> torch.Tensor:
+        """[1, L, D] projected text context, cached per prompt (never re-encoded per chunk)."""
+        with self._contexts_lock:
+            if prompt in self._contexts:
+                self._contexts.move_to_end(prompt)
+                return self._contexts[prompt]
+        states = self.text_encoder.encode([prompt]).to(self.device, self.dtype)
+        context = self.transformer.embed_text(states)
+        with self._contexts_lock:
+            self._contexts[prompt] = context
+            while len(self._contexts) > PROMPT_CACHE_SIZE:
+                self._contexts.popitem(last=False)
+        return context
+
+    # --- sessions ----------------------------------------------------------------------
+    def new_cache(self, rows: int = 1):
+        return make_cache(self.transformer, self.config, rows)
+
+    def open_session(self, prompt: str, seed: int | None = None) -> StreamSession:
+        return StreamSession(self, prompt, seed)
+
+    @torch.no_grad()
+    def run_forwards(self, requests: list[Forward]) -> list[torch.Tensor]:
+        """Execute forwards of sessions that share one cache, batched by frame count.
+        Returns each request's flow prediction [1, C, F, h, w] in order."""
+        outputs: list[torch.Tensor | None] = [None] * len(requests)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault((id(req.session.cache), req.latents.shape[2]), []).append(i)
+        for (_, frames), idx in groups.items():
+            batch = [requests[i] for i in idx]
+            cache = batch[0].session.cache
+            rows = [r.session.row for r in batch]
+            latents = torch.cat([r.latents for r in batch])  # [B, C, F, h, w]
+            timestep = torch.tensor([r.timestep for r in batch], device=self.device)
+            context = torch.cat([r.context for r in batch])
+            attention = self.transformer.cached_attention(cache, rows, frames)
+            flow = self.transformer.denoise(latents, timestep, context, attention)
+            for j, (i, req) in enumerate(zip(idx, batch)):
+                outputs[i] = flow[j : j + 1]
+                if req.commit:
+                    cache.commit(req.session.row)
+        return outputs  # type: ignore[return-value]
+
+    def generate_clip(self, prompt: str, seconds: float, seed: int | None = None,
+                      progress: Callable[[float], None] | None = None) -> np.ndarray:
+        """A whole clip by streaming: uint8 [T, H, W, 3] with T = round(seconds * fps)."""
+        if not seconds > 0:
+            raise InvalidInput(f"seconds must be positive, got {seconds!r}")
+        total = max(1, round(seconds * self.fps))
+        chunks = math.ceil(total / self.frames_per_chunk)
+        session = self.open_session(prompt, seed)
+        frames = []
+        for i in range(chunks):
+            frames.append(session.next_chunk().frames)
+            if progress is not None:
+                progress((i + 1) / chunks)
+        session.close()
+        return np.concatenate(frames)[:total]
+
+
+# --- loading and saving --------------------------------------------------------------
+
+def save_model(model_dir: str | Path, config: ModelConfig, transformer: torch.nn.Module) -> None:
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    config.save(model_dir / "model.json")
+    state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
+    save_file(state, model_dir / "transformer.safetensors", metadata={"format": "diffusers-wan"})
+
+
+def load_transformer_weights(transformer: torch.nn.Module, path: Path) -> None:
+    """Strict load with a clear error naming what is wrong."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file is missing")
+    try:
+        state = load_file(path, device=str(transformer.device))
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        raise CheckpointError(f"{path}: cannot read safetensors ({exc})") from exc
+    expected = transformer.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            parts.append("wrong shapes " + ", ".join(
+                f"{k}: {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5]))
+        raise CheckpointError(f"{path}: " + "; ".join(parts))
+    transformer.load_state_dict(state)
+
+
+def resolve_model(name_or_dir: str | None) -> tuple[ModelConfig, Path | None]:
+    if name_or_dir in (None, "", "default"):
+        if (DEFAULT_MODEL_DIR / "model.json").is_file() and (DEFAULT_MODEL_DIR / "transformer.safetensors").is_file():
+            return ModelConfig.load(DEFAULT_MODEL_DIR / "model.json"), DEFAULT_MODEL_DIR
+        log.warning("the embedded default model is not built yet; serving tiny-random")
+        return PRESETS["tiny-random"], None
+    if name_or_dir in PRESETS:
+        return PRESETS[name_or_dir], None
+    path = Path(name_or_dir)
+    if not path.is_dir() and (MODELS_DIR / name_or_dir).is_dir():
+        path = MODELS_DIR / name_or_dir
+    if not (path / "model.json").is_file():
+        known = sorted(PRESETS) + sorted(p.name for p in MODELS_DIR.glob("*/model.json"))
+        raise ModelNotFound(f"no model named {name_or_dir!r} (no {path / 'model.json'}); "
+                            f"built-in: {', '.join(known) or 'none'}")
+    return ModelConfig.load(path / "model.json"), path
+
+
+def load_model(name_or_dir: str | None = None, device: str = "cpu") -> StreamModel:
+    config, model_dir = resolve_model(name_or_dir)
+    dtype = DTYPES[config.dtype] if str(device).startswith("cuda") else torch.float32
+    transformer = build_transformer(config, device=device, dtype=dtype, seed=0)
+    if model_dir is not None:
+        load_transformer_weights(transformer, model_dir / "transformer.safetensors")
+    text_encoder = build_text_encoder(config, model_dir, device)
+    decoder = build_decoder(config, model_dir, device)
+    return StreamModel(config, transformer, text_encoder, decoder, model_dir)

@@ -1,0 +1,187 @@
+"""StreamSession: one endless stream of frames from a prompt, chunk by chunk.
+
+A session describes its work as a Python generator of `Forward` requests (one
+transformer forward each: a denoising step, the t=0 context refresh, or a re-cache
+after a prompt switch) and receives each forward's output through `send`. Running a
+session alone (`next_chunk`) and batching many sessions into one forward (the
+scheduler) therefore share every line of the sampling logic.
+
+Per chunk (Self-Forcing inference):
+    x ~ N(0, I);  for each step i: v = f(x, t_i, ctx, cache); x, x0 = sampler.step(v, x)
+    refresh: f(x0, 0, ctx, cache) writes the clean chunk's K/V (or the last step's)
+    frames = decoder.decode_chunk(x0, decoder_state)
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generator
+
+import numpy as np
+import torch
+
+from .cache import KVCache
+from .errors import InvalidPrompt, InvalidSeed, SessionClosed
+from .sampler import FewStepSampler, steps_for_chunk
+
+if TYPE_CHECKING:
+    from .model import StreamModel
+
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class Chunk:
+    index: int
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    pts: float  # stream time of the first frame, seconds
+    prompt_event_id: str | None = None
+    latents: torch.Tensor | None = None  # [1, C, F, h, w] clean latents of this chunk
+
+
+@dataclass
+class Forward:
+    """One transformer forward that a session needs next."""
+
+    session: "StreamSession"
+    latents: torch.Tensor  # [1, C, F, h, w]
+    timestep: float  # model units (0..1000, shifted)
+    context: torch.Tensor  # [1, L, D] projected text context
+    commit: bool  # move this chunk's K/V into sink/window after the forward
+
+
+def check_prompt(prompt: object) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidPrompt("prompt must be a non-empty string")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidPrompt(f"prompt has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
+    return prompt.strip()
+
+
+def check_seed(seed: object) -> int:
+    if seed is None:
+        return secrets.randbelow(2**31)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InvalidSeed(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    return seed
+
+
+def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
+    """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] (the one copy a client needs)."""
+    frames = ((video[0].float() + 1) * 127.5).clamp_(0, 255).round_().to(torch.uint8)
+    return frames.permute(1, 2, 3, 0).contiguous().numpy()
+
+
+class StreamSession:
+    def __init__(self, model: "StreamModel", prompt: str, seed: int | None = None, *,
+                 cache: KVCache | None = None, row: int = 0):
+        self.model = model
+        self.prompt = check_prompt(prompt)
+        self.seed = check_seed(seed)
+        self.generator = torch.Generator(device=model.device).manual_seed(self.seed)
+        self.context = model.context_for(self.prompt)
+        self.cache = cache if cache is not None else model.new_cache(rows=1)
+        self.row = row
+        self.cache.reset(row)
+        att = model.config.attention
+        self.sink_latents: list[torch.Tensor] = []  # the first sink_frames clean frames [C, h, w]
+        self.window_latents: deque[torch.Tensor] = deque(maxlen=att.window_frames)
+        self.decoder_state = model.decoder.init_decoder_state(1)
+        self.sampler = FewStepSampler(model.config.sampler)
+        self.chunk_index = 0
+        self.closed = False
+        self._lock = threading.Lock()
+        self._pending: tuple[str, str] | None = None
+        self._event_counter = 0
+        self._in_chunk = False
+        self._work: Generator[Forward, torch.Tensor, Chunk] | None = None
+
+    # --- public API ---------------------------------------------------------------
+    def update_prompt(self, prompt: str, event_id: str | None = None) -> int:
+        """Switch prompts at the next chunk boundary; returns that chunk's index."""
+        prompt = check_prompt(prompt)
+        with self._lock:
+            self._event_counter += 1
+            self._pending = (prompt, event_id or f"evt_{self._event_counter}")
+            return self.chunk_index + (1 if self._in_chunk else 0)
+
+    def next_chunk(self) -> Chunk:
+        """Generate the next chunk, running its forwards one at a time."""
+        if self.closed:
+            raise SessionClosed("session is closed")
+        work = self.chunk_work()
+        request = next(work)
+        try:
+            while True:
+                output = self.model.run_forwards([request])[0]
+                request = work.send(output)
+        except StopIteration as done:
+            return done.value
+
+    def __iter__(self):
+        while not self.closed:
+            yield self.next_chunk()
+
+    def close(self) -> None:
+        self.closed = True
+
+    # --- the work of one chunk ----------------------------------------------------
+    def chunk_work(self) -> Generator[Forward, torch.Tensor, Chunk]:
+        """Yields the forwards of the next chunk; returns the Chunk."""
+        with self._lock:
+            self._in_chunk = True
+            pending, self._pending = self._pending, None
+        event_id = None
+        if pending is not None:
+            self.prompt, event_id = pending
+            self.context = self.model.context_for(self.prompt)
+            yield from self._recache()
+
+        cfg = self.model.config
+        att, lat = cfg.attention, cfg.latent
+        shape = (1, lat.channels, att.chunk_frames, lat.latent_height, lat.latent_width)
+        x = torch.randn(shape, generator=self.generator, device=self.model.device).to(self.model.dtype)
+        self.sampler.set_timesteps(steps_for_chunk(cfg.sampler, self.chunk_index))
+        refresh = cfg.sampler.refresh_context
+        while True:
+            t = float(self.sampler.timesteps[self.sampler.step_index])
+            last = self.sampler.is_last
+            v = yield Forward(self, x, t, self.context, commit=last and not refresh)
+            x, x0 = self.sampler.step(v, x, self.generator)
+            if last:
+                break
+        if refresh:
+            yield Forward(self, x0, 0.0, self.context, commit=True)
+        self._keep(x0)
+
+        video, self.decoder_state = self.model.decoder.decode_chunk(x0, self.decoder_state)
+        chunk = Chunk(self.chunk_index, to_uint8_frames(video), self.chunk_index * cfg.frames_per_chunk / lat.fps,
+                      event_id, x0)
+        with self._lock:
+            self.chunk_index += 1
+            self._in_chunk = False
+        return chunk
+
+    def _keep(self, x0: torch.Tensor) -> None:
+        """Remember clean latent frames for re-caching: the sink's and the window's."""
+        sink_frames = self.model.config.attention.sink_frames
+        for f in range(x0.shape[2]):
+            frame = x0[0, :, f]
+            if len(self.sink_latents) < sink_frames:
+                self.sink_latents.append(frame)
+            else:
+                self.window_latents.append(frame)
+
+    def _recache(self) -> Generator[Forward, torch.Tensor, None]:
+        """LongLive's KV re-cache: rebuild the cache from the kept clean latents under the
+        new prompt, so the scene carries on but follows the new text."""
+        self.cache.reset(self.row)
+        frames = self.sink_latents + list(self.window_latents)
+        step = self.model.config.attention.chunk_frames
+        for i in range(0, len(frames), step):
+            group = torch.stack(frames[i : i + step], dim=1).unsqueeze(0)  # [1, C, F, h, w]
+            yield Forward(self, group, 0.0, self.context, commit=True)

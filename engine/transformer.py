@@ -1,0 +1,222 @@
+"""The one transformer of teacher and student: diffusers' Wan model, driven chunk-wise.
+
+`CausalWanTransformer` *is* diffusers' `WanTransformer3DModel` (same modules, same
+parameter names, so a Wan2.1 checkpoint in diffusers format loads as is). What it adds:
+- `SelfAttnProcessor` on every block's `attn1`, which hands pre-RoPE q/k/v to an
+  attention mode (bidirectional, masked, or KV-cached streaming);
+- `denoise()`, one forward for training and inference: per-frame timesteps, a
+  pre-projected text context (projected once per prompt, not per chunk), any mode;
+- an optional zero-initialised `temporal_state_out` projection per block for the linear
+  temporal state (Hybrid Forcing), absent from plain Wan checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from diffusers import WanTransformer3DModel
+
+from .attention import AttentionMode, FullAttention, RopeTables, apply_rope, attend, linear_features
+from .cache import KVCache
+from .config import ModelConfig
+from .errors import ShapeMismatch
+
+
+class SelfAttnProcessor:
+    """Replaces diffusers' WanAttnProcessor on `attn1`. The block passes our attention
+    mode through its `rotary_emb` argument."""
+
+    def __init__(self, layer: int):
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 rotary_emb: AttentionMode | None = None):
+        mode = rotary_emb
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # [B, N, H, Dh]
+        k = attn.norm_k(attn.to_k(hidden_states)).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        out = mode(self.layer, q, k, v).flatten(2).type_as(q)  # [B, N, D]
+        out = attn.to_out[1](attn.to_out[0](out))
+        readout = mode.linear_readout(self.layer, q)
+        if readout is not None:
+            out = out + attn.temporal_state_out(readout.flatten(2).type_as(out))
+        return out
+
+
+@dataclass
+class CachedAttention(AttentionMode):
+    """Streaming attention of the current chunk of `rows` over their KV cache.
+
+    Without gradients the chunk's K/V are written into the cache's current slot and
+    attention reads one contiguous view. With gradients (self-forcing training) they are
+    concatenated instead, so autograd sees them and the buffer is never overwritten
+    under a pending backward."""
+
+    cache: KVCache
+    rows: list[int]
+    frames: int
+    backend: str = "native"
+    q_cos: torch.Tensor = field(init=False)
+    q_sin: torch.Tensor = field(init=False)
+    k_cos: torch.Tensor = field(init=False)
+    k_sin: torch.Tensor = field(init=False)
+    mask: torch.Tensor | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        cache, rope = self.cache, self.cache.rope
+        for row in self.rows:
+            if cache.current_frames[row] != self.frames:
+                cache.begin_chunk(row, self.frames)
+        k_pos = [cache.frame_positions(r) for r in self.rows]
+        q_pos = torch.stack([p[: self.frames] for p in k_pos])  # [B, F]
+        self.q_cos, self.q_sin = rope.for_frames(q_pos)  # [B, F*T, 1, Dh/2]
+        longest = max(len(p) for p in k_pos)
+        padded = torch.stack([nn.functional.pad(p, (0, longest - len(p))) for p in k_pos])
+        self.k_cos, self.k_sin = rope.for_frames(padded)  # [B, Fk*T, 1, Dh/2]
+        if len(self.rows) > 1 and any(len(p) != longest for p in k_pos):
+            tpf = cache.tpf
+            lengths = torch.tensor([len(p) * tpf for p in k_pos], device=padded.device)
+            self.mask = (torch.arange(longest * tpf, device=padded.device)[None] < lengths[:, None])[:, None, None]
+
+    def _keys(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cache = self.cache
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            if len(self.rows) != 1:
+                raise NotImplementedError("training forwards run one stream at a time")
+            kc, vc = cache.context_view(layer, self.rows[0])
+            return torch.cat([k, kc.to(k.dtype)], dim=1), torch.cat([v, vc.to(v.dtype)], dim=1)
+        if len(self.rows) == 1:
+            cache.write_current(layer, self.rows[0], k, v)
+            return cache.view(layer, self.rows[0])
+        for i, row in enumerate(self.rows):
+            cache.write_current(layer, row, k[i : i + 1], v[i : i + 1])
+        start = cache.valid_range(self.rows[0])[0]
+        end = start + self.k_cos.shape[1]
+        idx = torch.tensor(self.rows, device=k.device)
+        return cache.k[layer, idx, start:end], cache.v[layer, idx, start:end]
+
+    def __call__(self, layer, q, k, v):
+        keys, values = self._keys(layer, k, v)
+        q = apply_rope(q, self.q_cos, self.q_sin)
+        keys = apply_rope(keys, self.k_cos, self.k_sin)
+        return attend(q, keys.to(q.dtype), values.to(q.dtype), self.mask, self.backend)
+
+    def linear_readout(self, layer, q):
+        if self.cache.policy != "linear_state":
+            return None
+        idx = torch.tensor(self.rows, device=q.device)
+        s_kv, s_k = self.cache.state_kv[layer, idx], self.cache.state_k[layer, idx]  # [B,H,D,D], [B,H,D]
+        phi = linear_features(q)  # [B, N, H, D]
+        num = torch.einsum("bnhd,bhde->bnhe", phi, s_kv)
+        den = torch.einsum("bnhd,bhd->bnh", phi, s_k).unsqueeze(-1)
+        return num / (den + 1e-6)
+
+
+class CausalWanTransformer(WanTransformer3DModel):
+    """diffusers' Wan transformer with streaming attention. Build with `from_config`."""
+
+    def enable_streaming(self, config: ModelConfig) -> "CausalWanTransformer":
+        """Install the streaming processors (and the linear-state readouts if the policy
+        uses them); sizes the RoPE tables for this model's latent grid."""
+        lat, t = config.latent, config.transformer
+        grid_h, grid_w = lat.latent_height // t.patch_size[1], lat.latent_width // t.patch_size[2]
+        self.rope_tables = RopeTables(t.attention_head_dim, grid_h, grid_w, t.rope_max_seq_len,
+                                      device=self.device)
+        self.attention_backend = config.attention.backend
+        for i, block in enumerate(self.blocks):
+            block.attn1.set_processor(SelfAttnProcessor(i))
+            if config.attention.policy == "linear_state" and not hasattr(block.attn1, "temporal_state_out"):
+                proj = nn.Linear(t.inner_dim, t.inner_dim)
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
+                block.attn1.temporal_state_out = proj.to(self.device, self.dtype)
+        return self
+
+    # --- pieces --------------------------------------------------------------------
+    def embed_text(self, text_states: torch.Tensor) -> torch.Tensor:
+        """[B, L, text_dim] encoder features -> [B, L, D] context. Once per prompt."""
+        return self.condition_embedder.text_embedder(text_states)
+
+    def _time_embedding(self, timestep: torch.Tensor, tokens_per_frame: int):
+        """timestep [B] or [B, F] (model units, 0..1000) -> temb, projection as the blocks
+        expect: [B, D], [B, 6, D] for one t per sample; [B, N, D], [B, N, 6, D] per frame."""
+        emb = self.condition_embedder
+        per_frame = timestep.ndim == 2
+        t = emb.timesteps_proj(timestep.flatten())
+        t = t.to(next(emb.time_embedder.parameters()).dtype)
+        temb = emb.time_embedder(t)  # [B(*F), D]
+        proj = emb.time_proj(emb.act_fn(temb)).unflatten(-1, (6, -1))  # [B(*F), 6, D]
+        if not per_frame:
+            return temb, proj
+        b, f = timestep.shape
+        temb = temb.view(b, f, 1, -1).expand(b, f, tokens_per_frame, -1).reshape(b, f * tokens_per_frame, -1)
+        proj = proj.view(b, f, 1, 6, -1).expand(b, f, tokens_per_frame, 6, -1).reshape(b, f * tokens_per_frame, 6, -1)
+        return temb, proj
+
+    def full_attention(self, frames: int, mask: torch.Tensor | None = None) -> FullAttention:
+        """Bidirectional (or explicitly masked) attention over `frames` latent frames at
+        absolute positions 0..frames-1."""
+        pos = torch.arange(frames, device=self.rope_tables.t_cos.device)
+        cos, sin = self.rope_tables.for_frames(pos)
+        return FullAttention(cos[None], sin[None], mask, self.attention_backend)
+
+    def cached_attention(self, cache: KVCache, rows: list[int], frames: int) -> CachedAttention:
+        return CachedAttention(cache, rows, frames, self.attention_backend)
+
+    # --- the forward -----------------------------------------------------------------
+    def denoise(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                attention: AttentionMode) -> torch.Tensor:
+        """Flow prediction v = noise - x0 (Wan's parameterisation, x_t = (1-s) x0 + s noise).
+
+        latents [B, C, F, H, W]; timestep [B] or [B, F]; context [B, L, D] from
+        `embed_text`; returns [B, C, F, H, W]."""
+        b, c, f, h, w = latents.shape
+        p_t, p_h, p_w = self.config.patch_size
+        if c != self.config.in_channels or h % p_h or w % p_w:
+            raise ShapeMismatch(f"latents {tuple(latents.shape)} do not fit in_channels="
+                                f"{self.config.in_channels}, patch {self.config.patch_size}")
+        gh, gw = h // p_h, w // p_w
+        x = self.patch_embedding(latents).flatten(2).transpose(1, 2).contiguous()  # [B, N, D]
+        temb, proj = self._time_embedding(timestep, gh * gw)
+        for block in self.blocks:
+            x = block(x, context, proj, attention)  # [B, N, D]
+        if temb.ndim == 3:  # per-token modulation
+            shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
+            shift, scale = shift.squeeze(2), scale.squeeze(2)
+        else:
+            shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
+        x = self.proj_out(x)  # [B, N, C * p_t * p_h * p_w]
+        x = x.reshape(b, f // p_t, gh, gw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)  # [B, C, F, H, W]
+
+
+def build_transformer(config: ModelConfig, device: str | torch.device = "cpu",
+                      dtype: torch.dtype = torch.float32, seed: int | None = 0) -> CausalWanTransformer:
+    """A randomly initialised transformer for `config` (weights loaded separately)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = CausalWanTransformer.from_config(config.transformer.model_dump())
+    model = model.to(device=device)
+    if dtype != torch.float32:
+        # diffusers keeps norms, RoPE and the time embedder in float32 (_keep_in_fp32_modules)
+        model = model.to(dtype)
+        for name in CausalWanTransformer._keep_in_fp32_modules:
+            for module_name, module in model.named_modules():
+                if module_name.split(".")[-1] == name:
+                    module.float()
+    model = model.eval()
+    return model.enable_streaming(config)
+
+
+def make_cache(model: CausalWanTransformer, config: ModelConfig, rows: int = 1) -> KVCache:
+    t = config.transformer
+    return KVCache(rows=rows, layers=t.num_layers, heads=t.num_attention_heads, head_dim=t.attention_head_dim,
+                   tokens_per_frame=config.tokens_per_frame, attention=config.attention, rope=model.rope_tables,
+                   device=model.device, dtype=model.dtype)
+
+
+__all__ = ["CausalWanTransformer", "CachedAttention", "SelfAttnProcessor", "build_transformer", "make_cache",
+           "apply_rope", "attend"]
