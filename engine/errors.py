@@ -44,3 +44,9 @@ class CheckpointError(EngineError):
 
 class SessionClosed(EngineError):
     code = "session_closed"
+
+
+class CapacityError(EngineError):
+    """No room for another stream (maps to the `server_full` error)."""
+
+    code = "server_full"

@@ -146,7 +146,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         per_frame = timestep.ndim == 2
         t = emb.timesteps_proj(timestep.flatten())
         t = t.to(next(emb.time_embedder.parameters()).dtype)
-        temb = emb.time_embedder(t)  # [B(*F), D]
+        temb = emb.time_embedder(t).to(emb.time_proj.weight.dtype)  # [B(*F), D]
         proj = emb.time_proj(emb.act_fn(temb)).unflatten(-1, (6, -1))  # [B(*F), 6, D]
         if not per_frame:
             return temb, proj
