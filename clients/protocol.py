@@ -148,6 +148,9 @@ class SessionStarted(_Message):
     format: MediaFormat
     model: str
     protocol: str = PROTOCOL_VERSION
+    # RFC 6381 codecs string of the fmp4 stream (e.g. "avc1.42C01E") for
+    # MediaSource.addSourceBuffer; None for jpeg.
+    codec: str | None = None
 
 
 class VideoChunk(_Message):
@@ -252,6 +255,12 @@ class VideoJob(_Message):
     size: str
     fps: float
     error: ErrorDetail | None = None
+
+
+class VideoDeleted(_Message):
+    id: str
+    object: Literal["video.deleted"] = "video.deleted"
+    deleted: bool = True
 
 
 class VideoList(_Message):
