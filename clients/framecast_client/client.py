@@ -25,7 +25,7 @@ from clients.framecast_client.errors import (ConnectionLost, FramecastError, Job
                                              ServerUnavailable, Unauthorized, error_for_code)
 from clients.framecast_client.stream import Stream, _closed_error
 from clients.protocol import (Error, ErrorBody, ModelList, SessionStart, SessionStarted, VideoCreate,
-                              VideoJob, VideoList, parse_server_message)
+                              VideoDeleted, VideoJob, VideoList, parse_server_message)
 
 MAX_MEDIA_MESSAGE_BYTES = 64 * 1024 * 1024
 TERMINAL_JOB_STATES = ("completed", "failed", "cancelled")
@@ -100,8 +100,8 @@ class FramecastClient:
     async def list_videos(self) -> VideoList:
         return _parse(VideoList, await self._call("GET", "/v1/videos"))
 
-    async def delete_video(self, video_id: str) -> None:
-        await self._call("DELETE", f"/v1/videos/{video_id}")
+    async def delete_video(self, video_id: str) -> VideoDeleted:
+        return _parse(VideoDeleted, await self._call("DELETE", f"/v1/videos/{video_id}"))
 
     async def list_models(self) -> ModelList:
         return _parse(ModelList, await self._call("GET", "/v1/models"))

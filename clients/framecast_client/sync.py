@@ -116,8 +116,8 @@ class FramecastClientSync:
     def list_videos(self):
         return self._runner.run(self._client.list_videos())
 
-    def delete_video(self, video_id: str) -> None:
-        self._runner.run(self._client.delete_video(video_id))
+    def delete_video(self, video_id: str):
+        return self._runner.run(self._client.delete_video(video_id))
 
     def list_models(self):
         return self._runner.run(self._client.list_models())
