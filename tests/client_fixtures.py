@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -11,6 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -112,14 +116,96 @@ class ServerProcess:
         self.stop()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with ServerProcess(tmp=tmp_path_factory.mktemp("serve")) as proc:
-        yield proc
-
-
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """`framecast ARGS` in a subprocess: exit code and messages as a user sees them."""
     clean = {k: v for k, v in os.environ.items() if k not in ("FRAMECAST_URL", "FRAMECAST_API_KEY")}
     return subprocess.run([*FRAMECAST, *args], cwd=REPO, env={**clean, **(env or {})}, capture_output=True,
                           text=True, timeout=timeout)
+
+
+# -- servers shared by every client test module in one pytest run ------------------------
+# (pytest would start a session fixture imported into two modules twice.)
+_SHARED: dict[tuple, ServerProcess] = {}
+
+
+def shared_server(**env: str) -> ServerProcess:
+    """A running server configured by FRAMECAST_* variables, started once per test run."""
+    key = tuple(sorted(env.items()))
+    if key not in _SHARED or _SHARED[key].proc.poll() is not None:
+        proc = ServerProcess(env=env, tmp=Path(tempfile.mkdtemp(prefix="framecast-test-")))
+        _SHARED[key] = proc.start()
+        atexit.register(proc.stop)
+    return _SHARED[key]
+
+
+class DroppingProxy:
+    """A TCP relay on loopback whose connections the test can cut, like a network drop,
+    while it keeps listening so the client can reconnect."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.bytes_down = 0  # server -> client, all connections
+        self.connections = 0
+        self._transports: list = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "DroppingProxy":
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def drop_all(self) -> None:
+        """Reset every open connection (no WebSocket close frame reaches the client)."""
+        def cut():
+            for writer in self._transports:
+                writer.transport.abort()
+            self._transports.clear()
+        self._loop.call_soon_threadsafe(cut)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+
+    async def _handle(self, client_reader, client_writer) -> None:
+        self.connections += 1
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._transports += [client_writer, upstream_writer]
+
+        async def pipe(reader, writer, count: bool):
+            try:
+                while data := await reader.read(65536):
+                    if count:
+                        self.bytes_down += len(data)
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.transport.abort()
+
+        await asyncio.gather(pipe(client_reader, upstream_writer, False), pipe(upstream_reader, client_writer, True))
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from typing import AsyncIterator, Callable
 
@@ -64,12 +65,15 @@ class FramecastClient:
         except InvalidStatus as exc:
             raise _handshake_error(exc, url) from None
         except (OSError, asyncio.TimeoutError, InvalidURI) as exc:
-            raise ServerUnavailable(f"cannot reach {url}: {_describe_os_error(exc)}") from None
+            raise ServerUnavailable(f"cannot reach {url}: {_describe_os_error(_root_os_error(exc) or exc)}") from None
         except InvalidHandshake as exc:
             raise ProtocolError(f"{url} did not accept a WebSocket: {exc}") from None
         try:
             sent_at = time.monotonic()
-            await ws.send(start.model_dump_json(exclude_none=True))
+            try:
+                await ws.send(start.model_dump_json(exclude_none=True))
+            except ConnectionClosed:
+                pass  # refused at once (bad key, full): the reason is in what it sent before closing
             started = await _receive_started(ws, self.connect_timeout)
         except BaseException:
             await ws.close()
@@ -192,8 +196,10 @@ async def _receive_started(ws, timeout: float) -> SessionStarted:
 def _describe_os_error(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is `framecast serve` running there?)"
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, (asyncio.TimeoutError, httpx.TimeoutException)):
         return "timed out connecting"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror or exc})"
     return str(exc) or type(exc).__name__
 
 
@@ -224,11 +230,20 @@ def _http_error(response: httpx.Response) -> FramecastError:
 
 def _transport_error(exc: httpx.TransportError, url: str) -> FramecastError:
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        # httpx flattens the OSError into its message; recognise the common one.
-        refused = "refused" in str(exc).lower()
-        reason = _describe_os_error(ConnectionRefusedError()) if refused else (str(exc) or "cannot connect")
-        return ServerUnavailable(f"cannot reach {url}: {reason}")
+        return ServerUnavailable(f"cannot reach {url}: {_describe_os_error(_root_os_error(exc) or exc)}")
     return ConnectionLost(f"HTTP connection to {url} failed: {exc}")
+
+
+def _root_os_error(exc: BaseException) -> OSError | None:
+    """The innermost OSError under httpx/httpcore/anyio wrappers (refused, DNS, ...)."""
+    found = None
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            found = exc
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 def _parse(model, response: httpx.Response):

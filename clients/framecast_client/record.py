@@ -54,6 +54,7 @@ class Fmp4Recorder:
                 self._end_time = max(self._end_time, sample.decode_time + sample.duration)
                 self.frames += 1
         self._out.write(data)
+        self._out.flush()  # a crash mid-stream still leaves the fragments so far on disk
 
     def _add_init(self, data: bytes) -> None:
         track = parse_init(data)

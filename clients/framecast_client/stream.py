@@ -78,7 +78,6 @@ class Stream:
         self._queued_waiters: dict[str, asyncio.Future] = {}
         self._applied_waiters: dict[str, list[asyncio.Future]] = collections.defaultdict(list)
         self._reply_waiters: dict[type, collections.deque] = collections.defaultdict(collections.deque)
-        self._consumed = False
         self._reader = asyncio.create_task(self._read_loop(), name=f"framecast-reader-{started.session_id}")
 
     # -- reading ------------------------------------------------------------------
@@ -177,22 +176,24 @@ class Stream:
 
     # -- consuming ----------------------------------------------------------------
 
+    async def receive(self) -> MediaChunk | None:
+        """The next media message; None once the session is done. Safe to cancel
+        (e.g. under asyncio.wait_for): nothing is taken from the buffer until it returns."""
+        while not self._buffer:
+            self._have_media.clear()
+            await self._have_media.wait()
+        item = self._buffer[0]
+        if item is _END:  # left in place: later calls end at once too
+            if self._error is not None:
+                raise self._error
+            return None
+        self._buffer.popleft()
+        self._room.set()
+        return item
+
     async def media(self) -> AsyncIterator[MediaChunk]:
         """Raw media in order; ends after session.done, raises if the stream failed."""
-        if self._consumed:
-            raise RuntimeError("a Stream's media can be iterated once")
-        self._consumed = True
-        while True:
-            while not self._buffer:
-                self._have_media.clear()
-                await self._have_media.wait()
-            item = self._buffer.popleft()
-            self._room.set()
-            if item is _END:
-                self._buffer.append(_END)  # later iterations end at once too
-                if self._error is not None:
-                    raise self._error
-                return
+        while (item := await self.receive()) is not None:
             yield item
 
     async def frames(self) -> AsyncIterator[Frame]:

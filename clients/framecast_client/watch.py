@@ -123,19 +123,17 @@ async def _run_session(stream: Stream, options: WatchOptions, result: WatchResul
     first_pts: float | None = None
     decoder = JpegDecoder() if stream.started.format == "jpeg" else None
     stop_task = asyncio.ensure_future(stop.wait())
-    media_iter = stream.media().__aiter__()
     try:
         while True:
-            next_media = asyncio.ensure_future(media_iter.__anext__())
+            next_media = asyncio.ensure_future(stream.receive())
             await asyncio.wait({next_media, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             if not next_media.done():  # asked to stop (Ctrl-C): end the session cleanly
                 next_media.cancel()
                 done = await stream.stop()
                 result.done_reason = done.reason if done else "stopped"
                 return
-            try:
-                media = next_media.result()
-            except StopAsyncIteration:
+            media = next_media.result()
+            if media is None:
                 result.done_reason = stream.done.reason if stream.done else None
                 return
             if recorder is not None:
