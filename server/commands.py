@@ -1,0 +1,89 @@
+"""`framecast serve`: run the server. Registration imports nothing heavy; the handler
+loads the model before binding, so a bad model path fails fast with a clean message."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from typing import Any
+
+from clients.cli import CommandError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="serve live streams and video jobs over HTTP/WebSocket",
+                              description="Serve a model: WebSocket /v1/realtime/video, HTTP /v1/videos, "
+                                          "/v1/models, /healthz, /readyz, /metrics. Every flag overrides the "
+                                          "matching FRAMECAST_* environment variable.")
+    p.add_argument("--model", help="model name or directory (default: the embedded default model)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port to listen on (default: 8000)")
+    p.add_argument("--api-key", dest="api_keys", action="append",
+                   help="accept this bearer key (repeat for several); none = no authentication")
+    p.add_argument("--max-sessions", type=int, help="concurrent streams (default: 8)")
+    p.add_argument("--memory-budget", dest="memory_budget_bytes", type=int,
+                   help="bytes for weights + per-session memory; sessions beyond it get server_full")
+    p.add_argument("--sessions-per-key", type=int, help="concurrent streams per API key (default: 4)")
+    p.add_argument("--max-stream-seconds", type=float, help="longest stream (default: 3600)")
+    p.add_argument("--max-job-seconds", type=float, help="longest clip a job may ask for (default: 60)")
+    p.add_argument("--data-dir", help="where job records and clips are kept (default: ~/.local/share/framecast)")
+    p.add_argument("--job-store", dest="job_store_url",
+                   help="sqlite:///PATH or redis://HOST:PORT/DB (default: SQLite under --data-dir)")
+    p.add_argument("--job-workers", type=int, help="clip jobs generated at once (default: 1)")
+    p.add_argument("--no-batching", dest="batching", action="store_const", const=False,
+                   help="run each stream's forwards separately instead of batching them")
+    p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
+                   help="skip generating one chunk before /readyz says ready")
+    p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
+                   help="log level (default: info)")
+    p.set_defaults(func=serve)
+
+
+def _settings(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from .settings import Settings
+
+    fields = set(Settings.model_fields)
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    try:
+        return Settings(**overrides)  # init arguments win over FRAMECAST_* variables
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CommandError(f"invalid settings: {problems}") from None
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                               f"{' (port in use? pick another with --port)' if port else ''}") from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _check_port(settings.host, settings.port)
+
+    import logging
+
+    import uvicorn
+
+    from engine import EngineError, load_model
+
+    from .app import create_app, uvicorn_config
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
+    try:
+        model = load_model(settings.model, settings.device)
+    except EngineError as exc:
+        raise CommandError(str(exc)) from None
+    server = uvicorn.Server(uvicorn_config(create_app(settings, model=model), settings))
+    server.run()
+    if not server.started:
+        raise CommandError(f"the server did not start on {settings.host}:{settings.port} (see the log above)", 1)
+    return 0

@@ -1,0 +1,108 @@
+"""One error type for everything the server refuses, mapped once to an HTTP status and a
+WebSocket close code, and the handlers that give every HTTP error the same JSON shape:
+``{"error": {"code", "message", "param"}}`` (clients.protocol.ErrorBody)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clients.protocol import CloseCode, ErrorBody, ErrorDetail
+
+log = logging.getLogger("framecast.server")
+
+# code -> (HTTP status, WebSocket close code); anything unlisted is a 400 / 4400.
+ERROR_CODES: dict[str, tuple[int, int]] = {
+    "unauthorized": (401, CloseCode.UNAUTHORIZED),
+    "not_found": (404, CloseCode.NOT_FOUND),
+    "unknown_model": (400, CloseCode.NOT_FOUND),
+    "conflict": (409, CloseCode.BAD_REQUEST),
+    "rate_limited": (429, CloseCode.TRY_AGAIN_LATER),
+    "server_full": (503, CloseCode.TRY_AGAIN_LATER),
+    "model_loading": (503, CloseCode.TRY_AGAIN_LATER),
+    "shutting_down": (503, CloseCode.GOING_AWAY),
+    "binary_not_allowed": (400, CloseCode.UNSUPPORTED_DATA),
+    "message_too_large": (413, CloseCode.TOO_BIG),
+    "start_timeout": (408, CloseCode.START_TIMEOUT),
+    "internal_error": (500, CloseCode.INTERNAL),
+}
+STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "unauthorized", 404: "not_found",
+                405: "method_not_allowed", 409: "conflict", 413: "message_too_large", 429: "rate_limited",
+                503: "server_full"}
+
+
+class ApiError(Exception):
+    """A refusal with a stable `code` (clients.protocol.ErrorCode) and a readable message."""
+
+    def __init__(self, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+    @property
+    def status(self) -> int:
+        return ERROR_CODES.get(self.code, (400, CloseCode.BAD_REQUEST))[0]
+
+    @property
+    def close_code(self) -> int:
+        return ERROR_CODES.get(self.code, (400, CloseCode.BAD_REQUEST))[1]
+
+    def detail(self) -> ErrorDetail:
+        return ErrorDetail(code=self.code, message=self.message, param=self.param)
+
+
+def from_validation_error(exc: ValidationError | RequestValidationError, default_code: str) -> ApiError:
+    """The first problem of a pydantic/FastAPI validation error as an ApiError naming its field."""
+    errors = exc.errors()
+    if not errors:
+        return ApiError(default_code, "invalid request")
+    first = errors[0]
+    # FastAPI prefixes the location with where it came from (body, query, path).
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    param = ".".join(loc) or None
+    code = default_code
+    if param == "prompt":
+        code = "invalid_prompt"
+    elif param == "seed":
+        code = "invalid_seed"
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        message = "field required"
+    elif first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    return ApiError(code, f"{param}: {message}" if param else message, param)
+
+
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    if error.code == "unauthorized":
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    body = ErrorBody(error=error.detail()).model_dump(mode="json")
+    return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # 400 as OpenAI's APIs answer, in the one error shape (not FastAPI's 422 list).
+        return error_response(from_validation_error(exc, "invalid_request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        error = ApiError(code, message)
+        body = ErrorBody(error=error.detail()).model_dump(mode="json")
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(ApiError("internal_error", "internal server error"))

@@ -1,0 +1,102 @@
+"""The one place the server touches the engine's streaming API: opening streams, asking
+for chunks, switching prompts, closing. Engine calls are blocking CPU/GPU work, so every
+one of them runs on a worker thread, never on the event loop.
+
+With batching on (the default), streams are handles of one `engine.scheduler.BatchScheduler`
+per model, whose thread batches the denoising steps of all streams into one forward; with it
+off, each stream runs its own forwards on its own worker thread (the baseline the
+benchmark compares against).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+log = logging.getLogger("framecast.server")
+T = TypeVar("T")
+
+# How long a worker waits on a scheduled chunk before re-checking that its stream is
+# still open: a closed handle is never woken by the scheduler.
+CHUNK_POLL_S = 0.5
+
+
+class Generator:
+    """One per loaded model."""
+
+    def __init__(self, model: Any, max_sessions: int, batching: bool = True):
+        self.model = model
+        # Per stream at most one chunk in flight plus an update or a close: 2 threads each.
+        self._executor = ThreadPoolExecutor(max_workers=2 * max_sessions + 2, thread_name_prefix="framecast-gen")
+        self._scheduler = None
+        if batching:
+            from engine.scheduler import BatchScheduler
+
+            # The server's own per-stream queue buffers encoded chunks; one generated chunk
+            # ahead in the scheduler keeps the model busy without adding prompt-switch lag.
+            self._scheduler = BatchScheduler(model, max_sessions=max_sessions, queue_chunks=1).start()
+
+    @property
+    def batching(self) -> bool:
+        return self._scheduler is not None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def open(self, prompt: str, seed: int | None) -> "GenerationStream":
+        """Raises the engine's InvalidInput (bad prompt/seed) or CapacityError (no cache row)."""
+        if self._scheduler is not None:
+            handle = await self.run(self._scheduler.open, prompt, seed)
+            return GenerationStream(self, handle, scheduled=True)
+        session = await self.run(self.model.open_session, prompt, seed)
+        return GenerationStream(self, session, scheduled=False)
+
+    def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class GenerationStream:
+    def __init__(self, generator: Generator, engine_stream: Any, scheduled: bool):
+        self._generator = generator
+        self._engine = engine_stream  # engine StreamSession or scheduler SessionHandle
+        self._scheduled = scheduled
+        self._closed = False
+
+    def _next_chunk(self):
+        if not self._scheduled:
+            return self._engine.next_chunk()
+        while True:
+            try:
+                return self._engine.next_chunk(timeout=CHUNK_POLL_S)  # SessionClosed once closed
+            except queue.Empty:
+                continue
+
+    async def produce(self, work: Callable[[Any], T]) -> T:
+        """The next chunk, handed to `work` on the same worker thread (encoding stays off the
+        event loop too); returns what `work` returns. Cancelling the await leaves the thread
+        to finish its chunk, after which `close` takes effect."""
+        return await self._generator.run(lambda: work(self._next_chunk()))
+
+    async def update_prompt(self, prompt: str, event_id: str | None) -> int:
+        """The chunk index where the new prompt takes effect."""
+        return await self._generator.run(self._engine.update_prompt, prompt, event_id)
+
+    def close(self) -> Future:
+        """Close on a worker thread; the future completes once the engine let go of it."""
+        if self._closed:
+            done: Future = Future()
+            done.set_result(None)
+            return done
+        self._closed = True
+        try:
+            return self._generator._executor.submit(self._engine.close)
+        except RuntimeError:  # executor already shut down: closing is only flagging the stream
+            self._engine.close()
+            done = Future()
+            done.set_result(None)
+            return done

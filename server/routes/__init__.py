@@ -1,0 +1,1 @@
+"""One router per feature: stream (WebSocket), videos (jobs), models, health."""

@@ -1,0 +1,79 @@
+"""Server settings: the one place environment variables are read.
+
+Every field can be set as ``FRAMECAST_<FIELD>`` (``FRAMECAST_API_KEYS=a,b`` or a JSON
+list) and is overridden by the matching ``framecast serve`` flag.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from clients.protocol import MAX_PROMPT_CHARS, START_TIMEOUT_S
+
+
+def default_data_dir() -> Path:
+    # XDG data home: job records and clip files outlive the process and its cwd.
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "framecast"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAMECAST_", extra="ignore")
+
+    # --- the model ----------------------------------------------------------------
+    model: str | None = Field(None, description="model name or directory; None = the embedded default")
+    device: str = Field("cpu", description="torch device the model runs on")
+    warmup: bool = Field(True, description="generate one chunk before /readyz says ready")
+    batching: bool = Field(True, description="batch the forwards of concurrent streams (BatchScheduler)")
+
+    # --- network --------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="accepted bearer keys; empty = no authentication")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Frames larger than this are refused by the WebSocket layer itself (close 1009); it is
+    # kept above MAX_MESSAGE_BYTES so most oversize messages get a JSON `error` first.
+    ws_max_frame_bytes: int = Field(1024 * 1024, ge=1024)
+
+    # --- capacity and limits -----------------------------------------------------------
+    max_sessions: int = Field(8, ge=1, description="concurrent streams (and cache rows)")
+    memory_budget_bytes: int | None = Field(
+        None, ge=0, description="weights + per-session memory must fit; None = max_sessions decides")
+    max_prompt_chars: int = Field(MAX_PROMPT_CHARS, ge=1, le=MAX_PROMPT_CHARS)
+    max_stream_seconds: float = Field(3600.0, gt=0, description="longest stream before session.done")
+    max_job_seconds: float = Field(60.0, gt=0, description="longest clip a job may ask for")
+    sessions_per_key: int = Field(4, ge=1, description="concurrent streams per API key")
+    start_timeout_s: float = Field(START_TIMEOUT_S, gt=0, description="session.start must arrive within this")
+    queue_depth: int = Field(2, ge=1, description="encoded chunks buffered per stream before generation waits")
+    # Delivery may run this far ahead of real time; None = as fast as the client reads
+    # (benchmarks). Live viewers need a bound, or a prompt switch shows up ever later.
+    stream_lead_s: float | None = Field(1.0, ge=0)
+    stats_interval_s: float = Field(2.0, gt=0)
+
+    # --- jobs ---------------------------------------------------------------------------
+    data_dir: Path = Field(default_factory=default_data_dir)
+    job_store_url: str | None = Field(
+        None, description="sqlite:///path.db or redis://host:port/db; None = SQLite under data_dir")
+    job_workers: int = Field(1, ge=0, description="clip jobs generated at once by this replica")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="how long running jobs may finish at shutdown")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [k.strip() for k in text.split(",") if k.strip()]
+        return value
+
+    def resolved_job_store_url(self) -> str:
+        return self.job_store_url or f"sqlite:///{self.data_dir / 'jobs.sqlite3'}"

@@ -1,0 +1,36 @@
+"""Checks of a request against the served model and the server's limits, shared by the
+WebSocket stream and the HTTP jobs (the pydantic messages check the rest)."""
+
+from __future__ import annotations
+
+from .errors import ApiError
+
+
+def check_model(model, requested: str | None) -> None:
+    if requested is not None and requested != model.name:
+        raise ApiError("unknown_model", f"model {requested!r} is not served here; this server serves "
+                       f"{model.name!r}", "model")
+
+
+def check_prompt(prompt: str, max_chars: int) -> str:
+    if not prompt.strip():
+        raise ApiError("invalid_prompt", "prompt must not be blank", "prompt")
+    if len(prompt) > max_chars:
+        raise ApiError("invalid_prompt", f"prompt has {len(prompt)} characters; the limit is {max_chars}", "prompt")
+    return prompt
+
+
+def check_output(model, fps: float | None, size: str | None) -> float:
+    """The output fps (frames are dropped evenly below the model's); ApiError for a size or
+    fps this model cannot make."""
+    if size is not None and size != f"{model.width}x{model.height}":
+        raise ApiError("invalid_request", f"this model makes {model.width}x{model.height} video, not {size}", "size")
+    if fps is not None and fps > model.fps:
+        raise ApiError("invalid_request", f"fps must be at most the model's {model.fps:g}", "fps")
+    return fps or model.fps
+
+
+def check_seconds(seconds: float, limit: float, param: str) -> float:
+    if seconds > limit:
+        raise ApiError("invalid_request", f"{param} must be at most {limit:g}", param)
+    return seconds

@@ -1,0 +1,194 @@
+"""Live streams end to end: a real uvicorn on loopback, a real WebSocket client, the real
+tiny-random model, ffprobe on the received fMP4 stream."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+
+import httpx
+import websockets
+from PIL import Image
+
+from clients.protocol import VideoChunk, parse_server_message
+from tests.server_fixtures import (Received, ffprobe, live_server, one_session, receive_all, run, server,  # noqa: F401
+                                   stalled_client, tiny_model)
+
+START = {"type": "session.start", "prompt": "a red ball bouncing", "seed": 3}
+
+
+def test_fmp4_stream_probes_as_h264_with_every_frame(server, tmp_path):
+    got = run(one_session(server.ws_url, {**START, "format": "fmp4", "max_seconds": 2.0}))
+    for message in got.messages:
+        parse_server_message(json.dumps(message))  # every message is a valid protocol message
+    started = got.of_type("session.started")[0]
+    assert (started["width"], started["height"]) == (64, 64) and started["codec"].startswith("avc1.")
+    init_meta, init = got.media[0]
+    assert init_meta["init"] and init_meta["index"] == 0 and init_meta["frames"] == 0
+    assert init[4:8] == b"ftyp"
+    fragments = got.media[1:]
+    assert [m["index"] for m, _ in fragments] == list(range(1, len(fragments) + 1))
+    assert all(data[4:8] == b"moof" for _, data in fragments)  # one moof+mdat per chunk
+    assert sum(m["frames"] for m, _ in fragments) == 32  # 2 s at 16 fps
+    assert [m["pts"] for m, _ in fragments] == [i * 8 / 16 for i in range(len(fragments))]
+    done = got.of_type("session.done")[0]
+    assert done["reason"] == "max_seconds" and done["frames"] == 32 and done["seconds"] == 2.0
+    assert got.close_code == 1000
+
+    path = tmp_path / "stream.mp4"
+    path.write_bytes(b"".join(data for _, data in got.media))
+    facts = ffprobe(path)
+    assert facts["codec_name"] == "h264" and int(facts["nb_read_frames"]) == 32
+    assert (facts["width"], facts["height"]) == (64, 64) and facts["avg_frame_rate"] == "16/1"
+
+
+def test_jpeg_stream_sends_one_decodable_frame_per_message(server):
+    got = run(one_session(server.ws_url, {**START, "format": "jpeg", "max_seconds": 1.0}))
+    assert len(got.media) == 16
+    assert [m["index"] for m, _ in got.media] == list(range(16))
+    for meta, data in got.media:
+        assert meta["frames"] == 1
+        assert Image.open(io.BytesIO(data)).size == (64, 64)
+    assert got.of_type("session.done")[0]["frames"] == 16
+
+
+def test_lower_fps_drops_frames_evenly_and_times_them(server, tmp_path):
+    got = run(one_session(server.ws_url, {**START, "fps": 8, "max_seconds": 2.0}))
+    assert got.of_type("session.started")[0]["fps"] == 8
+    assert sum(m["frames"] for m, _ in got.media) == 16
+    path = tmp_path / "eight.mp4"
+    path.write_bytes(b"".join(data for _, data in got.media))
+    facts = ffprobe(path)
+    assert int(facts["nb_read_frames"]) == 16 and facts["avg_frame_rate"] == "8/1"
+
+
+def test_same_seed_streams_the_same_video(server):
+    first = run(one_session(server.ws_url, {**START, "format": "jpeg", "max_seconds": 1.0}))
+    second = run(one_session(server.ws_url, {**START, "format": "jpeg", "max_seconds": 1.0}))
+    other = run(one_session(server.ws_url, {**START, "seed": 4, "format": "jpeg", "max_seconds": 1.0}))
+    assert [d for _, d in first.media] == [d for _, d in second.media]
+    assert [d for _, d in first.media] != [d for _, d in other.media]
+
+
+async def _drain(ws, got: Received, quiet_s: float) -> None:
+    """Read until nothing arrives for `quiet_s` seconds."""
+    try:
+        await receive_all(ws, got, timeout=quiet_s, until=lambda r: False)
+    except TimeoutError:
+        pass
+
+
+async def _update_pause_resume_ping(url: str) -> Received:
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({**START, "format": "fmp4", "max_seconds": 4.0}))
+        got = await receive_all(ws, until=lambda r: len(r.media) >= 3)  # init + 2 fragments
+        await ws.send(json.dumps({"type": "session.update", "prompt": "a blue square", "event_id": "evt-blue"}))
+        await ws.send(json.dumps({"type": "session.ping", "ts": 12.5}))
+        await ws.send(json.dumps({"type": "session.pause"}))
+        await receive_all(ws, got, until=lambda r: r.of_type("session.paused"))
+        await _drain(ws, got, 1.0)  # what was generated before the pause
+        frozen = len(got.media)
+        await _drain(ws, got, 1.0)
+        assert len(got.media) == frozen, "media arrived while paused"
+        await ws.send(json.dumps({"type": "session.resume"}))
+        return await receive_all(ws, got)
+
+
+def test_update_pause_resume_and_ping(server):
+    got = run(_update_pause_resume_ping(server.ws_url))
+    assert got.of_type("session.pong")[0]["ts"] == 12.5
+    queued = got.of_type("session.update.queued")[0]
+    assert queued["event_id"] == "evt-blue"
+    carrying = [m for m, _ in got.media if m["prompt_event_id"] == "evt-blue"]
+    assert len(carrying) == 1, "exactly one chunk names the event it took effect in"
+    assert carrying[0]["index"] == queued["at_chunk"]
+    assert got.of_type("session.resumed")
+    assert sum(m["frames"] for m, _ in got.media) == 64  # pausing loses no frames
+    assert got.of_type("session.done")[0]["reason"] == "max_seconds"
+
+
+async def _stop_early(url: str) -> Received:
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({**START, "format": "jpeg"}))
+        got = await receive_all(ws, until=lambda r: len(r.media) >= 5)
+        await ws.send(json.dumps({"type": "session.stop"}))
+        return await receive_all(ws, got)
+
+
+def test_stop_ends_with_done_and_normal_close(server):
+    got = run(_stop_early(server.ws_url))
+    done = got.of_type("session.done")[0]
+    assert done["reason"] == "stopped"
+    assert done["frames"] == len(got.media)  # counts what was delivered
+    assert got.close_code == 1000
+
+
+def test_stats_arrive_during_a_stream(tiny_model, tmp_path):
+    with live_server(tmp_path, tiny_model, stream_lead_s=0.0, stats_interval_s=0.3) as paced:
+        started = time.monotonic()
+        got = run(one_session(paced.ws_url, {**START, "max_seconds": 1.5}))
+        elapsed = time.monotonic() - started
+    stats = got.of_type("session.stats")
+    assert stats, "no session.stats in a 1.5 s stream with a 0.3 s stats interval"
+    assert all(s["fps"] > 0 and s["latency_ms"] > 0 for s in stats)
+    # Paced to real time: 1.5 s of video takes at least ~1 s to deliver (the first chunk is instant).
+    assert elapsed >= 1.0
+
+
+async def _disconnect_midway(url: str) -> None:
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({**START, "format": "jpeg"}))
+        await receive_all(ws, until=lambda r: len(r.media) >= 3)
+    # leaving the block closes the connection while the stream is running
+
+
+def test_disconnect_frees_the_session(server):
+    run(_disconnect_midway(server.ws_url))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and server.state.admission.in_use:
+        time.sleep(0.05)
+    assert server.state.admission.in_use == 0
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "framecast_active_sessions 0.0" in metrics
+    assert "framecast_stream_queue_chunks 0.0" in metrics
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_client_that_stops_reading_stops_its_generation(server):
+    """Pacing by consumption: once the socket buffers of a stalled reader are full, its
+    bounded queue fills and its stream generates nothing more (memory never grows)."""
+    def sample() -> tuple[float, float]:
+        text = httpx.get(server.url + "/metrics").text
+        return (metric(text, 'framecast_frames_generated_total{kind="stream"}'),
+                metric(text, "framecast_stream_queue_chunks"))
+
+    sock = stalled_client(server.settings.port, {**START, "format": "jpeg"})
+    try:
+        previous, deadline = (-1.0, 0.0), time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            current = sample()
+            if current == previous:
+                break
+            previous = current
+        stalled, queued = previous
+        time.sleep(1.0)
+        assert sample() == (stalled, queued), "generation went on for a client that reads nothing"
+        assert queued == server.settings.queue_depth
+    finally:
+        sock.close()
+
+
+def test_chunk_metadata_is_a_protocol_message(server):
+    got = run(one_session(server.ws_url, {**START, "max_seconds": 0.5}))
+    for meta, _ in got.media:
+        VideoChunk.model_validate(meta)
