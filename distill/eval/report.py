@@ -1,0 +1,138 @@
+"""Evaluate a generator over a prompt set and seeds; write the report a person reads.
+
+    report = evaluate_generator(model.generate_clip, standard_prompts(), seeds=2, seconds=4,
+                                fps=model.fps, out_dir="eval-out")
+
+`generate(prompt, seconds, seed) -> uint8 [T, H, W, 3]` is any callable, so this does
+not depend on the engine. With `out_dir` it writes report.json (summary, per-prompt
+means, every sample's metrics), metrics.png (mean of each metric), drift.png (for
+streams long enough to have windows), grid.png (frames of the first samples) and
+samples.mp4 + samples.gif (the first samples tiled, playing together).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from distill.eval.config import EvalConfig
+from distill.eval.evaluate import DRIFT_METRICS, METRICS, evaluate_frames
+
+Generate = Callable[[str, float, int], np.ndarray]
+GRID_COLUMNS = 8  # frames per sample in grid.png, evenly spaced over the clip
+PREVIEW_SECONDS = 10.0  # how much of each sample samples.mp4 / samples.gif play
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def evaluate_generator(generate: Generate, prompts: Sequence[str], seeds: int | Sequence[int], seconds: float,
+                       out_dir: str | Path | None = None, fps: float = 16, config: EvalConfig | None = None,
+                       grid_samples: int = 8) -> dict:
+    """Generate every (prompt, seed) pair, score each clip with evaluate_frames and
+    summarise. `seeds` is a count (seeds 0..n-1) or a list. Returns
+    {"summary": {metric: mean}, "per_prompt": [...], "samples": [...], "drift": ...}."""
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    samples, previews = [], []
+    started = time.perf_counter()
+    for prompt in prompts:
+        for seed in seeds:
+            frames = np.asarray(generate(prompt, seconds, seed))
+            metrics = evaluate_frames(frames, prompt, fps, config=config)
+            samples.append({"prompt": prompt, "seed": seed, **metrics})
+            if len(previews) < grid_samples:  # keep little of each: streams can be minutes long
+                picks = np.linspace(0, len(frames) - 1, GRID_COLUMNS).round().astype(int)
+                previews.append((prompt, frames[picks], frames[: int(PREVIEW_SECONDS * fps)]))
+    report = {
+        "summary": {m: _mean(s[m] for s in samples) for m in METRICS},
+        "per_prompt": [
+            {"prompt": p, **{m: _mean(s[m] for s in samples if s["prompt"] == p) for m in METRICS}} for p in prompts
+        ],
+        "settings": {"prompts": len(prompts), "seeds": seeds, "seconds": seconds, "fps": fps,
+                     "wall_seconds": time.perf_counter() - started},
+        "samples": samples,
+    }
+    drift = _mean_drift(samples)
+    if drift:
+        report["drift"] = drift
+    if out_dir is not None:
+        write_report(report, previews, Path(out_dir), fps)
+    return report
+
+
+def _mean_drift(samples: list[dict]) -> list[dict]:
+    """Per window (over samples that have it): mean start time and mean of each metric."""
+    with_windows = [s["windows"] for s in samples if "windows" in s]
+    if not with_windows:
+        return []
+    count = min(len(w) for w in with_windows)
+    return [
+        {"start_s": with_windows[0][k]["start_s"], "end_s": with_windows[0][k]["end_s"],
+         **{m: _mean(w[k][m] for w in with_windows) for m in METRICS}}
+        for k in range(count)
+    ]
+
+
+def write_report(report: dict, previews: list[tuple[str, np.ndarray, np.ndarray]], out_dir: Path,
+                 fps: float) -> None:
+    """previews: (prompt, grid frames [GRID_COLUMNS, H, W, 3], first seconds [T, H, W, 3])"""
+    from PIL import Image
+
+    from distill.eval.media import frame_grid, tile_videos, write_gif, write_mp4
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    plot_metrics(report["summary"], out_dir / "metrics.png")
+    if report.get("drift"):
+        plot_drift(report["drift"], out_dir / "drift.png")
+    if previews:
+        grid = frame_grid([g for _, g, _ in previews], GRID_COLUMNS, labels=[p for p, _, _ in previews])
+        Image.fromarray(grid).save(out_dir / "grid.png")
+        tiled = tile_videos([head for _, _, head in previews])
+        write_mp4(out_dir / "samples.mp4", tiled, fps)
+        write_gif(out_dir / "samples.gif", tiled, fps)
+
+
+def plot_metrics(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    names = [m for m in METRICS if summary.get(m) is not None]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(range(len(names)), [summary[m] for m in names], color="tab:blue")
+    ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("mean (flicker: lower is better)")
+    ax.set_title("Shapes evaluator")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_drift(windows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    starts = [w["start_s"] for w in windows]
+    for m in DRIFT_METRICS:
+        values = [w[m] for w in windows]
+        if all(v is not None for v in values):
+            ax.plot(starts, values, marker="o", label=m)
+    ax.set_xlabel("window start (s)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title("drift over the stream")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
