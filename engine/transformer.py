@@ -80,12 +80,22 @@ class CachedAttention(AttentionMode):
             lengths = torch.tensor([len(p) * tpf for p in k_pos], device=padded.device)
             self.mask = (torch.arange(longest * tpf, device=padded.device)[None] < lengths[:, None])[:, None, None]
 
+    def _rows_index(self):
+        """A slice when the rows are contiguous (a view, no gather), else an index tensor."""
+        r0 = self.rows[0]
+        if self.rows == list(range(r0, r0 + len(self.rows))):
+            return slice(r0, r0 + len(self.rows))
+        return torch.tensor(self.rows, device=self.cache.k.device)
+
     def _keys(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cache = self.cache
+        rows = self._rows_index()
         if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
-            if len(self.rows) != 1:
-                raise NotImplementedError("training forwards run one stream at a time")
-            kc, vc = cache.context_view(layer, self.rows[0])
+            # Training rollouts advance their rows in lockstep, so every row has the same fill.
+            if self.mask is not None:
+                raise NotImplementedError("gradient forwards need rows at the same cache fill")
+            _, end = cache.valid_range(self.rows[0])
+            kc, vc = cache.k[layer, rows, cache.sink_offset : end], cache.v[layer, rows, cache.sink_offset : end]
             return torch.cat([k, kc.to(k.dtype)], dim=1), torch.cat([v, vc.to(v.dtype)], dim=1)
         if len(self.rows) == 1:
             cache.write_current(layer, self.rows[0], k, v)
@@ -94,8 +104,7 @@ class CachedAttention(AttentionMode):
             cache.write_current(layer, row, k[i : i + 1], v[i : i + 1])
         start = cache.valid_range(self.rows[0])[0]
         end = start + self.k_cos.shape[1]
-        idx = torch.tensor(self.rows, device=k.device)
-        return cache.k[layer, idx, start:end], cache.v[layer, idx, start:end]
+        return cache.k[layer, rows, start:end], cache.v[layer, rows, start:end]
 
     def __call__(self, layer, q, k, v):
         keys, values = self._keys(layer, k, v)
@@ -106,8 +115,8 @@ class CachedAttention(AttentionMode):
     def linear_readout(self, layer, q):
         if self.cache.policy != "linear_state":
             return None
-        idx = torch.tensor(self.rows, device=q.device)
-        s_kv, s_k = self.cache.state_kv[layer, idx], self.cache.state_k[layer, idx]  # [B,H,D,D], [B,H,D]
+        rows = self._rows_index()
+        s_kv, s_k = self.cache.state_kv[layer, rows], self.cache.state_k[layer, rows]  # [B,H,D,D], [B,H,D]
         phi = linear_features(q)  # [B, N, H, D]
         num = torch.einsum("bnhd,bhde->bnhe", phi, s_kv)
         den = torch.einsum("bnhd,bhd->bnh", phi, s_k).unsqueeze(-1)
@@ -155,10 +164,11 @@ class CausalWanTransformer(WanTransformer3DModel):
         proj = proj.view(b, f, 1, 6, -1).expand(b, f, tokens_per_frame, 6, -1).reshape(b, f * tokens_per_frame, 6, -1)
         return temb, proj
 
-    def full_attention(self, frames: int, mask: torch.Tensor | None = None) -> FullAttention:
+    def full_attention(self, frames: int, mask: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None) -> FullAttention:
         """Bidirectional (or explicitly masked) attention over `frames` latent frames at
-        absolute positions 0..frames-1."""
-        pos = torch.arange(frames, device=self.rope_tables.t_cos.device)
+        positions 0..frames-1, or at the given frame `positions` [frames]."""
+        pos = torch.arange(frames, device=self.rope_tables.t_cos.device) if positions is None else positions
         cos, sin = self.rope_tables.for_frames(pos)
         return FullAttention(cos[None], sin[None], mask, self.attention_backend)
 

@@ -1,0 +1,185 @@
+"""Pieces every training run shares: checkpoints in safetensors + JSON (never pickle),
+resume by re-running, weight EMA, cached caption embeddings, and Shapes latent batches."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+CKPT_RE = re.compile(r"checkpoint-(\d+)\.safetensors$")
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+def _flatten_optimizer(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, slots in state["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{name}.state.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+    state: dict[int, dict] = {}
+    prefix = f"{name}.state."
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            idx, slot = key[len(prefix):].split(".", 1)
+            state.setdefault(int(idx), {})[slot] = value
+    for key, value in meta["scalars"].items():
+        idx, slot = key.split(".", 1)
+        state.setdefault(int(idx), {})[slot] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+class Checkpointer:
+    """run_dir/checkpoint-<step>.safetensors (+ .json): modules, optimizers, step, extra."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 2):
+        self.run_dir = Path(run_dir)
+        self.keep = keep
+
+    def latest(self) -> Path | None:
+        found = sorted((int(m.group(1)), p) for p in self.run_dir.glob("checkpoint-*.safetensors")
+                       if (m := CKPT_RE.search(p.name)) and p.with_suffix(".json").is_file())
+        return found[-1][1] if found else None
+
+    def save(self, step: int, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+             extra: dict | None = None) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        meta: dict = {"step": step, "extra": extra or {}, "optimizers": {}}
+        for name, module in modules.items():
+            for key, value in module.state_dict().items():
+                tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
+        for name, opt in optimizers.items():
+            t, m = _flatten_optimizer(f"opt_{name}", opt)
+            tensors.update(t)
+            meta["optimizers"][name] = m
+        path = self.run_dir / f"checkpoint-{step:07d}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, tmp)
+        path.with_suffix(".json").write_text(json.dumps(meta))
+        tmp.replace(path)  # the JSON exists before the weights appear, so latest() never sees half a checkpoint
+        for old in sorted(self.run_dir.glob("checkpoint-*.safetensors"))[: -self.keep]:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+        return path
+
+    def load(self, path: Path, modules: dict[str, nn.Module],
+             optimizers: dict[str, torch.optim.Optimizer]) -> tuple[int, dict]:
+        tensors = load_file(path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        for name, module in modules.items():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        for name, opt in optimizers.items():
+            _restore_optimizer(f"opt_{name}", opt, tensors, meta["optimizers"][name])
+        return meta["step"], meta["extra"]
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """A generator seeded from (seed, step, rank): a resumed run draws what an
+    uninterrupted one would have drawn at that step."""
+    mixed = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0]) % 2**63
+    return torch.Generator().manual_seed(mixed)
+
+
+class MetricsLog:
+    """run_dir/metrics.jsonl: one JSON object per logged step, beside TensorBoard's
+    event files, so scripts and tests can read a run without TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.writer = SummaryWriter(Path(run_dir) / "tb") if enabled else None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# --- weight EMA ----------------------------------------------------------------------------
+
+class EMA(nn.Module):
+    """theta_ema <- d * theta_ema + (1 - d) * theta after every optimiser step."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.shadow = copy.deepcopy(model).requires_grad_(False).eval()
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for ema_p, p in zip(self.shadow.parameters(), model.parameters()):
+            ema_p.lerp_(p.detach(), 1 - self.decay)
+
+
+# --- captions ------------------------------------------------------------------------------
+
+class CaptionCache:
+    """Text-encoder features per caption, computed once (Shapes captions repeat a lot)."""
+
+    def __init__(self, encoder, size: int = 50_000):
+        self.encoder, self.size = encoder, size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:  # -> [B, L, text_dim]
+        missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
+        if missing:
+            for caption, feats in zip(missing, self.encoder.encode(missing)):
+                self._cache[caption] = feats
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        return torch.stack([self._cache[c] for c in captions])
+
+
+# --- Shapes latents ------------------------------------------------------------------------
+
+class ShapesLatents:
+    """Deterministic batches of (latents, captions) for a training step: clip seeds derive
+    from (seed, step), so a resumed run sees the data it would have seen."""
+
+    def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, height: int = 128,
+                 width: int = 128, fps: int = 16, max_start_frame: int = 480):
+        from distill.data.shapes import ShapesConfig, ShapesWorld
+
+        self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps))
+        self.autoencoder = autoencoder
+        self.frames = latent_frames * 4
+        self.batch_size, self.seed, self.max_start = batch_size, seed, max_start_frame
+
+    def clips(self, step: int):
+        rng = np.random.default_rng([self.seed, step])
+        seeds = rng.integers(0, 2**62, size=self.batch_size)
+        starts = rng.integers(0, self.max_start + 1, size=self.batch_size)
+        return [self.world.sample(int(s), self.frames, int(o)) for s, o in zip(seeds, starts)]
+
+    @torch.no_grad()
+    def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
+        clips = self.clips(step)
+        video = torch.from_numpy(np.stack([c.frames for c in clips]))  # [B, T, H, W, 3] uint8
+        video = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # [B, 3, T, H, W]
+        return self.autoencoder.encode(video), [c.caption for c in clips]

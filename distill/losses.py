@@ -1,0 +1,58 @@
+"""The losses of teacher training and distillation, one short function each.
+
+Flow matching throughout (Wan / rectified flow): x_t = (1 - s) x0 + s eps, the network
+predicts v = eps - x0, so x0_hat = x_t - s v. Timesteps fed to the network are s * 1000.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.sampler import shift_sigma
+
+
+def sample_sigmas(batch: int, shift: float, generator: torch.Generator | None = None,
+                  low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """s = shift(u), u ~ U(low, high): the shifted noise levels Wan trains at. -> [B]"""
+    u = low + (high - low) * torch.rand(batch, generator=generator)
+    return shift_sigma(u, shift)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - s) x0 + s eps, with s per sample [B] or per frame [B, F]."""
+    s = sigma.view(*sigma.shape, *([1] * (x0.ndim - sigma.ndim)))
+    if sigma.ndim == 2:  # [B, F] -> [B, 1, F, 1, 1]
+        s = sigma[:, None, :, None, None]
+    return (1 - s) * x0 + s * noise
+
+
+def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Conditional flow matching (Lipman et al. 2023, eq. 23): || v(x_t) - (eps - x0) ||^2."""
+    return F.mse_loss(v_pred.float(), (noise - x0).float())
+
+
+def ode_regression_loss(x0_pred: torch.Tensor, x0_teacher: torch.Tensor) -> torch.Tensor:
+    """CausVid's ODE initialisation: the student's x0 from a point on the teacher's
+    probability-flow trajectory regresses onto the trajectory's end."""
+    return F.mse_loss(x0_pred.float(), x0_teacher.float())
+
+
+def dmd_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Distribution Matching Distillation (Yin et al. 2024, eq. 7-8).
+
+    The KL gradient w.r.t. the generator sample x is approximately (x0_fake - x0_real),
+    normalised per sample by mean |x - x0_real|; realised as an MSE towards the stop-grad
+    target x - grad, so d loss / d x = grad. `weight` (per sample [B], or per element
+    broadcastable to x) weights the gradient (Re-DMD / Stream-R1)."""
+    with torch.no_grad():
+        dims = tuple(range(1, x.ndim))
+        norm = (x - x0_real).abs().mean(dim=dims, keepdim=True).clamp_min(1e-6)
+        grad = torch.nan_to_num((x0_fake - x0_real) / norm)
+        target = x - grad
+    per_elem = 0.5 * (x.float() - target.float()) ** 2
+    if weight is not None:
+        w = weight.view(-1, *([1] * (x.ndim - 1))) if weight.ndim == 1 else weight
+        per_elem = per_elem * w
+    return per_elem.mean()

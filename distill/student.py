@@ -1,0 +1,290 @@
+"""Distil the bidirectional teacher into the causal few-step student (Self-Forcing /
+CausVid): ODE initialisation, then DMD with self-forcing rollouts.
+
+    framecast distill student --preset shapes --teacher runs/teacher/model --out engine/models/shapes-default
+
+One linear loop over a global step: steps [0, ode_iters) regress the student onto
+teacher ODE trajectories; steps [ode_iters, ode_iters + dmd_iters) are DMD generator
+updates, each after `critic_ratio` updates of the fake-score critic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from engine.config import ModelConfig
+from engine.model import load_transformer_weights
+from engine.sampler import FewStepSampler
+from engine.transformer import build_transformer
+
+from .common import EMA, CaptionCache, Checkpointer, MetricsLog, step_generator
+from .losses import add_noise, dmd_loss, flow_matching_loss, ode_regression_loss, sample_sigmas
+from .rollout import rollout, teacher_forcing_forward
+from .teacher import SHAPES_MODEL, TINY_MODEL, build_text_encoder_for, export_model, sample_teacher
+
+SHAPES_STUDENT = SHAPES_MODEL.model_copy(update={
+    "name": "shapes-default",
+    "description": "Framecast's embedded default: a causal 4-step student distilled on the procedural Shapes world.",
+    "attention": SHAPES_MODEL.attention.model_copy(update={"policy": "sink_window"}),
+    "guidance_scale": 1.0,
+})
+TINY_STUDENT = TINY_MODEL.model_copy(update={
+    "name": "tiny-student", "attention": TINY_MODEL.attention.model_copy(update={"policy": "sink_window"})})
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    model: ModelConfig = SHAPES_STUDENT
+    teacher: str = "runs/teacher/model"  # model dir written by `framecast distill teacher`
+    latent_frames: int = 6  # rollout / clip length in latent frames (the teacher's)
+    # ODE initialisation
+    ode_pairs: int = 256  # teacher trajectories to regress on
+    ode_teacher_steps: int = 24  # Euler steps of the teacher for those trajectories
+    ode_iters: int = 600
+    ode_batch: int = 8
+    ode_lr: float = 2e-4
+    # DMD
+    dmd_iters: int = 200
+    batch_size: int = 4
+    critic_ratio: int = 4  # critic updates per generator update (Self-Forcing uses 5)
+    lr_generator: float = 3e-5
+    lr_critic: float = 1e-4
+    dmd_sigma_low: float = 0.02
+    dmd_sigma_high: float = 0.98
+    guidance: float | None = None  # real score guidance; None = the teacher's guidance_scale
+    method: str = "dmd"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    log_every: int = 10
+    ckpt_every: int = 50
+    seed: int = 0
+
+
+PRESETS: dict[str, StudentRun] = {
+    "shapes": StudentRun(),
+    "tiny": StudentRun(model=TINY_STUDENT, latent_frames=2, ode_pairs=4, ode_teacher_steps=4, ode_iters=12,
+                       ode_batch=2, ode_lr=2e-3, dmd_iters=4, batch_size=2, critic_ratio=2, lr_generator=1e-3,
+                       lr_critic=1e-3, log_every=2, ckpt_every=4, ema_decay=0.5),
+}
+
+
+# --- data parallel (torchrun): average gradients over processes ---------------------------
+
+def world() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def average_gradients(module: torch.nn.Module, world_size: int) -> None:
+    """What DDP's reducer does, done explicitly: rollouts call the student many times per
+    backward, which DDP's one-forward-per-backward hooks do not allow."""
+    if world_size == 1:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
+
+
+def broadcast_parameters(module: torch.nn.Module) -> None:
+    if dist.is_initialized():
+        for p in module.parameters():
+            dist.broadcast(p.data, 0)
+
+
+# --- the pieces of one step ------------------------------------------------------------------
+
+def shapes_captions(step: int, count: int, seed: int, rank: int) -> list[str]:
+    from distill.data.shapes import ShapesConfig, ShapesWorld
+
+    world_ = ShapesWorld(ShapesConfig(height=32, width=32))
+    rng = np.random.default_rng([seed, rank, step])
+    return [world_.sample(int(s), 1).caption for s in rng.integers(0, 2**62, size=count)]
+
+
+def student_sigmas(run: StudentRun) -> list[float]:
+    sampler = FewStepSampler(run.model.sampler)
+    sampler.set_timesteps(len(run.model.sampler.timesteps))
+    return [float(s) for s in sampler.sigmas]
+
+
+@torch.no_grad()
+def make_ode_pairs(run: StudentRun, teacher, captions: CaptionCache, path: Path, rank: int) -> dict:
+    """Teacher trajectories at the student's noise levels: xs [P, S, C, F, h, w], x0, feats."""
+    if path.is_file():
+        return load_file(path)
+    sigmas = student_sigmas(run)
+    gen = torch.Generator().manual_seed(run.seed * 7919 + rank)
+    xs, x0s, feats_all = [], [], []
+    batch = 8
+    for i in tqdm(range(0, run.ode_pairs, batch), desc="teacher ODE pairs", unit="batch", dynamic_ncols=True):
+        feats = captions(shapes_captions(i, min(batch, run.ode_pairs - i), run.seed + 1, rank))
+        x0, traj = sample_teacher(teacher, run.model, feats, run.latent_frames, steps=run.ode_teacher_steps,
+                                  guidance=teacher_guidance(run, teacher), generator=gen,
+                                  return_trajectory_at=sigmas)
+        xs.append(torch.stack(traj, dim=1))
+        x0s.append(x0)
+        feats_all.append(feats)
+    pairs = {"xs": torch.cat(xs), "x0": torch.cat(x0s), "feats": torch.cat(feats_all)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in pairs.items()}, path)
+    return pairs
+
+
+def teacher_guidance(run: StudentRun, teacher) -> float:
+    return run.guidance if run.guidance is not None else teacher.teacher_config.guidance_scale
+
+
+def ode_step_loss(run: StudentRun, student, pairs: dict, gen: torch.Generator) -> torch.Tensor:
+    """Every chunk at a random student noise level, clean teacher context before it."""
+    idx = torch.randint(len(pairs["x0"]), (run.ode_batch,), generator=gen)
+    xs, x0, feats = pairs["xs"][idx], pairs["x0"][idx], pairs["feats"][idx]  # [B, S, C, F, h, w]
+    chunk = run.model.attention.chunk_frames
+    chunks = run.latent_frames // chunk
+    sigmas = torch.tensor(student_sigmas(run))
+    level = torch.randint(len(sigmas), (run.ode_batch, chunks), generator=gen)  # [B, chunks]
+    level_f = level.repeat_interleave(chunk, dim=1)  # [B, F]
+    gather = level_f[:, None, None, :, None, None].expand(-1, 1, xs.shape[2], -1, *xs.shape[4:])
+    noisy = torch.gather(xs, 1, gather).squeeze(1)  # [B, C, F, h, w]: frame f at its chunk's level
+    pred = teacher_forcing_forward(student, run.model, x0, noisy, sigmas[level_f], student.embed_text(feats))
+    return ode_regression_loss(pred, x0)
+
+
+def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma: torch.Tensor,
+                     feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x0 of the real score (teacher with guidance) and of the fake score (critic)."""
+    t = sigma * 1000
+    att = teacher.full_attention(x_t.shape[2])
+    g = teacher_guidance(run, teacher)
+    cond, uncond = teacher.embed_text(feats), teacher.embed_text(torch.zeros_like(feats))
+    v_c, v_u = teacher.denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]), att).chunk(2)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    x0_real = x_t - s * (v_u + g * (v_c - v_u))
+    x0_fake = x_t - s * critic.denoise(x_t, t, critic.embed_text(feats), att)
+    return x0_real, x0_fake
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0) -> Path | None:
+    if threads:
+        torch.set_num_threads(threads)
+    rank, world_size = world()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        (run_dir / "run.json").write_text(json.dumps(dataclasses.asdict(run), indent=2, default=str))
+
+    # --- build: teacher (frozen), student and critic initialised from it ---------------------
+    from engine.config import ModelConfig as _MC
+
+    teacher_cfg = _MC.load(Path(run.teacher) / "model.json")
+    teacher = build_transformer(teacher_cfg).requires_grad_(False).eval()
+    load_transformer_weights(teacher, Path(run.teacher) / "transformer.safetensors")
+    teacher.teacher_config = teacher_cfg
+    student = build_transformer(run.model).train()
+    student.load_state_dict(teacher.state_dict(), strict=False)  # same network; linear readouts stay zero
+    critic = build_transformer(teacher_cfg).train()
+    critic.load_state_dict(teacher.state_dict())
+    broadcast_parameters(student)
+    ema = EMA(student, run.ema_decay)
+    opt_ode = torch.optim.AdamW(student.parameters(), lr=run.ode_lr, weight_decay=0.0)
+    opt_gen = torch.optim.AdamW(student.parameters(), lr=run.lr_generator, weight_decay=0.0, betas=(0.0, 0.999))
+    opt_critic = torch.optim.AdamW(critic.parameters(), lr=run.lr_critic, weight_decay=0.0, betas=(0.0, 0.999))
+    captions = CaptionCache(build_text_encoder_for(run.model))
+    ckpt = Checkpointer(run_dir)
+    metrics = MetricsLog(run_dir, enabled=rank == 0)
+    chunks = run.latent_frames // run.model.attention.chunk_frames
+
+    # --- resume ---------------------------------------------------------------------------------
+    step = 0
+    modules = {"student": student, "ema": ema.shadow, "critic": critic}
+    optimizers = {"ode": opt_ode, "gen": opt_gen, "critic": opt_critic}
+    if (latest := ckpt.latest()) is not None:
+        step, _ = ckpt.load(latest, modules, optimizers)
+        print(f"resumed from {latest} at step {step}", file=sys.stderr)
+    pairs = make_ode_pairs(run, teacher, captions, run_dir / f"ode_pairs_rank{rank}.safetensors", rank) \
+        if step < run.ode_iters else None
+
+    # --- loop -------------------------------------------------------------------------------------
+    total = run.ode_iters + run.dmd_iters
+    bar = tqdm(total=total, initial=step, desc="student", unit="step", dynamic_ncols=True, disable=rank != 0)
+    start, logs = time.time(), {}
+    while step < total:
+        gen = step_generator(run.seed, step, rank)
+        if step < run.ode_iters:
+            # ODE initialisation: regress onto teacher trajectories.
+            loss = ode_step_loss(run, student, pairs, gen)
+            opt_ode.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(student, world_size)
+            torch.nn.utils.clip_grad_norm_(student.parameters(), run.grad_clip)
+            opt_ode.step()
+            logs.setdefault("loss/ode", []).append(loss.item())
+        else:
+            # Critic: flow matching on the student's own (detached) rollouts.
+            for _ in range(run.critic_ratio):
+                feats = captions(shapes_captions(step * 31 + _, run.batch_size, run.seed, rank))
+                with torch.no_grad():
+                    x = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=False).latents
+                noise = torch.randn(x.shape, generator=gen)
+                sigma = sample_sigmas(len(x), run.model.sampler.shift, gen)
+                v = critic.denoise(add_noise(x, noise, sigma), sigma * 1000, critic.embed_text(feats),
+                                   critic.full_attention(x.shape[2]))
+                loss_c = flow_matching_loss(v, x, noise)
+                opt_critic.zero_grad(set_to_none=True)
+                loss_c.backward()
+                average_gradients(critic, world_size)
+                torch.nn.utils.clip_grad_norm_(critic.parameters(), run.grad_clip)
+                opt_critic.step()
+                logs.setdefault("loss/critic", []).append(loss_c.item())
+            # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
+            feats = captions(shapes_captions(step, run.batch_size, run.seed, rank))
+            x = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=True).latents
+            sigma = sample_sigmas(len(x), run.model.sampler.shift, gen, run.dmd_sigma_low, run.dmd_sigma_high)
+            x_t = add_noise(x.detach(), torch.randn(x.shape, generator=gen), sigma)
+            with torch.no_grad():
+                x0_real, x0_fake = real_and_fake_x0(run, teacher, critic, x_t, sigma, feats)
+            loss = dmd_loss(x, x0_real, x0_fake)
+            opt_gen.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(student, world_size)
+            torch.nn.utils.clip_grad_norm_(student.parameters(), run.grad_clip)
+            opt_gen.step()
+            logs.setdefault("loss/dmd", []).append(loss.item())
+        ema.update(student)
+        step += 1
+        bar.update(1)
+
+        if rank == 0 and (step % run.log_every == 0 or step == total):
+            metrics.log(step, {k: sum(v) / len(v) for k, v in logs.items()})
+            bar.set_postfix({k.split("/")[1]: f"{sum(v) / len(v):.4f}" for k, v in logs.items()})
+            logs = {}
+        if rank == 0 and (step % run.ckpt_every == 0 or step == total):
+            ckpt.save(step, modules, optimizers)
+    bar.close()
+    if world_size > 1:  # every process must end with the same weights
+        checksum = torch.stack([p.detach().double().sum() for p in student.parameters()]).sum().reshape(1)
+        gathered = [torch.zeros_like(checksum) for _ in range(world_size)]
+        dist.all_gather(gathered, checksum)
+        metrics.log(step, {"ranks_in_sync": float(all(torch.equal(g, gathered[0]) for g in gathered))})
+    if rank != 0:
+        return None
+    metrics.close()
+    out_dir = out_dir or run_dir / "model"
+    export_model(run, run.teacher, ema.shadow, out_dir, seconds=time.time() - start, stage="student")
+    return out_dir

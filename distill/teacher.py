@@ -1,0 +1,213 @@
+"""The bidirectional teacher: the shared transformer with full attention, trained by flow
+matching on Shapes latents with caption dropout (for classifier-free guidance), and its
+50-step guided sampler.
+
+    framecast distill teacher --preset shapes --out runs/teacher
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from tqdm import tqdm
+
+from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelConfig, SamplerConfig,
+                           TextEncoderConfig, TransformerConfig)
+from engine.transformer import CausalWanTransformer, build_transformer
+
+from .common import EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, step_generator
+from .losses import add_noise, flow_matching_loss, sample_sigmas
+
+# The default model's architecture: 6 layers of 4 x 64 heads over 16x16x16 latents
+# (128x128 frames), MiniLM token features as context. Student and teacher share it.
+SHAPES_MODEL = ModelConfig(
+    name="shapes-teacher",
+    transformer=TransformerConfig(num_attention_heads=4, attention_head_dim=64, ffn_dim=768, num_layers=6,
+                                  text_dim=384, in_channels=16, out_channels=16),
+    attention=AttentionConfig(policy="full", chunk_frames=3, sink_frames=3, window_frames=6),
+    sampler=SamplerConfig(),
+    latent=LatentConfig(channels=16, height=128, width=128, fps=16.0),
+    text_encoder=TextEncoderConfig(kind="minilm", dim=384, max_tokens=32),
+    decoder=DecoderConfig(kind="shapes_ae", path="."),
+    guidance_scale=4.0,
+)
+TINY_MODEL = ModelConfig(
+    name="tiny-teacher",
+    transformer=TransformerConfig(num_attention_heads=2, attention_head_dim=16, ffn_dim=64, num_layers=2,
+                                  text_dim=32, in_channels=4, out_channels=4),
+    attention=AttentionConfig(policy="full", chunk_frames=1, sink_frames=1, window_frames=2),
+    latent=LatentConfig(channels=4, height=32, width=32, fps=16.0),
+    text_encoder=TextEncoderConfig(kind="hash", dim=32, max_tokens=8),
+    decoder=DecoderConfig(kind="shapes_ae", path="."),
+    guidance_scale=2.0,
+)
+
+
+@dataclass(frozen=True)
+class TeacherRun:
+    model: ModelConfig = SHAPES_MODEL
+    autoencoder: str = "engine/models/shapes-default"  # directory with autoencoder.json/.safetensors
+    latent_frames: int = 6  # clip length in latent frames (x4 video frames)
+    batch_size: int = 8
+    steps: int = 4000
+    lr: float = 4e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    caption_dropout: float = 0.1
+    ema_decay: float = 0.998
+    log_every: int = 10
+    ckpt_every: int = 200
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, TeacherRun] = {
+    "shapes": TeacherRun(),
+    "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
+                       ckpt_every=10, ema_decay=0.9),
+}
+
+
+def build_text_encoder_for(config: ModelConfig):
+    from engine.components import build_text_encoder
+
+    return build_text_encoder(config, None, "cpu")
+
+
+def load_autoencoder(path: str | Path):
+    from engine.autoencoder import ShapesAutoencoder
+
+    return ShapesAutoencoder.load(path).eval().requires_grad_(False)
+
+
+def lr_at(run: TeacherRun, step: int) -> float:
+    return run.lr * min(1.0, (step + 1) / max(1, run.warmup))
+
+
+def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0) -> Path:
+    """Train (or resume) the teacher; writes the EMA weights as a model dir. Returns it."""
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(dataclasses.asdict(run), indent=2, default=str))
+
+    # --- build -------------------------------------------------------------------------
+    model = build_transformer(run.model, seed=run.seed).train()
+    ema = EMA(model, run.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, betas=(0.9, 0.99))
+    autoencoder = load_autoencoder(run.autoencoder)
+    captions = CaptionCache(build_text_encoder_for(run.model))
+    lat = run.model.latent
+    data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
+                         int(lat.fps))
+    attention = model.full_attention(run.latent_frames)
+    ckpt = Checkpointer(run_dir)
+    metrics = MetricsLog(run_dir)
+
+    # --- resume ------------------------------------------------------------------------
+    step = 0
+    if (latest := ckpt.latest()) is not None:
+        step, _ = ckpt.load(latest, {"model": model, "ema": ema.shadow}, {"opt": opt})
+        print(f"resumed from {latest} at step {step}", file=sys.stderr)
+
+    # --- loop: sample, loss, step, EMA, log, checkpoint ---------------------------------
+    bar = tqdm(total=run.steps, initial=step, desc="teacher", unit="step", dynamic_ncols=True)
+    start, losses = time.time(), []
+    while step < run.steps:
+        gen = step_generator(run.seed, step)
+        x0, texts = data.batch(step)  # [B, C, F, h, w]
+        feats = captions(texts)
+        drop = torch.rand(len(texts), generator=gen) < run.caption_dropout
+        feats = torch.where(drop[:, None, None], torch.zeros_like(feats), feats)  # unconditional = zeros
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = sample_sigmas(len(texts), run.model.sampler.shift, gen)
+        v = model.denoise(add_noise(x0, noise, sigma), sigma * 1000, model.embed_text(feats), attention)
+        loss = flow_matching_loss(v, x0, noise)
+
+        for group in opt.param_groups:
+            group["lr"] = lr_at(run, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+        opt.step()
+        ema.update(model)
+        step += 1
+
+        losses.append(loss.item())
+        if step % run.log_every == 0 or step == run.steps:
+            mean = sum(losses) / len(losses)
+            metrics.log(step, {"loss/flow": mean, "grad_norm": float(grad_norm), "lr": lr_at(run, step)})
+            bar.set_postfix(loss=f"{mean:.4f}")
+            losses = []
+        bar.update(1)
+        if step % run.ckpt_every == 0 or step == run.steps:
+            ckpt.save(step, {"model": model, "ema": ema.shadow}, {"opt": opt})
+    bar.close()
+    metrics.close()
+
+    out_dir = out_dir or run_dir / "model"
+    export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher")
+    return out_dir
+
+
+def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module, out_dir: Path, seconds: float,
+                 stage: str) -> None:
+    """A self-contained model dir: model.json (config + provenance), transformer, autoencoder."""
+    from engine.model import save_model
+
+    run_fields = {k: v for k, v in dataclasses.asdict(run).items() if k != "model"}
+    provenance = {"stage": stage, "command": " ".join(["framecast"] + sys.argv[1:]),
+                  "data": "Shapes world (distill/data/shapes.py), generated on the fly",
+                  "run": json.loads(json.dumps(run_fields, default=str)),
+                  "train_seconds_last_invocation": round(seconds)}
+    config = run.model.model_copy(update={"provenance": provenance})
+    save_model(out_dir, config, transformer)
+    for name in ("autoencoder.json", "autoencoder.safetensors"):
+        src = Path(autoencoder_dir) / name
+        if src.resolve() != (out_dir / name).resolve():
+            shutil.copyfile(src, out_dir / name)
+
+
+# --- sampling ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_feats: torch.Tensor,
+                   latent_frames: int, steps: int = 50, guidance: float | None = None,
+                   generator: torch.Generator | None = None, return_trajectory_at: list[float] | None = None):
+    """Euler sampling of the probability-flow ODE with classifier-free guidance.
+
+    text_feats [B, L, text_dim] -> x0 [B, C, F, h, w]; with `return_trajectory_at`
+    (noise levels s), also the states x_s on the way (for the student's ODE init)."""
+    guidance = config.guidance_scale if guidance is None else guidance
+    lat = config.latent
+    b = text_feats.shape[0]
+    x = torch.randn((b, lat.channels, latent_frames, lat.latent_height, lat.latent_width), generator=generator)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=config.sampler.shift)
+    scheduler.set_timesteps(steps)
+    cond = transformer.embed_text(text_feats)
+    uncond = transformer.embed_text(torch.zeros_like(text_feats))
+    attention = transformer.full_attention(latent_frames)
+    targets = sorted(return_trajectory_at or [], reverse=True)
+    trajectory: list[torch.Tensor] = []
+    for i, t in enumerate(scheduler.timesteps):
+        sigma, sigma_next = float(scheduler.sigmas[i]), float(scheduler.sigmas[i + 1])
+        tt = t.expand(b)
+        if guidance == 1.0:
+            v = transformer.denoise(x, tt, cond, attention)
+        else:
+            both = transformer.denoise(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, uncond]), attention)
+            v_cond, v_uncond = both.chunk(2)
+            v = v_uncond + guidance * (v_cond - v_uncond)
+        while targets and sigma_next < targets[0] <= sigma + 1e-6:  # a level inside this Euler step
+            trajectory.append(x + (targets.pop(0) - sigma) * v)
+        x = scheduler.step(v, t, x).prev_sample
+    return (x, trajectory) if return_trajectory_at is not None else x
