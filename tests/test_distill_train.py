@@ -3,6 +3,7 @@ resume continues exactly, exported models stream, and 2-process data parallel ag
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -94,8 +95,15 @@ def test_two_process_data_parallel_on_gloo(tiny_teacher, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "clients.cli", "distill", "student", "--preset", "tiny", "--teacher", str(tiny_teacher),
            "--run-dir", str(tmp_path / "ddp"), "--set", "ode_iters=4", "--set", "dmd_iters=2"]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # never leave worker processes behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
     logged = metrics(tmp_path / "ddp")
     assert logged[-1].get("ranks_in_sync") == 1.0
     assert (tmp_path / "ddp" / "model" / "transformer.safetensors").is_file()
