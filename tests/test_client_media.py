@@ -166,7 +166,9 @@ def test_jpeg_recording_encodes_a_playable_mp4(tmp_path):
         for decoded in decoder.feed(media(i, jpeg.getvalue(), 1, i / 16).meta, jpeg.getvalue(), None, 0.0):
             recorder.add_frame(decoded.image, decoded.pts)
     recorder.close()
-    stream = ffprobe(tmp_path / "j.mp4")["streams"][0]
+    facts = ffprobe(tmp_path / "j.mp4")
+    stream = facts["streams"][0]
+    assert float(facts["format"]["duration"]) == pytest.approx(10 / 16, abs=0.01)
     assert stream["codec_name"] in ("h264", "mpeg4")
     assert (stream["width"], stream["height"], int(stream["nb_read_frames"])) == (62, 46, 10)
 

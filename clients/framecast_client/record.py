@@ -117,7 +117,8 @@ class JpegRecorder:
         # yuv420p needs even sizes.
         self._stream.width, self._stream.height = width - width % 2, height - height % 2
         self._stream.pix_fmt = "yuv420p"
-        self._stream.time_base = Fraction(1, 90000)
+        # Frames carry their stream pts (jitter and gaps kept), in 90 kHz ticks.
+        self._stream.time_base = self._stream.codec_context.time_base = Fraction(1, 90000)
         self._last_pts = -1
 
     def close(self) -> None:
