@@ -4,6 +4,7 @@ loads the model before binding, so a bad model path fails fast with a clean mess
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 from typing import Any
 
@@ -65,6 +66,10 @@ def _check_port(host: str, port: int) -> None:
                                f"{' (port in use? pick another with --port)' if port else ''}") from None
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _check_port(settings.host, settings.port)
@@ -83,7 +88,14 @@ def serve(args: argparse.Namespace) -> int:
     except EngineError as exc:
         raise CommandError(str(exc)) from None
     server = uvicorn.Server(uvicorn_config(create_app(settings, model=model), settings))
-    server.run()
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal; both end
+    # up here as KeyboardInterrupt once the shutdown is done, which is a clean exit.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        if not server.started:
+            raise
     if not server.started:
         raise CommandError(f"the server did not start on {settings.host}:{settings.port} (see the log above)", 1)
     return 0

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from clients.protocol import CloseCode, ErrorBody, ErrorDetail
 
@@ -55,14 +56,18 @@ class ApiError(Exception):
         return ErrorDetail(code=self.code, message=self.message, param=self.param)
 
 
-def from_validation_error(exc: ValidationError | RequestValidationError, default_code: str) -> ApiError:
-    """The first problem of a pydantic/FastAPI validation error as an ApiError naming its field."""
+def from_validation_error(exc: ValidationError | RequestValidationError, default_code: str,
+                          tag: str | None = None) -> ApiError:
+    """The first problem of a pydantic/FastAPI validation error as an ApiError naming its field
+    (`tag`: a discriminated union's tag, which pydantic puts in front of the field name)."""
     errors = exc.errors()
     if not errors:
         return ApiError(default_code, "invalid request")
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        return ApiError("invalid_json", f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}")
     # FastAPI prefixes the location with where it came from (body, query, path).
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header", tag)]
     param = ".".join(loc) or None
     code = default_code
     if param == "prompt":
@@ -84,6 +89,17 @@ def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JS
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own 405 names only the
+    first route that matched the path, e.g. GET but not DELETE on /v1/videos/{id})."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            methods |= set(route.methods)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -100,7 +116,10 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         error = ApiError(code, message)
         body = ErrorBody(error=error.detail()).model_dump(mode="json")
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -142,11 +142,21 @@ class SQLiteJobStore(JobStore):
         deadline = time.monotonic() + timeout
         with self._queued:
             while True:
-                row = self._db.execute(
-                    "SELECT body FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
-                if row:
-                    job = VideoJob.model_validate_json(row[0]).model_copy(update={"status": "in_progress"})
-                    self._write(job)
+                # IMMEDIATE takes the write lock before reading: two connections to one
+                # file (a restarted server racing its predecessor) never claim one job twice.
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._db.execute(
+                        "SELECT body FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1").fetchone()
+                    job = None
+                    if row:
+                        job = VideoJob.model_validate_json(row[0]).model_copy(update={"status": "in_progress"})
+                        self._write(job)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                if job is not None:
                     return job
                 left = deadline - time.monotonic()
                 if left <= 0:

@@ -205,7 +205,7 @@ class StreamConnection:
         try:
             return client_message_adapter.validate_python(data)
         except ValidationError as exc:
-            raise from_validation_error(exc, "invalid_message") from None
+            raise from_validation_error(exc, "invalid_message", tag=data["type"]) from None
 
     async def _receive_start(self) -> SessionStart:
         deadline = self._started_at + self.settings.start_timeout_s

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from .errors import ApiError
 
+MIN_FPS = 1.0  # below this a "video" is a slide show, and frame timing loses its precision
+
 
 def check_model(model, requested: str | None) -> None:
     if requested is not None and requested != model.name:
@@ -25,8 +27,8 @@ def check_output(model, fps: float | None, size: str | None) -> float:
     fps this model cannot make."""
     if size is not None and size != f"{model.width}x{model.height}":
         raise ApiError("invalid_request", f"this model makes {model.width}x{model.height} video, not {size}", "size")
-    if fps is not None and fps > model.fps:
-        raise ApiError("invalid_request", f"fps must be at most the model's {model.fps:g}", "fps")
+    if fps is not None and not MIN_FPS <= fps <= model.fps:
+        raise ApiError("invalid_request", f"fps must be between {MIN_FPS:g} and the model's {model.fps:g}", "fps")
     return fps or model.fps
 
 

@@ -203,10 +203,14 @@ async def one_session(ws_url: str, start: dict | None, *, send: list[Any] = (), 
                       timeout: float = 60.0) -> Received:
     """Connect, send `start` then `send` (str/bytes/dict messages), read until closed."""
     import websockets
+    from websockets.exceptions import ConnectionClosed
 
     async with websockets.connect(ws_url, additional_headers=headers, max_size=2**24) as ws:
-        for message in ([start] if start is not None else []) + list(send):
-            await ws.send(json.dumps(message) if isinstance(message, dict) else message)
+        try:
+            for message in ([start] if start is not None else []) + list(send):
+                await ws.send(json.dumps(message) if isinstance(message, dict) else message)
+        except ConnectionClosed:
+            pass  # refused before reading it (a bad key): what it said is still to be read
         return await receive_all(ws, timeout=timeout)
 
 
