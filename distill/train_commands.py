@@ -32,6 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(student, "runs/student")
     student.add_argument("--teacher", default=None, help="teacher model directory (overrides the preset's)")
     student.set_defaults(func=run_student)
+    default = dsub.add_parser(
+        "default", help="reproduce the embedded default model: autoencoder, teacher, student, in one command")
+    default.add_argument("--run-dir", default="runs/default",
+                         help="one folder per stage inside; re-running resumes whichever stage is unfinished")
+    default.add_argument("--out", default="engine/models/shapes-default", help="where the finished model goes")
+    default.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    default.add_argument("--dry-run", action="store_true", help="print the three stages' configs and exit")
+    default.set_defaults(func=run_default)
     try:
         from distill.train_autoencoder import add_subcommand
     except ImportError:
@@ -63,7 +71,8 @@ def resolve(presets: dict, args: argparse.Namespace, **paths):
 
 def _print(run) -> None:
     data = dataclasses.asdict(run)
-    data["model"] = run.model.model_dump(mode="json")
+    if hasattr(run.model, "model_dump"):  # a pydantic ModelConfig; dataclass configs are already dicts
+        data["model"] = run.model.model_dump(mode="json")
     print(json.dumps(data, indent=2, default=str))
 
 
@@ -98,4 +107,26 @@ def run_student(args: argparse.Namespace) -> int:
     out = train_student(run, Path(args.run_dir), Path(args.out) if args.out else None, args.threads)
     if out is not None:
         print(f"student written to {out}")
+    return 0
+
+
+def run_default(args: argparse.Namespace) -> int:
+    """Autoencoder (preset default) -> teacher (preset shapes) -> student (preset shapes)."""
+    from distill.train_autoencoder import presets as autoencoder_presets, train as train_autoencoder
+
+    from .student import PRESETS as STUDENT, train_student
+    from .teacher import PRESETS as TEACHER, train_teacher
+
+    root = Path(args.run_dir)
+    ae_run = autoencoder_presets()["default"]
+    teacher_run = dataclasses.replace(TEACHER["shapes"], autoencoder=str(root / "autoencoder" / "autoencoder"))
+    student_run = dataclasses.replace(STUDENT["shapes"], teacher=str(root / "teacher" / "model"))
+    if args.dry_run:
+        for run in (ae_run, teacher_run, student_run):
+            _print(run)
+        return 0
+    train_autoencoder(ae_run, root / "autoencoder", threads=args.threads)
+    train_teacher(teacher_run, root / "teacher", threads=args.threads)
+    out = train_student(student_run, root / "student", Path(args.out), threads=args.threads)
+    print(f"default model written to {out}")
     return 0
