@@ -10,8 +10,11 @@
 
 const REALTIME_PATH = "/v1/realtime/video";
 const PROBE_CODEC = 'video/mp4; codecs="avc1.42E01E"';  // H.264 baseline, what libx264 baseline gives
-const LIVE_LAG_MAX_S = 1.5;     // further than this behind the newest media: jump forward
-const LIVE_LAG_TARGET_S = 0.25; // ...to this far behind it
+// Media arrives a chunk (~0.5 s) at a time, so up to a chunk behind the newest media is the
+// steady state; the server may send up to its lead (1 s by default) ahead of real time, and
+// playing that backlog would add it to every prompt switch's latency.
+const LIVE_LAG_MAX_S = 1.0;     // further than this behind the newest media: jump forward
+const LIVE_LAG_TARGET_S = 0.3;  // ...to this far behind it
 const KEEP_BEHIND_S = 4;        // played media kept in the SourceBuffer (for small seeks back)
 const JPEG_QUEUE_MAX = 64;      // decoded frames waiting for their time; beyond this, drop the oldest
 const RECORD_MAX_BYTES = 512 * 1024 * 1024;
@@ -33,7 +36,7 @@ function freshStats() {
     startSentAt: null, firstChunkAt: null, firstFrameAt: null, firstFrameLatencyMs: null,
     chunksReceived: 0, framesReceived: 0, bytesReceived: 0, framesPainted: 0, framesDropped: 0,
     liveEdgeJumps: 0, serverLatencyMs: null, paintFps: 0,
-    promptSwitches: [],        // {event_id, prompt, sentAt, queuedAt, atChunk, firstChunkIndex, firstFrameAt, latencyMs}
+    promptSwitches: [],        // {event_id, prompt, sentAt, queuedAt, atChunk, firstChunkIndex, firstChunkAt, firstFrameAt, latencyMs}
     lastPromptSwitchFirstFrameAt: null, lastPromptSwitchLatencyMs: null,
     recordedBytes: 0, errors: [], closeCode: null, doneReason: null,
   };
@@ -235,7 +238,7 @@ function onMedia(buffer) {
   if (meta.prompt_event_id && meta.prompt_event_id !== currentEventId) {
     currentEventId = meta.prompt_event_id;  // carried forward: later chunks may not repeat it
     const sw = stats.promptSwitches.find((s) => s.event_id === currentEventId);
-    if (sw && sw.firstChunkIndex === undefined) sw.firstChunkIndex = meta.index;
+    if (sw && sw.firstChunkIndex === undefined) { sw.firstChunkIndex = meta.index; sw.firstChunkAt = performance.now(); }
   }
   media.push(meta, buffer, currentEventId);
 }
@@ -383,7 +386,11 @@ class Fmp4Sink {
     } else {
       this.timeline.push({ start: meta.pts, eventId });
       if (this.timeline.length > 256) this.timeline.splice(0, this.timeline.length - 256);
-      recordFragment(buffer);
+      // Fragments since the last keyframe, so a recording can start at once (from that keyframe).
+      const info = fragmentInfo(buffer);
+      if (info?.firstSampleSync) this.sinceKeyframe = [];
+      (this.sinceKeyframe ??= []).push(buffer);
+      recordFragment(buffer, info);
     }
     this.queue.push(buffer);
     await this.opened;
@@ -476,6 +483,11 @@ class JpegSink {
     if (this.clock === null || this.frames[0].pts * 1000 + this.clock < now - 100) {
       this.clock = now - this.frames[0].pts * 1000;
     }
+    const behindMs = this.frames[this.frames.length - 1].pts * 1000 + this.clock - now;
+    if (behindMs > LIVE_LAG_MAX_S * 1000) {  // jump to near the live edge, as the MSE path does
+      this.clock -= behindMs - LIVE_LAG_TARGET_S * 1000;
+      stats.liveEdgeJumps += 1;
+    }
     let due = null;
     while (this.frames.length && this.frames[0].pts * 1000 + this.clock <= now) {
       if (due) { due.bitmap.close(); stats.framesDropped += 1; }
@@ -507,13 +519,13 @@ function fallBackToJpeg(reason) {
 
 // ---------------------------------------------------------------- recording
 // fMP4: the received bytes are the recording (exact, no re-encode): init segment plus
-// fragments from the first one that starts on a keyframe, decode times moved to start
-// at zero. JPEG: the canvas through MediaRecorder (WebM).
+// fragments from the last keyframe before the click on, decode times moved to start at
+// zero. JPEG: the canvas through MediaRecorder (WebM).
 function toggleRecording() {
   if (recording) { finishRecording(); return; }
   if (stats.format === "fmp4") {
-    recording = { kind: "fmp4", parts: [], init: null, base: null, bytes: 0 };
-    recording.init = media?.initSegment ?? null;
+    recording = { kind: "fmp4", parts: [], init: media?.initSegment ?? null, base: null, bytes: 0 };
+    for (const fragment of media?.sinceKeyframe ?? []) recordFragment(fragment);
   } else {
     const stream = ui.canvas.captureStream(stats.fps || 16);
     const recorder = new MediaRecorder(stream, { mimeType: "video/webm" });
@@ -525,9 +537,8 @@ function toggleRecording() {
   ui.record.textContent = "Stop recording";
 }
 
-function recordFragment(buffer) {
+function recordFragment(buffer, info = fragmentInfo(buffer)) {
   if (!recording || recording.kind !== "fmp4" || !recording.init) return;
-  const info = fragmentInfo(buffer);
   if (!info) return;
   if (recording.base === null) {
     if (!info.firstSampleSync) return;  // a recording must start on a keyframe
