@@ -180,10 +180,10 @@ def object_state(obj: ObjectSpec, t: np.ndarray, height: int, width: int) -> tup
         # A ball under constant gravity: parabolic arcs of height h between impacts on
         # a floor, u the phase within a bounce; floor and phase are chosen so the
         # motion starts where the object is, and h is capped so the top of the arc
-        # stays inside the frame.
+        # stays inside the frame (unless the object starts above that).
         half = 0.5 * vocab.SIZES[obj.size] * unit
         floor = max(y0, min(y0 + 0.5 * obj.amplitude * unit, height - half - 1.0))
-        h = max(0.08 * unit, min(obj.amplitude * unit, floor - half - 1.0))
+        h = max(floor - y0, min(obj.amplitude * unit, floor - half - 1.0), 1e-3)
         u0 = 0.5 * (1.0 - math.sqrt(max(0.0, 1.0 - (floor - y0) / h)))
         u = np.mod(u0 + t / obj.period, 1.0)
         y = floor - 4.0 * h * u * (1.0 - u)

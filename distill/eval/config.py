@@ -11,6 +11,7 @@ class EvalConfig:
     max_colour_distance: float = 40.0  # Delta E beyond which a pixel has no colour name
     min_area_fraction: float = 0.002  # smallest object, fraction of the frame's pixels
     max_thinness: float = 5.0  # area / (pi r_in^2) above this is a ring or smear (a disc is 1)
+    wrap_pad: float = 0.5  # objects up to this share of min(H, W) are seen whole across an edge
     edge_ring_px: int = 4  # how far past a blob its soft (blurred) edge is counted
     min_presence: float = 0.3  # a colour is an object when found in this share of frames
     min_background_share: float = 0.3  # a frame's background covers at least this share of it

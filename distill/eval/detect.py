@@ -172,6 +172,12 @@ def _analyse_batch(batch: np.ndarray, start: int, previous, result: VideoAnalysi
     flicker = np.where(static_px > 0, (diff * both).sum((1, 2)) / np.maximum(static_px, 1), diff.mean((1, 2)))
     result.flicker[start + (0 if previous else 1):start + count] = flicker
 
+    # Shapes wrap round the frame (a torus): the right and bottom are padded with the
+    # opposite edges, so an object crossing an edge is one whole blob in the padded
+    # frame rather than two cut halves.
+    wrap = int(math.ceil(config.wrap_pad * min(height, width)))
+    tiled = np.pad(batch, ((0, 0), (0, wrap), (0, wrap), (0, 0)), mode="wrap")  # [B, H + wrap, W + wrap, 3]
+    labels = np.pad(labels, ((0, 0), (0, wrap), (0, wrap)), mode="wrap")
     min_area = config.min_area_fraction * height * width
     chosen: dict[int, list[tuple[int, tuple[slice, slice], np.ndarray]]] = {}  # frame -> (class, box, blob)
     for c in OBJECT_CLASSES:
@@ -197,34 +203,46 @@ def _analyse_batch(batch: np.ndarray, start: int, previous, result: VideoAnalysi
                 continue  # a fringe ring around another object, or a smear
             chosen.setdefault(t, []).append((c, boxes[i][1:], blob))
     for t, found in chosen.items():
-        _measure_frame(batch[t], found, result, start + t, config)
+        _measure_frame(tiled[t], found, result, start + t, (height, width), config)
     return batch[-1], static[-1]
 
 
-def _measure_frame(frame: np.ndarray, found: list, result: VideoAnalysis, k: int, config: EvalConfig) -> None:
+def _measure_frame(frame: np.ndarray, found: list, result: VideoAnalysis, k: int, size: tuple[int, int],
+                   config: EvalConfig) -> None:
     """Position, area, shape and clipping of each object chosen in frame k.
-    found: [(class, (row slice, col slice), bool blob [h, w])]"""
-    height, width = frame.shape[:2]
+    frame: uint8 [H + wrap, W + wrap, 3] (torus-padded); size: the unpadded (H, W);
+    found: [(class, (row slice, col slice), bool blob [h, w])] in padded coordinates"""
+    height, width = size
     pad = config.edge_ring_px + 1
-    owner = np.zeros((height, width), np.int16)  # which object each pixel belongs to (class + 1)
+    owner = np.zeros(frame.shape[:2], np.int16)  # which object each pixel belongs to (class + 1)
     for c, (rows, cols), blob in found:
         owner[rows, cols][blob] = c + 1
     for c, (rows, cols), blob in found:
-        r0, r1 = max(0, rows.start - pad), min(height, rows.stop + pad)
-        c0, c1 = max(0, cols.start - pad), min(width, cols.stop + pad)
-        inside = owner[r0:r1, c0:c1] == c + 1
+        r0, r1 = max(0, rows.start - pad), min(frame.shape[0], rows.stop + pad)
+        c0, c1 = max(0, cols.start - pad), min(frame.shape[1], cols.stop + pad)
         others = owner[r0:r1, c0:c1]
+        inside = others == c + 1
         distance = ndimage.distance_transform_edt(~inside)  # [h, w] pixels to the blob
         weight = coverage(frame[r0:r1, c0:c1], inside, distance, config.edge_ring_px)
         weight = np.where((others == 0) | inside, weight, 0.0)  # another object's pixels are not this one's
         touching = bool(np.any((others != 0) & ~inside & (distance <= 2.5)))
-        edge = rows.start == 0 or cols.start == 0 or rows.stop == height or cols.stop == width
         total = float(weight.sum())
         grid_r, grid_c = np.mgrid[r0:r1, c0:c1]
         track = result.tracks[COLOUR_NAMES[c]]
         track.present[k] = True
-        track.x[k] = float((weight * (grid_c + 0.5)).sum() / total)
-        track.y[k] = float((weight * (grid_r + 0.5)).sum() / total)
+        track.x[k] = float((weight * (grid_c + 0.5)).sum() / total) % width
+        track.y[k] = float((weight * (grid_r + 0.5)).sum() / total) % height
         track.area[k] = total
-        track.clipped[k] = edge or touching
+        track.clipped[k] = touching or _cut(owner == c + 1, rows, cols, height, width)
         track.features[k] = blob_features(outline(weight, max(blob.shape)))
+
+
+def _cut(mask: np.ndarray, rows: slice, cols: slice, height: int, width: int) -> bool:
+    """Whether a blob in the torus-padded frame is cut: it touches the padded frame's
+    outer edge, or stops at a seam (original edge) on one side only, which is an
+    object leaving a frame that does not wrap. mask: bool [H + wrap, W + wrap]"""
+    if rows.start == 0 or cols.start == 0 or rows.stop == mask.shape[0] or cols.stop == mask.shape[1]:
+        return True
+    if cols.start <= width <= cols.stop and mask[rows, width - 1].any() != mask[rows, width].any():
+        return True
+    return rows.start <= height <= rows.stop and mask[height - 1, cols].any() != mask[height, cols].any()

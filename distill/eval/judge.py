@@ -105,9 +105,11 @@ def classify_motion(track: Track, sl: slice, analysis: VideoAnalysis, config: Ev
         return None
     lengths = np.hypot(d[:, 0], d[:, 1])
     path_speed = lengths.mean() * fps / unit  # min(H, W) per second
+    # Size change from whole sightings only: a cut-off object seems to shrink.
+    _, whole = _steps(track, sl, analysis.height, analysis.width, clean=True)
     area = track.area[sl]
-    log_area_step = np.log(area[idx + 1]) - np.log(area[idx])
-    growth = float(np.median(log_area_step)) * fps  # median: a saw-tooth reset is one outlier
+    log_area_step = np.log(area[whole + 1]) - np.log(area[whole])
+    growth = float(np.median(log_area_step)) * fps if len(whole) >= 3 else 0.0  # median: one saw-tooth reset is an outlier
     if abs(growth) > config.grow_rate and path_speed < 2 * config.stop_speed + abs(growth) * 0.1:
         return "grow" if growth > 0 else "shrink"
     if path_speed < config.stop_speed:
@@ -213,9 +215,11 @@ def mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def score_window(analysis: VideoAnalysis, intent: PromptIntent, sl: slice, config: EvalConfig) -> dict:
-    """All metrics of one window of frames against one prompt (see evaluate_frames)."""
-    found = summarise_tracks(analysis, sl, config)
+def prompt_scores(intent: PromptIntent, found: list[TrackSummary], background_names: np.ndarray) -> dict:
+    """How well what was found agrees with what the prompt asks: the per-attribute,
+    count and overall accuracies. background_names: [T] the background's colour name
+    in each frame. Also used on a scene's true contents, to know the score a wrong
+    prompt gets by chance."""
     matched = match_objects(intent, found)
     per_attr: dict[str, list[float]] = {a: [] for a in ("colour", "shape", "motion", "size")}
     objects = []
@@ -227,19 +231,14 @@ def score_window(analysis: VideoAnalysis, intent: PromptIntent, sl: slice, confi
         for attr, ok in agree.items():
             per_attr[attr].append(float(ok))
         objects.append({"asked": dict(want.__dict__), "found": got.as_dict() if got else None})
-
-    background = analysis.background[sl]
-    names = np.array(CLASS_NAMES)[background] if len(background) else np.array([])
-    background_accuracy = float(np.mean(names == intent.background)) if intent.background and len(names) else None
+    background_accuracy = None
+    if intent.background and len(background_names):
+        background_accuracy = float(np.mean(background_names == intent.background))
     count_ok = len(found) == len(intent.objects)
     # "a red ball" is one object: clutter of every colour must not pass as the ball.
     all_attrs = [v for vs in per_attr.values() for v in vs] + \
         ([background_accuracy] if background_accuracy is not None else []) + \
         ([float(count_ok)] if intent.objects else [])
-
-    flicker = analysis.flicker[sl]
-    flicker = float(np.nanmean(flicker)) if np.isfinite(flicker).any() else None
-    smooth = [t.smoothness for t in found if t.smoothness is not None]
     return {
         "colour_accuracy": mean_or_none(per_attr["colour"]),
         "shape_accuracy": mean_or_none(per_attr["shape"]),
@@ -249,11 +248,23 @@ def score_window(analysis: VideoAnalysis, intent: PromptIntent, sl: slice, confi
         "count_accuracy": float(count_ok) if intent.objects else None,
         "prompt_accuracy": mean_or_none(all_attrs),
         "all_correct": float(all(v == 1.0 for v in all_attrs)) if all_attrs else None,
+        "objects": objects,
+    }
+
+
+def score_window(analysis: VideoAnalysis, intent: PromptIntent, sl: slice, config: EvalConfig) -> dict:
+    """All metrics of one window of frames against one prompt (see evaluate_frames)."""
+    found = summarise_tracks(analysis, sl, config)
+    scores = prompt_scores(intent, found, np.array(CLASS_NAMES)[analysis.background[sl]])
+    flicker = analysis.flicker[sl]
+    flicker = float(np.nanmean(flicker)) if np.isfinite(flicker).any() else None
+    smooth = [t.smoothness for t in found if t.smoothness is not None]
+    return {
+        **scores,
         "smoothness": float(np.mean(smooth)) if smooth else 0.0,
         "flicker": flicker,
         "stability": None if flicker is None else float(np.clip(1 - flicker / config.flicker_scale, 0, 1)),
         "background_stability": background_stability(analysis, sl, config),
-        "objects": objects,
         "found": [t.as_dict() for t in found],
     }
 

@@ -1,0 +1,173 @@
+"""The Shapes world: determinism, rendering geometry, captions that say what is
+drawn, endless streams, scene switches, and the torch dataset's seeding."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from distill.data import vocab
+from distill.data.captions import PromptIntent, parse_prompt
+from distill.data.render import SHAPE_AREA, draw_object
+from distill.data.scene import Scene, object_state
+from distill.data.shapes import SWITCH_KINDS, ShapesConfig, ShapesDataset, ShapesWorld
+
+WORLD = ShapesWorld(ShapesConfig(height=64, width=64, fps=16))
+
+
+def colour_pixels(frames: np.ndarray, colour: str) -> np.ndarray:
+    """[T] count of pixels exactly of a named colour (objects are drawn flat)."""
+    return (frames == np.array(vocab.ALL_COLOURS[colour], np.uint8)).all(-1).sum((1, 2))
+
+
+def test_same_seed_same_clip_and_different_seeds_differ():
+    a, b, c = WORLD.sample(7, 12), WORLD.sample(7, 12), WORLD.sample(8, 12)
+    assert np.array_equal(a.frames, b.frames)
+    assert a.captions == b.captions and a.caption == b.caption and a.scene == b.scene
+    assert not np.array_equal(a.frames, c.frames)
+
+
+def test_frames_have_the_configured_size_and_fps():
+    world = ShapesWorld(ShapesConfig(height=48, width=80, fps=8))
+    clip = world.sample(3, 10)
+    assert clip.frames.shape == (10, 48, 80, 3) and clip.frames.dtype == np.uint8
+    # Half the fps, the same scene: frame k at 8 fps is frame 2k at 16 fps.
+    fast = ShapesWorld(ShapesConfig(height=48, width=80, fps=16)).render(clip.scene, 20)
+    assert np.array_equal(clip.frames, fast[::2])
+
+
+@pytest.mark.parametrize("shape", vocab.SHAPES)
+def test_drawn_area_matches_the_shape_geometry(shape):
+    # Anti-aliased coverage summed over the frame is the shape's true area.
+    frames = np.zeros((1, 96, 96, 3), np.uint8)
+    d = np.array([40.0])
+    draw_object(frames, (255, 255, 255), shape, np.array([48.3]), np.array([47.6]), d)
+    covered = frames[..., 0].astype(float).sum() / 255
+    assert covered == pytest.approx(SHAPE_AREA[shape] * 40 ** 2, rel=0.03)
+
+
+def test_every_object_and_the_background_are_visible():
+    for seed in range(30):
+        clip = WORLD.sample(seed, 8)
+        for obj in clip.scene.objects:
+            assert colour_pixels(clip.frames, obj.colour).max() > 20, (seed, obj)
+        if clip.scene.background.pattern == "solid":
+            share = colour_pixels(clip.frames, clip.scene.background.colour).mean() / (64 * 64)
+            assert share > 0.4, (seed, clip.scene.background)
+
+
+def test_scenes_use_distinct_colours_and_a_free_background():
+    for seed in range(200):
+        scene = WORLD.scene(seed)
+        colours = [o.colour for o in scene.objects]
+        assert 1 <= len(colours) <= 3 and len(set(colours)) == len(colours)
+        assert scene.background.colour not in colours
+
+
+def test_every_caption_parses_back_to_the_scene():
+    for seed in range(300):
+        clip = WORLD.sample(seed, 1)
+        truth = PromptIntent.from_scene(clip.scene)
+        assert clip.caption in clip.captions and len(set(clip.captions)) == len(clip.captions)
+        for caption in clip.captions:
+            got = parse_prompt(caption)
+            assert len(got.objects) == len(truth.objects), caption
+            for g, t in zip(got.objects, truth.objects):
+                assert (g.colour, g.shape, g.motion) == (t.colour, t.shape, t.motion), caption
+                assert g.size in (None, t.size), caption
+            assert got.background in (None, truth.background), caption
+        # The canonical caption names everything, background and pattern included.
+        assert parse_prompt(clip.captions[0]) == truth
+
+
+def test_scene_survives_json():
+    scene = WORLD.scene(5)
+    assert Scene.from_dict(json.loads(json.dumps(scene.to_dict()))) == scene
+
+
+def test_long_streams_keep_every_object_in_view():
+    fps = WORLD.config.fps
+    for seed in range(12):
+        scene = WORLD.scene(seed)
+        for minute in (1, 10, 60):
+            frames = WORLD.render(scene, 16, start_frame=minute * 60 * fps)
+            for obj in scene.objects:
+                # Drawn whole-ish in most frames (objects wrap, bounce, orbit, cycle size).
+                expected = SHAPE_AREA[obj.shape] * (vocab.SIZES[obj.size] * 64) ** 2
+                seen = colour_pixels(frames, obj.colour) > 0.15 * expected
+                assert seen.mean() >= 0.5, (seed, minute, obj)
+
+
+def test_object_centres_stay_bounded_and_periodic_motions_repeat():
+    t = np.linspace(0, 600, 2001)
+    for seed in range(40):
+        for obj in WORLD.scene(seed).objects:
+            x, y, d = object_state(obj, t, 64, 64)
+            assert np.isfinite(x).all() and np.isfinite(y).all()
+            assert d.min() > 0.4 * vocab.SIZES[obj.size] * 64 and d.max() < 1.7 * vocab.SIZES[obj.size] * 64
+            if obj.motion in ("bounce", "circle", "stop"):
+                assert 0 <= y.min() and y.max() <= 64 + 1e-6 and np.ptp(x) <= 64
+
+
+def test_stream_chunks_equal_one_long_render():
+    stream = WORLD.stream(11, chunk_frames=5)
+    chunks = np.concatenate([next(stream) for _ in range(4)])
+    assert np.array_equal(chunks, WORLD.sample(11, 20).frames)
+
+
+@pytest.mark.parametrize("kind", SWITCH_KINDS)
+def test_scene_switch_changes_the_caption_and_carries_on(kind):
+    for seed in range(4):
+        clip = WORLD.sample_switch(seed, 24, switch_frame=12, kind=kind)
+        assert clip.kind == kind and clip.frames.shape == (24, 64, 64, 3)
+        before, after = PromptIntent.from_scene(clip.scene), PromptIntent.from_scene(clip.scene_after)
+        assert before != after and parse_prompt(clip.captions_after[0]) == after
+        assert clip.captions[0] != clip.captions_after[0]
+        # Before the switch: the first scene alone.
+        assert np.array_equal(clip.frames[:12], WORLD.render(clip.scene, 12))
+        changed = [(a, b) for a, b in zip(clip.scene.objects, clip.scene_after.objects) if a != b]
+        if kind == "background":
+            assert clip.scene.background.colour != clip.scene_after.background.colour
+        else:
+            assert len([1 for a, b in changed if (a.colour, a.shape, a.motion) != (b.colour, b.shape, b.motion)]) == 1
+        # Objects that are not replaced do not jump at the switch.
+        for a, b in zip(clip.scene.objects, clip.scene_after.objects):
+            if kind == "object" and a.colour != b.colour:
+                continue
+            xa, ya, _ = object_state(a, np.array([12 / 16]), 64, 64)
+            xb, yb, _ = object_state(b, np.array([0.0]), 64, 64)
+            gap = math.hypot((xa[0] - xb[0] + 32) % 64 - 32, (ya[0] - yb[0] + 32) % 64 - 32)
+            assert gap < 1e-6, (kind, seed, a, b)
+
+
+def test_dataset_items_and_determinism():
+    ds = ShapesDataset(ShapesConfig(height=32, width=32), num_frames=6, seed=3, length=4)
+    items = list(ds)
+    assert len(items) == 4
+    for item in items:
+        assert item["video"].shape == (3, 6, 32, 32) and item["video"].dtype == torch.float32
+        assert -1.0 <= item["video"].min() and item["video"].max() <= 1.0
+        assert isinstance(item["caption"], str) and item["caption"]
+        assert Scene.from_dict(json.loads(item["scene"])).objects
+    again = list(ShapesDataset(ShapesConfig(height=32, width=32), num_frames=6, seed=3, length=4))
+    assert all(torch.equal(a["video"], b["video"]) for a, b in zip(items, again))
+    ds.set_epoch(1)
+    assert not torch.equal(next(iter(ds))["video"], items[0]["video"])
+
+
+def test_workers_and_ranks_split_the_stream_without_repeats():
+    config = ShapesConfig(height=16, width=16)
+    single = [i["scene"] for i in ShapesDataset(config, num_frames=2, seed=9, length=8)]
+    assert len(set(single)) == 8
+    loader = DataLoader(ShapesDataset(config, num_frames=2, seed=9, length=8), batch_size=None, num_workers=2)
+    assert sorted(i["scene"] for i in loader) == sorted(single)
+    ranks = [[i["scene"] for i in ShapesDataset(config, num_frames=2, seed=9, length=8, rank=r, world_size=2)]
+             for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1]) and sorted(ranks[0] + ranks[1]) == sorted(single)
+    batch = next(iter(DataLoader(ShapesDataset(config, num_frames=2, seed=9, length=8), batch_size=4)))
+    assert batch["video"].shape == (4, 3, 2, 16, 16) and len(batch["caption"]) == 4
