@@ -175,6 +175,8 @@ def test_bad_video_requests_get_4xx_error_bodies(server, body, status, code, par
     ("GET", "/v1/videos/bad%20id!", 400, "invalid_request"),
     ("GET", "/v1/videos?limit=0", 400, "invalid_request"),
     ("GET", "/v1/videos?order=sideways", 400, "invalid_request"),
+    ("GET", "/v1/videos?limt=5", 400, "invalid_request"),
+    ("GET", "/v1/videos?limit=5&limit=6", 400, "invalid_request"),
     ("GET", "/v1/nothing-here", 404, "not_found"),
     ("PUT", "/v1/models", 405, "method_not_allowed"),
 ])

@@ -8,9 +8,9 @@ from clients.protocol import ModelCard, ModelList
 
 from ..auth import require_api_key
 from ..state import ServerState
-from .common import error_responses, get_state, single_query_values
+from .common import error_responses, get_state, strict_query
 
-router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key), Depends(single_query_values)],
+router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key), Depends(strict_query)],
                    responses=error_responses(401, 500, 503))
 
 

@@ -17,9 +17,9 @@ from ..errors import ApiError
 from ..jobs import new_job_id
 from ..state import ServerState
 from ..validation import check_model, check_output, check_prompt, check_seconds
-from .common import error_responses, get_state, single_query_values
+from .common import error_responses, get_state, strict_query
 
-router = APIRouter(prefix="/v1/videos", tags=["videos"], dependencies=[Depends(require_api_key), Depends(single_query_values)],
+router = APIRouter(prefix="/v1/videos", tags=["videos"], dependencies=[Depends(require_api_key), Depends(strict_query)],
                    responses=error_responses(400, 401, 500, 503))
 VideoId = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
 
