@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,23 @@ def create_app(settings: Settings | None = None, model: Any = None) -> FastAPI:
         async def placeholder() -> HTMLResponse:
             return HTMLResponse(PLACEHOLDER_PAGE)
     return app
+
+
+def bind_socket(settings: Settings) -> socket.socket:
+    """The listening socket (OSError when the address is taken). Connections accepted on it
+    inherit its send buffer size (Linux copies SO_SNDBUF from the listener)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if settings.socket_send_buffer_bytes:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer_bytes)
+        sock.bind((settings.host, settings.port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import socket
 from typing import Any
 
 from clients.cli import CommandError
@@ -55,32 +54,25 @@ def _settings(args: argparse.Namespace):
         raise CommandError(f"invalid settings: {problems}") from None
 
 
-def _check_port(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                               f"{' (port in use? pick another with --port)' if port else ''}") from None
-
-
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    _check_port(settings.host, settings.port)
+    from .app import bind_socket, create_app, uvicorn_config
+
+    try:  # bound before the model loads: a taken port fails in a second, not after loading
+        sock = bind_socket(settings)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+                           " (port in use? pick another with --port)") from None
 
     import logging
 
     import uvicorn
 
     from engine import EngineError, load_model
-
-    from .app import create_app, uvicorn_config
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
     try:
@@ -92,7 +84,7 @@ def serve(args: argparse.Namespace) -> int:
     # up here as KeyboardInterrupt once the shutdown is done, which is a clean exit.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         if not server.started:
             raise

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     # Frames larger than this are refused by the WebSocket layer itself (close 1009); it is
     # kept above MAX_MESSAGE_BYTES so most oversize messages get a JSON `error` first.
     ws_max_frame_bytes: int = Field(1024 * 1024, ge=1024)
+    # Kernel send buffer per connection. Linux autotunes it up to 4 MiB, which a stalled
+    # client fills with thousands of frames before the server's bounded queue is felt;
+    # a fixed size keeps memory per client bounded and pacing by consumption prompt.
+    # None = kernel autotuning.
+    socket_send_buffer_bytes: int | None = Field(256 * 1024, ge=4096)
 
     # --- capacity and limits -----------------------------------------------------------
     max_sessions: int = Field(8, ge=1, description="concurrent streams (and cache rows)")

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from server.app import create_app, uvicorn_config
+from server.app import bind_socket, create_app, uvicorn_config
 from server.settings import Settings
 
 TEST_MODEL = "tiny-random"
@@ -41,7 +41,9 @@ class LiveServer:
         self.settings = settings
         self.app = create_app(settings, model=model)
         self.server = uvicorn.Server(uvicorn_config(self.app, settings, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+        self.socket = bind_socket(settings)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       name="uvicorn-test", daemon=True)
         self.url = f"http://127.0.0.1:{settings.port}"
         self.ws_url = f"ws://127.0.0.1:{settings.port}/v1/realtime/video"
 
@@ -66,6 +68,7 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(60)
+        self.socket.close()
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
