@@ -126,7 +126,7 @@ def _eval_video(args: argparse.Namespace, config) -> dict:
         raise CommandError(str(exc)) from exc
     report = {"summary": {m: metrics[m] for m in METRICS}, "video": str(args.video), "samples": [metrics]}
     if "windows" in metrics:
-        report["drift"] = metrics["windows"]
+        report["windows"], report["drift"] = metrics["windows"], metrics["drift"]
     if args.out:
         picks = np.linspace(0, len(frames) - 1, GRID_COLUMNS).round().astype(int)
         write_report(report, [(args.prompt, frames[picks], frames[: int(PREVIEW_SECONDS * fps)])], Path(args.out), fps)
@@ -154,6 +154,6 @@ def _print_summary(report: dict) -> None:
     for name, value in report["summary"].items():
         shown = "n/a" if value is None else f"{value:.3f}"
         print(f"{name:22s} {shown}")
-    for window in report.get("drift") or []:
+    for window in report.get("windows") or []:
         print(f"window {window['start_s']:7.1f}-{window['end_s']:7.1f} s  prompt_accuracy "
               f"{window['prompt_accuracy'] if window['prompt_accuracy'] is None else round(window['prompt_accuracy'], 3)}")

@@ -226,6 +226,22 @@ def test_generator_report_writes_json_plots_grid_and_video(tmp_path):
         assert sum(1 for _ in container.decode(video=0)) == 16
 
 
+def test_generator_report_tracks_drift_over_long_streams(tmp_path):
+    world = ShapesWorld(ShapesConfig(height=64, width=64))
+    scene = standard_scenes()[0]
+
+    def fading(prompt, seconds, seed):  # true to the prompt for 2 s, then noise
+        frames = world.render(scene, int(seconds * 16))
+        frames[32:] = noise_video(len(frames) - 32, 64, 64, seed)
+        return frames
+
+    config = EvalConfig(reference_seconds=1, window_seconds=1, window_every_seconds=2)
+    report = evaluate_generator(fading, standard_prompts()[:1], seeds=[5], seconds=4, out_dir=tmp_path, config=config)
+    assert [w["start_s"] for w in report["windows"]] == [0, 2]
+    assert report["drift"]["prompt_accuracy"][0] >= 0.8
+    assert Image.open(tmp_path / "drift.png").size[0] > 100
+
+
 def test_cli_judges_a_video_file(tmp_path, clips, capsys):
     path = tmp_path / "clip.mp4"
     write_mp4(path, clips[1].frames, 16)

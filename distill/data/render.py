@@ -102,13 +102,17 @@ def draw_object(frames: np.ndarray, colour: tuple[int, int, int], shape: str,
     dy = (y0 + 0.5 - y[:, None])[:, :, None]  # [T, B, 1]
     dx, dy = np.broadcast_arrays(dx, dy)
     sd = signed_distance(shape, dx.astype(np.float32), dy.astype(np.float32), d[:, None, None].astype(np.float32))
-    alpha = np.clip(0.5 - sd, 0.0, 1.0)[..., None]  # [T, B, B, 1] coverage of each pixel
-    ti = np.arange(num)[:, None, None]
-    rows = (y0 % height)[:, :, None]
-    cols = (x0 % width)[:, None, :]
-    patch = frames[ti, rows, cols].astype(np.float32)  # [T, B, B, 3]
+    alpha = np.clip(0.5 - sd, 0.0, 1.0).ravel()  # [T * B * B] coverage of each pixel
+    # Flat pixel indices into frames viewed as [T * H * W, 3]: one gather and one
+    # scatter of just the covered pixels (much faster than 3-array fancy indexing).
+    flat = ((np.arange(num)[:, None, None] * height + (y0 % height)[:, :, None]) * width
+            + (x0 % width)[:, None, :]).ravel()
+    covered = alpha > 0
+    flat, alpha = flat[covered], alpha[covered, None]
+    pixels = frames.reshape(-1, 3)
+    patch = pixels[flat].astype(np.float32)  # [N, 3]
     patch += (np.asarray(colour, np.float32) - patch) * alpha
-    frames[ti, rows, cols] = np.rint(patch).astype(np.uint8)
+    pixels[flat] = np.rint(patch).astype(np.uint8)
 
 
 def render_scene(scene: Scene, frame_indices: np.ndarray, height: int, width: int, fps: float,

@@ -37,7 +37,10 @@ def evaluate_generator(generate: Generate, prompts: Sequence[str], seeds: int | 
                        grid_samples: int = 8) -> dict:
     """Generate every (prompt, seed) pair, score each clip with evaluate_frames and
     summarise. `seeds` is a count (seeds 0..n-1) or a list. Returns
-    {"summary": {metric: mean}, "per_prompt": [...], "samples": [...], "drift": ...}."""
+    {"summary": {metric: mean}, "per_prompt": [...], "settings": {...}, "samples": [...]}
+    and, for clips long enough to have drift windows (see evaluate_frames), "windows"
+    (each window's metrics averaged over samples) and "drift" (first window minus
+    each later one, per metric)."""
     seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
     samples, previews = [], []
     started = time.perf_counter()
@@ -58,15 +61,17 @@ def evaluate_generator(generate: Generate, prompts: Sequence[str], seeds: int | 
                      "wall_seconds": time.perf_counter() - started},
         "samples": samples,
     }
-    drift = _mean_drift(samples)
-    if drift:
-        report["drift"] = drift
+    windows = _mean_windows(samples)
+    if windows:
+        report["windows"] = windows
+        report["drift"] = {m: [None if w[m] is None or windows[0][m] is None else windows[0][m] - w[m]
+                               for w in windows[1:]] for m in DRIFT_METRICS}
     if out_dir is not None:
         write_report(report, previews, Path(out_dir), fps)
     return report
 
 
-def _mean_drift(samples: list[dict]) -> list[dict]:
+def _mean_windows(samples: list[dict]) -> list[dict]:
     """Per window (over samples that have it): mean start time and mean of each metric."""
     with_windows = [s["windows"] for s in samples if "windows" in s]
     if not with_windows:
@@ -89,8 +94,8 @@ def write_report(report: dict, previews: list[tuple[str, np.ndarray, np.ndarray]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     plot_metrics(report["summary"], out_dir / "metrics.png")
-    if report.get("drift"):
-        plot_drift(report["drift"], out_dir / "drift.png")
+    if report.get("windows"):
+        plot_drift(report["windows"], out_dir / "drift.png")
     if previews:
         grid = frame_grid([g for _, g, _ in previews], GRID_COLUMNS, labels=[p for p, _, _ in previews])
         Image.fromarray(grid).save(out_dir / "grid.png")
