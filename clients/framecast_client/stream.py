@@ -200,7 +200,11 @@ class Stream:
         """Decoded RGB frames ([H, W, 3] uint8) in order."""
         decoder = decoder_for(self.started.format)
         async for item in self.media():
-            for frame in decoder.feed(item.meta, item.data, item.prompt_event_id, item.received_at):
+            # Off the event loop: a chunk of large frames takes milliseconds to decode, and
+            # the reader (control replies, stats) should not wait on it.
+            frames = await asyncio.to_thread(decoder.feed, item.meta, item.data, item.prompt_event_id,
+                                             item.received_at)
+            for frame in frames:
                 yield frame
         for frame in decoder.flush():
             yield frame

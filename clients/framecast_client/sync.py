@@ -94,7 +94,11 @@ class SyncStream:
 class FramecastClientSync:
     def __init__(self, url: str | None = None, api_key: str | None = None, **options):
         self._runner = _LoopThread()
-        self._client: FramecastClient = self._runner.run(self._make(url, api_key, options))
+        try:
+            self._client: FramecastClient = self._runner.run(self._make(url, api_key, options))
+        except BaseException:
+            self._runner.stop()
+            raise
 
     @staticmethod
     async def _make(url, api_key, options) -> FramecastClient:
