@@ -66,6 +66,8 @@ class JobRunner:
                 self._stop.wait(1.0)  # a store that is down: retry, do not spin
 
     def _run(self, job: VideoJob) -> None:
+        from engine.errors import InvalidInput  # loaded with the model by now
+
         ticket = self.admission.admit_job(self._stop)
         if ticket is None:
             self.store.requeue(job.id)
@@ -93,11 +95,10 @@ class JobRunner:
             if self.store.get(job.id) is not None:
                 log.info("job %s: interrupted by shutdown, re-queued", job.id)
                 self.store.requeue(job.id)
-        except Exception as exc:
-            code = getattr(exc, "code", None) if isinstance(exc, ValueError) else None
-            if code is None:
-                log.exception("job %s failed", job.id)
-            self.store.fail(job.id, ErrorDetail(code=code or "internal_error",
-                                                message=str(exc) if code else "generation failed"))
+        except InvalidInput as exc:  # the request was wrong after all: say why
+            self.store.fail(job.id, ErrorDetail(code=exc.code, message=str(exc)))
+        except Exception:
+            log.exception("job %s failed", job.id)
+            self.store.fail(job.id, ErrorDetail(code="internal_error", message="generation failed"))
         finally:
             self.admission.release(ticket)

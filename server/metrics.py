@@ -46,8 +46,8 @@ class Metrics:
                                  "Encoded chunks waiting to be sent, all streams together", registry=r)
         self.frames_generated = Counter("framecast_frames_generated", "Frames generated",
                                         ["kind"], registry=r)
-        self.sessions_rejected = Counter("framecast_sessions_rejected", "Streams refused, by error code",
-                                         ["code"], registry=r)
+        self.stream_errors = Counter("framecast_stream_errors", "Streams refused or ended by an error, by code",
+                                     ["code"], registry=r)
         self.ready = Gauge("framecast_ready", "1 once the model is loaded and warmed up", registry=r)
 
     def watch_jobs(self, counts: Callable[[], dict[str, int]]) -> None:

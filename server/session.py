@@ -95,13 +95,13 @@ class StreamConnection:
         try:
             outcome = await self._serve()
         except ApiError as exc:
-            if exc.code not in ("internal_error",):
-                self.metrics.sessions_rejected.labels(exc.code).inc()
+            self.metrics.stream_errors.labels(exc.code).inc()
             await self._finish(Error(error=exc.detail()), exc.close_code)
         except (_Disconnected, WebSocketDisconnect):
             pass
         except Exception:
             log.exception("stream failed")
+            self.metrics.stream_errors.labels("internal_error").inc()
             await self._finish(Error(error=ApiError("internal_error", "the stream failed").detail()), 1011)
         else:
             if outcome is not None:
@@ -141,14 +141,14 @@ class StreamConnection:
         return done.pop().result()  # raises what ended it: ApiError, disconnect, a failure
 
     async def _open(self, start: SessionStart) -> GenerationStream:
+        from engine.errors import CapacityError, InvalidInput  # loaded with the model by now
+
         try:
             return await self.state.generator.open(start.prompt, start.seed)
-        except ValueError as exc:  # engine InvalidInput (InvalidPrompt, InvalidSeed): has a code
-            raise ApiError(getattr(exc, "code", "invalid_request"), str(exc)) from exc
-        except Exception as exc:
-            if type(exc).__name__ == "CapacityError":
-                raise ApiError("server_full", str(exc)) from exc
-            raise
+        except InvalidInput as exc:  # InvalidPrompt, InvalidSeed: the engine's own code
+            raise ApiError(exc.code, str(exc)) from exc
+        except CapacityError as exc:
+            raise ApiError("server_full", str(exc)) from exc
 
     async def _finish(self, message, close_code: int) -> None:
         """Send a last message (after any media pair being sent) and close."""
@@ -242,10 +242,12 @@ class StreamConnection:
             elif isinstance(message, SessionUpdate):
                 check_prompt(message.prompt, self.settings.max_prompt_chars)
                 event_id = message.event_id or "evt_" + uuid.uuid4().hex[:12]
+                from engine.errors import InvalidInput
+
                 try:
                     engine_chunk = await self._stream.update_prompt(message.prompt, event_id)
-                except ValueError as exc:
-                    raise ApiError(getattr(exc, "code", "invalid_prompt"), str(exc), "prompt") from exc
+                except InvalidInput as exc:
+                    raise ApiError(exc.code, str(exc), "prompt") from exc
                 await self._send(SessionUpdateQueued(event_id=event_id, at_chunk=self._message_index(engine_chunk)))
             elif isinstance(message, SessionStop):
                 return self._done("stopped")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -55,7 +56,11 @@ class ServerState:
             if s.warmup:
                 started = time.perf_counter()
                 stream = await self.generator.open("warm-up", 0)
-                await stream.produce(lambda chunk: None)
+                # Through every context length until the cache is full: each new attention
+                # shape pays a one-off kernel set-up that a first viewer should not see.
+                att = model.config.attention
+                for _ in range(math.ceil((att.sink_frames + att.window_frames) / att.chunk_frames) + 1):
+                    await stream.produce(lambda chunk: None)
                 stream.close()
                 log.info("warmed up in %.2f s", time.perf_counter() - started)
             self.runner = JobRunner(self.jobs, model, self.admission, self.metrics, s.job_workers)
