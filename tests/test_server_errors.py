@@ -75,6 +75,13 @@ def test_bad_message_mid_stream_ends_that_stream_cleanly(server, bad, code, clos
     assert all(len(data) == meta["bytes"] for meta, data in got.media)
 
 
+def test_a_frame_beyond_the_websocket_limit_is_closed_with_too_big(server):
+    """Past ws_max_frame_bytes the WebSocket layer itself refuses the frame (no JSON error:
+    it never reaches the app), still with the proper close code."""
+    got = run(one_session(server.ws_url, "x" * (server.settings.ws_max_frame_bytes + 1)))
+    assert got.close_code == CloseCode.TOO_BIG
+
+
 def test_no_start_within_the_timeout(server):
     async def idle() -> tuple:
         async with websockets.connect(server.ws_url) as ws:

@@ -192,3 +192,12 @@ def test_chunk_metadata_is_a_protocol_message(server):
     got = run(one_session(server.ws_url, {**START, "max_seconds": 0.5}))
     for meta, _ in got.media:
         VideoChunk.model_validate(meta)
+
+
+def test_metrics_record_streams(server):
+    run(one_session(server.ws_url, {**START, "max_seconds": 1.0}))
+    text = httpx.get(server.url + "/metrics").text
+    assert metric(text, "framecast_time_to_first_frame_seconds_count") >= 1
+    assert metric(text, "framecast_frame_interval_seconds_count") >= 8  # every frame after the first chunk
+    assert metric(text, 'framecast_frames_generated_total{kind="stream"}') >= 16
+    assert metric(text, "framecast_ready") == 1
