@@ -55,7 +55,8 @@ class JobRunner:
                 job = self.store.claim(self.worker_id, CLAIM_WAIT_S)
                 if job is None:
                     since_recover += CLAIM_WAIT_S
-                    if since_recover >= LEASE_S / 2:  # adopt jobs whose replica died
+                    if self.store.recovers_while_serving and since_recover >= LEASE_S / 2:
+                        # adopt the jobs of a replica that died (their leases ran out)
                         since_recover = 0.0
                         if recovered := self.store.recover():
                             log.info("re-queued %d jobs left by a stopped worker", recovered)

@@ -30,6 +30,10 @@ def new_job_id() -> str:
 class JobStore(ABC):
     """Thread-safe; every method is blocking I/O (call it off the event loop)."""
 
+    # Whether `recover` can tell a dead worker's job from a live one (leases), so that
+    # workers may call it while serving; otherwise it runs once, at startup.
+    recovers_while_serving = False
+
     @abstractmethod
     def create(self, job: VideoJob) -> None: ...
 

@@ -24,6 +24,7 @@ from .jobs import LEASE_S, JobStore, Order
 
 
 class RedisJobStore(JobStore):
+    recovers_while_serving = True
     def __init__(self, url: str, prefix: str = "framecast:", lease_s: int = LEASE_S):
         self._r = redis.Redis.from_url(url)
         self._r.ping()  # fail at startup, not on the first request

@@ -51,6 +51,9 @@ class ServerState:
             model, s = self.model, self.settings
             capacity = session_capacity(s.max_sessions, s.memory_budget_bytes, model.weights_bytes(),
                                         model.session_memory_bytes())
+            if capacity < 1:
+                raise RuntimeError(f"the memory budget of {s.memory_budget_bytes} bytes holds no session "
+                                   f"(weights {model.weights_bytes()} B + {model.session_memory_bytes()} B each)")
             self.admission = Admission(capacity, s.sessions_per_key)
             self.generator = Generator(model, max_sessions=max(1, capacity), batching=s.batching)
             if s.warmup:

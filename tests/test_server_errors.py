@@ -208,3 +208,18 @@ def test_not_ready_answers_503_model_loading(tmp_path):
     ready, health = asyncio.run(probe())
     assert ready.status_code == 503 and ready.json()["error"]["code"] == "model_loading"
     assert health.status_code == 200
+
+
+def test_a_memory_budget_that_holds_no_session_fails_readiness(tiny_model, tmp_path):
+    from server.errors import ApiError
+    from server.state import ServerState
+    from tests.server_fixtures import server_settings
+
+    state = ServerState(server_settings(tmp_path, memory_budget_bytes=4096), tiny_model)
+    state.open_jobs()
+    asyncio.run(state.load())
+    assert "holds no session" in state.load_error
+    with pytest.raises(ApiError) as refused:
+        state.require_ready()
+    assert refused.value.code == "internal_error" and "holds no session" in refused.value.message
+    state.shutdown()
