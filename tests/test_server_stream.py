@@ -184,6 +184,9 @@ def test_a_client_that_stops_reading_stops_its_generation(server):
         time.sleep(1.0)
         assert sample() == (stalled, queued), "generation went on for a client that reads nothing"
         assert queued == server.settings.queue_depth
+        # ... and it slows only itself: another stream runs to its end meanwhile.
+        other = run(one_session(server.ws_url, {**START, "max_seconds": 2.0}, timeout=30))
+        assert other.of_type("session.done")[0]["frames"] == 32
     finally:
         sock.close()
 
