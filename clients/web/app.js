@@ -1,22 +1,16 @@
-"use strict";
-// Framecast browser viewer. Plain JS, no build step: the server serves this folder at /.
+// Framecast browser viewer. Plain JS modules, no build step: the server serves this folder at /.
 //
 // Speaks the wire protocol of clients/protocol.py over WebSocket /v1/realtime/video:
 // JSON text messages for control, and for media a `video.chunk` JSON followed by one
 // binary message. fMP4 (an init segment, then one fragment per chunk) plays through
-// Media Source Extensions; JPEG frames (one per message) are drawn on a canvas.
-// Latency stays low by trimming what has been played and jumping to the live edge
-// when playback falls behind. window.framecastStats is read by the browser test.
+// Media Source Extensions; JPEG frames (one per message) are drawn on a canvas
+// (sinks.js). window.framecastStats is read by the browser test.
+
+import { fragmentInfo } from "./mp4.js";
+import { Fmp4Sink, JpegSink } from "./sinks.js";
 
 const REALTIME_PATH = "/v1/realtime/video";
 const PROBE_CODEC = 'video/mp4; codecs="avc1.42E01E"';  // H.264 baseline, what libx264 baseline gives
-// Media arrives a chunk (~0.5 s) at a time, so up to a chunk behind the newest media is the
-// steady state; the server may send up to its lead (1 s by default) ahead of real time, and
-// playing that backlog would add it to every prompt switch's latency.
-const LIVE_LAG_MAX_S = 1.0;     // further than this behind the newest media: jump forward
-const LIVE_LAG_TARGET_S = 0.3;  // ...to this far behind it
-const KEEP_BEHIND_S = 4;        // played media kept in the SourceBuffer (for small seeks back)
-const JPEG_QUEUE_MAX = 64;      // decoded frames waiting for their time; beyond this, drop the oldest
 const RECORD_MAX_BYTES = 512 * 1024 * 1024;
 
 const $ = (id) => document.getElementById(id);
@@ -42,80 +36,6 @@ function freshStats() {
   };
 }
 let stats = window.framecastStats = freshStats();
-
-// ---------------------------------------------------------------- MP4 boxes
-// Just enough ISO-BMFF to read the codec from the init segment and, for recording, the
-// first sample's sync flag and the decode time of each fragment.
-function* boxes(view, start, end) {
-  let pos = start;
-  while (pos + 8 <= end) {
-    let size = view.getUint32(pos);
-    const type = String.fromCharCode(view.getUint8(pos + 4), view.getUint8(pos + 5),
-                                     view.getUint8(pos + 6), view.getUint8(pos + 7));
-    let header = 8;
-    if (size === 1) { size = Number(view.getBigUint64(pos + 8)); header = 16; }
-    else if (size === 0) size = end - pos;
-    if (size < header || pos + size > end) return;
-    yield { type, start: pos, payload: pos + header, end: pos + size };
-    pos += size;
-  }
-}
-
-function findBox(view, path, start = 0, end = view.byteLength) {
-  for (const box of boxes(view, start, end)) {
-    if (box.type !== path[0]) continue;
-    if (path.length === 1) return box;
-    const inner = findBox(view, path.slice(1), box.payload, box.end);
-    if (inner) return inner;
-  }
-  return null;
-}
-
-function hex2(n) { return n.toString(16).toUpperCase().padStart(2, "0"); }
-
-// RFC 6381 codec string (avc1.PPCCLL) from the init segment's avcC.
-function codecFromInit(buffer) {
-  const view = new DataView(buffer);
-  const stsd = findBox(view, ["moov", "trak", "mdia", "minf", "stbl", "stsd"]);
-  if (!stsd) return null;
-  const entry = boxes(view, stsd.payload + 8, stsd.end).next().value;  // skip version/flags, count
-  if (!entry) return null;
-  if (entry.type !== "avc1" && entry.type !== "avc3") return entry.type;
-  const avcC = findBox(view, ["avcC"], entry.payload + 78, entry.end);  // 78: VisualSampleEntry fields
-  if (!avcC) return null;
-  const p = avcC.payload;
-  return `${entry.type}.${hex2(view.getUint8(p + 1))}${hex2(view.getUint8(p + 2))}${hex2(view.getUint8(p + 3))}`;
-}
-
-// {firstSampleSync, tfdt: {pos, version, value}} of a moof+mdat fragment.
-function fragmentInfo(buffer) {
-  const view = new DataView(buffer);
-  const traf = findBox(view, ["moof", "traf"]);
-  if (!traf) return null;
-  const tfhd = findBox(view, ["tfhd"], traf.payload, traf.end);
-  const tfdt = findBox(view, ["tfdt"], traf.payload, traf.end);
-  const trun = findBox(view, ["trun"], traf.payload, traf.end);
-  let sampleFlags = null;
-  if (tfhd) {  // default-sample-flags, after the optional fields that precede it
-    const f = view.getUint32(tfhd.payload) & 0xffffff;
-    let pos = tfhd.payload + 8 + (f & 0x1 ? 8 : 0) + (f & 0x2 ? 4 : 0) + (f & 0x8 ? 4 : 0) + (f & 0x10 ? 4 : 0);
-    if (f & 0x20) sampleFlags = view.getUint32(pos);
-  }
-  if (trun) {
-    const f = view.getUint32(trun.payload) & 0xffffff;
-    let pos = trun.payload + 8 + (f & 0x1 ? 4 : 0);
-    if (f & 0x4) sampleFlags = view.getUint32(pos);
-    else if (f & 0x400) sampleFlags = view.getUint32(pos + (f & 0x100 ? 4 : 0) + (f & 0x200 ? 4 : 0));
-  }
-  let time = null;
-  if (tfdt) {
-    const version = view.getUint8(tfdt.payload);
-    const pos = tfdt.payload + 4;
-    time = { pos, version, value: version === 1 ? view.getBigUint64(pos) : BigInt(view.getUint32(pos)) };
-  }
-  // sample_is_non_sync_sample is bit 16; with no flags anywhere, assume sync.
-  return { firstSampleSync: sampleFlags === null || ((sampleFlags >> 16) & 1) === 0, tfdt: time };
-}
 
 // ---------------------------------------------------------------- session state
 let ws = null;
@@ -180,7 +100,8 @@ function start(options = {}) {
   const socket = new WebSocket(realtimeUrl(options.apiKey ?? ui.apiKey.value));
   socket.binaryType = "arraybuffer";
   ws = socket;
-  media = format === "fmp4" ? new Fmp4Sink() : new JpegSink();
+  const host = { stats, painted: framePainted, fallback: fallBackToJpeg, fragment: recordFragment };
+  media = new (format === "fmp4" ? Fmp4Sink : JpegSink)(ui.video, ui.canvas, host);
   socket.onopen = () => {
     stats.startSentAt = performance.now();
     socket.send(JSON.stringify(message));
@@ -328,188 +249,6 @@ setInterval(() => {
   media?.tick();
 }, 250);
 
-// ---------------------------------------------------------------- fMP4 through MSE
-class Fmp4Sink {
-  constructor() {
-    this.queue = [];
-    this.timeline = [];  // {start, end, eventId}: which prompt event each stretch of media time is under
-    this.sourceBuffer = null;
-    this.ended = false;
-    this.mediaSource = new MediaSource();
-    this.opened = new Promise((resolve) => this.mediaSource.addEventListener("sourceopen", resolve, { once: true }));
-    ui.canvas.hidden = true;
-    ui.video.hidden = false;
-    ui.video.src = URL.createObjectURL(this.mediaSource);
-    this.presented = 0;
-    this.disposed = false;
-    const onFrame = (now, metadata) => {
-      if (this.disposed) return;  // a newer session owns the video element now
-      const count = Math.max(1, metadata.presentedFrames - this.presented);
-      this.presented = metadata.presentedFrames;
-      framePainted(now, this.eventAt(metadata.mediaTime), count);
-      ui.video.requestVideoFrameCallback(onFrame);
-    };
-    if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
-      ui.video.requestVideoFrameCallback(onFrame);
-    } else {  // coarse: timeupdate fires a few times a second, not per frame
-      this.onTimeUpdate = () => framePainted(performance.now(), this.eventAt(ui.video.currentTime));
-      ui.video.addEventListener("timeupdate", this.onTimeUpdate);
-    }
-  }
-
-  dispose() {
-    this.disposed = true;
-    if (this.onTimeUpdate) ui.video.removeEventListener("timeupdate", this.onTimeUpdate);
-  }
-
-  eventAt(t) {
-    for (let i = this.timeline.length - 1; i >= 0; i--) {
-      if (this.timeline[i].start <= t + 1e-3) return this.timeline[i].eventId;
-    }
-    return null;
-  }
-
-  async push(meta, buffer, eventId) {
-    if (this.disposed) return;
-    if (meta.init) {
-      this.initSegment = buffer;  // kept so a recording can start mid-stream
-      // The init segment is what the decoder will get; session.started's codec is the fallback.
-      stats.codec = codecFromInit(buffer) || stats.serverCodec;
-      const mime = `video/mp4; codecs="${stats.codec}"`;
-      if (!MediaSource.isTypeSupported(mime)) { fallBackToJpeg(`this browser cannot play ${mime}`); return; }
-      await this.opened;
-      this.sourceBuffer = this.mediaSource.addSourceBuffer(mime);
-      this.sourceBuffer.mode = "segments";
-      this.sourceBuffer.addEventListener("updateend", () => this.pump());
-      this.sourceBuffer.addEventListener("error", () => stats.errors.push({ code: "mse", message: "SourceBuffer error" }));
-      if (recording) recording.init = buffer;
-    } else {
-      this.timeline.push({ start: meta.pts, eventId });
-      if (this.timeline.length > 256) this.timeline.splice(0, this.timeline.length - 256);
-      // Fragments since the last keyframe, so a recording can start at once (from that keyframe).
-      const info = fragmentInfo(buffer);
-      if (info?.firstSampleSync) this.sinceKeyframe = [];
-      (this.sinceKeyframe ??= []).push(buffer);
-      recordFragment(buffer, info);
-    }
-    this.queue.push(buffer);
-    await this.opened;
-    this.pump();
-  }
-
-  pump() {
-    const sb = this.sourceBuffer;
-    if (!sb || sb.updating || this.mediaSource.readyState !== "open") return;
-    if (this.queue.length) {
-      try {
-        sb.appendBuffer(this.queue[0]);
-        this.queue.shift();
-      } catch (err) {
-        if (err.name === "QuotaExceededError") this.trim(0.5);
-        else stats.errors.push({ code: "mse", message: String(err) });
-      }
-      return;
-    }
-    if (this.trim(KEEP_BEHIND_S)) return;
-    if (this.ended) this.mediaSource.endOfStream();
-    this.chase();
-  }
-
-  // Remove played media so the buffer (and memory) stays small. True if it started a removal.
-  trim(keepBehind) {
-    const sb = this.sourceBuffer, b = sb.buffered;
-    if (!b.length || sb.updating) return false;
-    const cut = ui.video.currentTime - keepBehind;
-    if (cut - b.start(0) < 1) return false;
-    sb.remove(b.start(0), cut);
-    return true;
-  }
-
-  // Stay near the live edge: jump forward when behind, nudge play when stalled.
-  chase() {
-    const v = ui.video, b = this.sourceBuffer?.buffered;
-    if (!b || !b.length) return;
-    const end = b.end(b.length - 1);
-    if (v.currentTime < b.start(0) || end - v.currentTime > LIVE_LAG_MAX_S) {
-      v.currentTime = Math.max(b.start(0), end - LIVE_LAG_TARGET_S);
-      stats.liveEdgeJumps += 1;
-    }
-    if (v.paused && !this.ended) v.play().catch(() => {});
-  }
-
-  tick() { if (this.sourceBuffer) { this.chase(); this.pump(); } }
-
-  end() {
-    this.ended = true;
-    this.pump();
-  }
-}
-
-// ---------------------------------------------------------------- JPEG on a canvas
-class JpegSink {
-  constructor() {
-    this.frames = [];       // decoded, waiting for their presentation time: {bitmap, pts, eventId}
-    this.decoding = Promise.resolve();
-    this.clock = null;      // performance.now() - pts*1000 of the stream's first frame
-    this.ended = false;
-    this.context = ui.canvas.getContext("2d");
-    ui.video.hidden = true;
-    ui.video.removeAttribute("src");
-    ui.canvas.hidden = false;
-    this.disposed = false;
-    const draw = (now) => {
-      if (this.disposed) return;
-      this.draw(now);
-      if (!this.ended || this.frames.length) requestAnimationFrame(draw);
-    };
-    requestAnimationFrame(draw);
-  }
-
-  push(meta, buffer, eventId) {
-    // Decode in order: createImageBitmap promises may settle out of order.
-    this.decoding = this.decoding
-      .then(() => createImageBitmap(new Blob([buffer], { type: "image/jpeg" })))
-      .then((bitmap) => {
-        this.frames.push({ bitmap, pts: meta.pts, eventId });
-        while (this.frames.length > JPEG_QUEUE_MAX) { this.frames.shift().bitmap.close(); stats.framesDropped += 1; }
-      })
-      .catch((err) => stats.errors.push({ code: "jpeg", message: String(err) }));
-  }
-
-  // Paint the newest frame whose time has come; frames that arrive late re-anchor the
-  // clock (no catch-up burst), and a backlog is skipped rather than played slowly.
-  draw(now) {
-    if (!this.frames.length) return;
-    if (this.clock === null || this.frames[0].pts * 1000 + this.clock < now - 100) {
-      this.clock = now - this.frames[0].pts * 1000;
-    }
-    const behindMs = this.frames[this.frames.length - 1].pts * 1000 + this.clock - now;
-    if (behindMs > LIVE_LAG_MAX_S * 1000) {  // jump to near the live edge, as the MSE path does
-      this.clock -= behindMs - LIVE_LAG_TARGET_S * 1000;
-      stats.liveEdgeJumps += 1;
-    }
-    let due = null;
-    while (this.frames.length && this.frames[0].pts * 1000 + this.clock <= now) {
-      if (due) { due.bitmap.close(); stats.framesDropped += 1; }
-      due = this.frames.shift();
-    }
-    if (!due) return;
-    const c = ui.canvas;
-    if (c.width !== due.bitmap.width || c.height !== due.bitmap.height) {
-      c.width = due.bitmap.width; c.height = due.bitmap.height;
-    }
-    this.context.drawImage(due.bitmap, 0, 0);
-    due.bitmap.close();
-    framePainted(now, due.eventId);
-  }
-
-  tick() {}
-
-  end() { this.ended = true; }
-
-  dispose() { this.disposed = true; this.frames.forEach((f) => f.bitmap.close()); this.frames = []; }
-}
-
 function fallBackToJpeg(reason) {
   stats.fallbackReason = reason;
   if (fallbackTried) { showMessage(reason); stopSession(); return; }
@@ -538,7 +277,9 @@ function toggleRecording() {
 }
 
 function recordFragment(buffer, info = fragmentInfo(buffer)) {
-  if (!recording || recording.kind !== "fmp4" || !recording.init) return;
+  if (!recording || recording.kind !== "fmp4") return;
+  recording.init ??= media?.initSegment ?? null;  // Record pressed before the init segment came
+  if (!recording.init) return;
   if (!info) return;
   if (recording.base === null) {
     if (!info.firstSampleSync) return;  // a recording must start on a keyframe
