@@ -48,7 +48,11 @@ TINY_STUDENT = TINY_MODEL.model_copy(update={
 class StudentRun:
     model: ModelConfig = SHAPES_STUDENT
     teacher: str = "runs/teacher/model"  # model dir written by `framecast distill teacher`
-    latent_frames: int = 6  # rollout / clip length in latent frames (the teacher's)
+    latent_frames: int = 6  # clip length the teacher judges, in latent frames (the teacher's training length)
+    rollout_frames: int = 0  # self-forcing rollout length; longer than latent_frames exercises cache
+    #                          eviction (EMA sink) in training, DMD then judges a random window (0: = latent_frames)
+    init_from: str | None = None  # a student model dir to start from instead of the teacher (skips nothing:
+    #                               set ode_iters=0 to start DMD from an ODE-initialised student)
     # ODE initialisation
     ode_pairs: int = 256  # teacher trajectories to regress on
     ode_teacher_steps: int = 24  # Euler steps of the teacher for those trajectories
@@ -165,6 +169,17 @@ def ode_step_loss(run: StudentRun, student, pairs: dict, gen: torch.Generator) -
     return ode_regression_loss(pred, x0)
 
 
+def judged_window(latents: torch.Tensor, run: StudentRun, gen: torch.Generator) -> torch.Tensor:
+    """A random chunk-aligned window of the teacher's clip length from a longer rollout
+    (Self-Forcing++-style: the teacher and critic only ever see clips of their length)."""
+    chunk, frames = run.model.attention.chunk_frames, latents.shape[2]
+    if frames <= run.latent_frames:
+        return latents
+    starts = (frames - run.latent_frames) // chunk + 1
+    start = int(torch.randint(starts, (1,), generator=gen)) * chunk
+    return latents[:, :, start : start + run.latent_frames]
+
+
 def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma: torch.Tensor,
                      feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x0 of the real score (teacher with guidance) and of the fake score (critic)."""
@@ -197,7 +212,12 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     load_transformer_weights(teacher, Path(run.teacher) / "transformer.safetensors")
     teacher.teacher_config = teacher_cfg
     student = build_transformer(run.model).train()
-    student.load_state_dict(teacher.state_dict(), strict=False)  # same network; linear readouts stay zero
+    if run.init_from:
+        init = build_transformer(_MC.load(Path(run.init_from) / "model.json"))
+        load_transformer_weights(init, Path(run.init_from) / "transformer.safetensors")
+        student.load_state_dict(init.state_dict(), strict=False)  # linear readouts stay zero if absent
+    else:
+        student.load_state_dict(teacher.state_dict(), strict=False)  # same network; linear readouts stay zero
     critic = build_transformer(teacher_cfg).train()
     critic.load_state_dict(teacher.state_dict())
     broadcast_parameters(student)
@@ -208,7 +228,8 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     captions = CaptionCache(build_text_encoder_for(run.model))
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir, enabled=rank == 0)
-    chunks = run.latent_frames // run.model.attention.chunk_frames
+    chunk = run.model.attention.chunk_frames
+    chunks = max(run.rollout_frames, run.latent_frames) // chunk
 
     # --- resume ---------------------------------------------------------------------------------
     step = 0
@@ -241,6 +262,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
                 feats = captions(shapes_captions(step * 31 + _, run.batch_size, run.seed, rank))
                 with torch.no_grad():
                     x = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=False).latents
+                    x = judged_window(x, run, gen)
                 noise = torch.randn(x.shape, generator=gen)
                 sigma = sample_sigmas(len(x), run.model.sampler.shift, gen)
                 v = critic.denoise(add_noise(x, noise, sigma), sigma * 1000, critic.embed_text(feats),
@@ -254,7 +276,8 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
                 logs.setdefault("loss/critic", []).append(loss_c.item())
             # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
             feats = captions(shapes_captions(step, run.batch_size, run.seed, rank))
-            x = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=True).latents
+            x = judged_window(rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=True).latents,
+                              run, gen)
             sigma = sample_sigmas(len(x), run.model.sampler.shift, gen, run.dmd_sigma_low, run.dmd_sigma_high)
             x_t = add_noise(x.detach(), torch.randn(x.shape, generator=gen), sigma)
             with torch.no_grad():
