@@ -187,28 +187,42 @@ async def slow_client(port: int, seconds: float, seed: int, fps: float) -> Sessi
                 await asyncio.sleep(meta["frames"] / fps)
     except asyncio.IncompleteReadError:
         pass
-    writer.close()
+    finally:  # also when cancelled: the server sees the disconnect and frees the session
+        writer.close()
     return session
 
 
 # --- measurements ----------------------------------------------------------------------------
 
 class RawEngine:
-    """The engine alone: one StreamSession in this process, no server, no encoding."""
+    """The engine alone: one StreamSession in this process, no server, no encoding.
+
+    Run on a worker thread, as the server runs it: torch's intra-op threads behave
+    differently on the main thread (on a busy 2-core machine the main thread measured
+    5-8x slower), and the server never runs the model there."""
 
     def __init__(self, model_name: str):
+        from concurrent.futures import ThreadPoolExecutor
+
         from engine import load_model
 
+        self._thread = ThreadPoolExecutor(max_workers=1)
         self.model = load_model(model_name)
         self.session = self.model.open_session("a red ball bouncing on a blue floor", seed=0)
-        for _ in range(12):
-            self.session.next_chunk()  # warm up: kernels for every context length until the cache is full
+        # Warm up: kernels for every context length until the cache is full.
+        self._thread.submit(lambda: [self.session.next_chunk() for _ in range(12)]).result()
 
     def fps(self, chunks: int) -> float:
-        started, frames = time.perf_counter(), 0
-        for _ in range(chunks):
-            frames += len(self.session.next_chunk().frames)
-        return frames / (time.perf_counter() - started)
+        def measure() -> float:
+            started, frames = time.perf_counter(), 0
+            for _ in range(chunks):
+                frames += len(self.session.next_chunk().frames)
+            return frames / (time.perf_counter() - started)
+
+        return self._thread.submit(measure).result()
+
+    def close(self) -> None:
+        self._thread.shutdown()
 
 
 def p95(values: list[float]) -> float:
@@ -236,7 +250,13 @@ def generated_frames(server: ServerProcess) -> float:
 
 
 async def with_slow_one(server: ServerProcess, fast: int, seconds: float, slow_fps: float) -> dict:
-    alone = await asyncio.gather(*(fast_client(server.ws_url, seconds, seed=i) for i in range(fast)))
+    """Fast clients' rate alone, with a slow client, with it, alone again (symmetric in time,
+    so a load that drifts on a shared machine cancels out of the comparison)."""
+    async def fast_rate() -> float:
+        sessions = await asyncio.gather(*(fast_client(server.ws_url, seconds, seed=i) for i in range(fast)))
+        return statistics.mean(s.fps() for s in sessions)
+
+    alone = [await fast_rate()]
     slow = asyncio.create_task(slow_client(server.port, 36000, 99, slow_fps))
     # Until the socket buffers between server and slow reader are full, its stream runs at
     # full speed; the claim is about after that, so wait for its generation to slow down.
@@ -248,10 +268,11 @@ async def with_slow_one(server: ServerProcess, fast: int, seconds: float, slow_f
         if now - previous < 3 * slow_fps + 16:
             break
         previous = now
-    mixed = await asyncio.gather(*(fast_client(server.ws_url, seconds, seed=i) for i in range(fast)))
+    mixed = [await fast_rate(), await fast_rate()]
     slow.cancel()
-    return dict(fast_alone_fps=statistics.mean(s.fps() for s in alone),
-                fast_with_slow_fps=statistics.mean(s.fps() for s in mixed), slow_wait_s=waited)
+    alone.append(await fast_rate())
+    return dict(fast_alone_fps=statistics.mean(alone), fast_with_slow_fps=statistics.mean(mixed),
+                rounds_alone=alone, rounds_with_slow=mixed, slow_wait_s=waited)
 
 
 async def rss_over_stream(server: ServerProcess, wall_seconds: float) -> dict:
@@ -306,7 +327,7 @@ def main() -> None:
         figures["raw_engine_fps"] = statistics.median(r for r, _ in rounds)
         figures["one_session"] = {"per_session_fps": statistics.median(d for _, d in rounds),
                                   "delivered_over_raw": statistics.median(ratios), "ratios": ratios}
-        del raw
+        raw.close()
         figures["concurrent"] = [asyncio.run(concurrent(batched.ws_url, n, seconds)) for n in counts]
         figures["slow_client"] = asyncio.run(with_slow_one(batched, 3, seconds, args.slow_fps))
         if args.rss_seconds > 0:
@@ -342,9 +363,10 @@ def print_table(f: dict) -> None:
     print(f"{'4 (one forward per session)':>28}: aggregate {u['aggregate_fps']:.1f} fps, "
           f"per-session {u['per_session_fps']:.1f}; batching ratio at 4: {f.get('batching_ratio_4', float('nan')):.2f}")
     s = f["slow_client"]
-    print(f"\n3 fast clients alone: {s['fast_alone_fps']:.1f} fps each; with a slow one: "
-          f"{s['fast_with_slow_fps']:.1f} fps each (slow one reading at the --slow-fps rate; its "
-          f"buffers were full after {s['slow_wait_s']:.0f} s)")
+    print(f"\n3 fast clients, fps each: alone {s['fast_alone_fps']:.1f} "
+          f"({', '.join(f'{r:.0f}' for r in s['rounds_alone'])}), beside a slow reader "
+          f"{s['fast_with_slow_fps']:.1f} ({', '.join(f'{r:.0f}' for r in s['rounds_with_slow'])}); "
+          f"ratio {s['fast_with_slow_fps'] / s['fast_alone_fps']:.2f} (its buffers were full after {s['slow_wait_s']:.0f} s)")
     if "rss" in f:
         r = f["rss"]
         print(f"\nRSS over one {r['wall_s']:.0f} s stream ({r['stream_s']:.0f} s of video, {r['frames']} frames): "

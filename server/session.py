@@ -18,7 +18,7 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -68,7 +68,6 @@ class _Counters:
     frames: int = 0  # frames put out
     messages: int = 0  # media messages put out
     pending_event: str | None = None  # a prompt event whose chunk was decimated away
-    started_at: list[float] = field(default_factory=list)
 
 
 class StreamConnection:
@@ -124,7 +123,6 @@ class StreamConnection:
         self.frame_limit = max(1, math.ceil(max_seconds * self.fps))
         self._ticket = self.state.admission.admit_stream(key)
         self._stream = await self._open(start)
-        self.format = start.format
         self._fmp4 = Fmp4StreamEncoder(model.width, model.height, self.fps) if start.format == "fmp4" else None
         self._jpeg = JpegEncoder() if start.format == "jpeg" else None
         self.metrics.active_sessions.inc()

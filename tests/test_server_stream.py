@@ -3,7 +3,6 @@ tiny-random model, ffprobe on the received fMP4 stream."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import time
