@@ -51,12 +51,13 @@ def encode_rate(ae: ShapesAutoencoder, video: torch.Tensor, fps: float, repeats:
     return video.shape[2] / fps / best
 
 
-def save_grid(path: Path, originals: list[torch.Tensor], reconstructions: list[torch.Tensor], frames: list[int]) -> None:
+def save_grid(path: Path, originals: list[torch.Tensor], reconstructions: list[torch.Tensor],
+              frames: list[int]) -> None:
     """Rows: per clip, the original frames over their reconstructions. Videos [1, 3, T, H, W]."""
     from PIL import Image
 
     def strip(video: torch.Tensor) -> np.ndarray:  # -> uint8 [H, len(frames) * W, 3]
-        picked = video[0, :, frames].permute(2, 1, 0, 3).flatten(2).permute(1, 2, 0)  # [H, n*W, 3]
+        picked = video[0, :, frames].permute(2, 1, 3, 0).flatten(1, 2)  # [3, n, H, W] -> [H, n*W, 3]
         return ((picked.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
 
     rows = []
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["heldout_psnr_db_mean"] = round(float(np.mean(scores)), 2)
     figures["heldout_psnr_db_min"] = round(float(np.min(scores)), 2)
     z = torch.cat(latents)
-    figures["latent_channel_std_range"] = [round(float(s), 3) for s in (z.std((0, 2, 3, 4)).min(), z.std((0, 2, 3, 4)).max())]
+    channel_std = z.std((0, 2, 3, 4))  # [C]
+    figures["latent_channel_std_range"] = [round(float(channel_std.min()), 3), round(float(channel_std.max()), 3)]
     figures["latent_channel_mean_absmax"] = round(float(z.mean((0, 2, 3, 4)).abs().max()), 3)
     save_grid(args.grid, originals, reconstructions, list(range(0, args.frames, max(1, args.frames // 8))))
     figures["grid"] = str(args.grid)

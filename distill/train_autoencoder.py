@@ -50,7 +50,7 @@ class AutoencoderRun:
     """One training run: the network's config plus how to train it."""
 
     model: "AutoencoderConfig"
-    steps: int = 3000
+    steps: int = 2400
     batch_size: int = 4
     num_frames: int = 12  # video frames per training clip (a multiple of 4)
     crop: int = 64  # square training crops (a multiple of 8) of height x width Shapes frames
@@ -74,7 +74,7 @@ def presets() -> dict[str, AutoencoderRun]:
     from engine.autoencoder import AutoencoderConfig
 
     return {
-        # The shipped model: 3000 steps, 15-40 minutes on one CPU thread depending on load.
+        # The shipped model: 2400 steps, 15-40 minutes on one CPU thread depending on load.
         "default": AutoencoderRun(model=AutoencoderConfig()),
         # For tests: a few hundred thousand multiply-adds per frame.
         "tiny": AutoencoderRun(
@@ -148,7 +148,8 @@ def latent_statistics(ae: "ShapesAutoencoder", world, run: AutoencoderRun) -> tu
     raws = []
     with torch.inference_mode():
         for _ in range(run.stats_clips):
-            clip = world.sample(int(rng.integers(TRAIN_SEED_MIN, 2**62)), 16, int(rng.integers(0, run.max_start_frame + 1)))
+            seed, start = int(rng.integers(TRAIN_SEED_MIN, 2**62)), int(rng.integers(0, run.max_start_frame + 1))
+            clip = world.sample(seed, 16, start)
             raws.append(ae.encode_raw(clips_to_video([clip.frames])))  # [1, C, 4, h, w]
     raw = torch.cat(raws, dim=2)
     return raw.mean((0, 2, 3, 4)), raw.std((0, 2, 3, 4))
@@ -278,7 +279,8 @@ def train(run: AutoencoderRun, run_dir: Path, threads: int = 0, progress: bool =
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default",
-                        help="training preset: 'default' (the shipped model, ~40 min on one thread) or 'tiny' (tests)")
+                        help="training preset: 'default' (the shipped model, 2400 steps: 15-40 min on one "
+                             "thread) or 'tiny' (tests)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/autoencoder"),
                         help="where checkpoints, TensorBoard logs and the trained autoencoder/ go; "
                              "re-running with the same dir resumes (default: runs/autoencoder)")
