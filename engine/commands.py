@@ -17,6 +17,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="switch to another prompt at this stream time, e.g. '2:a blue square moving up'")
     demo.add_argument("-o", "--output", default="demo.png", help="PNG grid to write (one row per chunk)")
     demo.set_defaults(func=run_demo)
+    register_convert(sub)
+
+    from .runtime.command import register as register_runtime
+
+    register_runtime(sub)  # framecast build-engines
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -56,4 +61,79 @@ def run_demo(args: argparse.Namespace) -> int:
     frames = session.chunk_index * model.frames_per_chunk
     print(f"{model.name}: {frames} frames of {model.width}x{model.height} in {elapsed:.2f} s "
           f"({frames / elapsed:.1f} fps, real-time factor {frames / model.fps / elapsed:.2f}); wrote {args.output}")
+    return 0
+
+
+# --- framecast convert ------------------------------------------------------------------------
+
+def register_convert(sub: argparse._SubParsersAction) -> None:
+    from .checkpoints.formats import ALL_FORMATS  # the format table only: no weights, no diffusers
+
+    convert = sub.add_parser(
+        "convert", help="turn a released Wan checkpoint (Wan2.1 diffusers, or a streaming student) into a model "
+                        "directory that `framecast serve --model DIR` loads; see docs/checkpoints.md")
+    convert.add_argument("--format", required=True, metavar="FORMAT",
+                         help=f"what --input is: {', '.join(ALL_FORMATS)}")
+    convert.add_argument("--input", required=True,
+                         help="the student's weights file (.pt/.pth/.safetensors), or the Wan2.1 diffusers "
+                              "folder for --format wan-diffusers")
+    convert.add_argument("--base", default=None,
+                         help="the Wan2.1-T2V diffusers folder (transformer config, umT5 text encoder, tokenizer, "
+                              "VAE); required for the students")
+    convert.add_argument("--lora", default=None, help="LoRA weights merged into the student (LongLive's lora.pt)")
+    convert.add_argument("--lora-alpha", type=float, default=None,
+                         help="LoRA alpha (scale = alpha / rank); default: the format's published value")
+    convert.add_argument("--weights", default=None,
+                         help="which state dict inside the file, e.g. generator_ema or generator "
+                              "(default: the one the authors' inference uses)")
+    convert.add_argument("--name", default=None, help="model name (default: the format's)")
+    convert.add_argument("--size", default="832x480", help="frame size WIDTHxHEIGHT, multiples of 16")
+    convert.add_argument("--timesteps", default=None,
+                         help="override the published step schedule, e.g. 1000,750,500,250")
+    convert.add_argument("--shift", type=float, default=None, help="override the published timestep shift")
+    convert.add_argument("--taehv", default=None,
+                         help="decode with the tiny TAEHV decoder from this weights file (taew2_1.pth or "
+                              ".safetensors) instead of the Wan VAE: much faster, lower quality")
+    convert.add_argument("--force", action="store_true", help="write into a non-empty output directory")
+    convert.add_argument("-o", "--output", required=True, help="the model directory to write")
+    convert.set_defaults(func=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clients.cli import CommandError
+
+    from .checkpoints.formats import ALL_FORMATS
+
+    if args.format not in ALL_FORMATS:
+        raise CommandError(f"unknown --format {args.format!r}; known: {', '.join(ALL_FORMATS)}")
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise CommandError(f"--size takes WIDTHxHEIGHT, e.g. 832x480, got {args.size!r}") from None
+    timesteps = None
+    if args.timesteps:
+        try:
+            timesteps = tuple(float(v) for v in args.timesteps.split(","))
+        except ValueError:
+            raise CommandError(f"--timesteps takes numbers separated by commas, got {args.timesteps!r}") from None
+
+    from engine import EngineError
+    from engine.checkpoints import ConvertOptions, convert, describe
+
+    options = ConvertOptions(
+        format=args.format, input=Path(args.input), output=Path(args.output),
+        base=Path(args.base) if args.base else None, lora=Path(args.lora) if args.lora else None,
+        lora_alpha=args.lora_alpha, weights=args.weights, name=args.name, size=(width, height),
+        timesteps=timesteps, shift=args.shift, taehv=Path(args.taehv) if args.taehv else None, force=args.force)
+    try:
+        config = convert(options)
+    except EngineError as exc:
+        raise CommandError(str(exc).replace("\n", " ")) from exc
+    info = describe(config)
+    print(f"wrote {args.output}: {info['name']} ({info['parameters'] / 1e9:.2f} B parameters), "
+          f"{info['width']}x{info['height']} at {info['fps']:g} fps, {info['attention']['policy']} attention, "
+          f"{info['steps_per_chunk'][0]} steps per {info['chunk_latent_frames']}-frame chunk, "
+          f"decoder {info['decoder']}")
     return 0

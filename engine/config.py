@@ -123,6 +123,11 @@ class DecoderConfig(_Config):
     path: str | None = None
 
 
+# How a model's forwards run (engine/runtime): eager torch (the reference), torch.compile,
+# ONNX Runtime or TensorRT. load_model(backend=...) and `--backend` override it.
+Runtime = Literal["eager", "compile", "onnxruntime", "tensorrt"]
+
+
 class ModelConfig(_Config):
     name: str = "tiny-random"
     description: str = ""
@@ -134,6 +139,7 @@ class ModelConfig(_Config):
     decoder: DecoderConfig = DecoderConfig()
     guidance_scale: float = 1.0  # for the teacher's 50-step sampling; students are guidance-free
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    runtime: Runtime = "eager"
     provenance: dict[str, Any] = {}
 
     @model_validator(mode="after")

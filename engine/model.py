@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from .components import build_decoder, build_text_encoder
 from .config import AttentionConfig, LatentConfig, ModelConfig, TextEncoderConfig, TransformerConfig
 from .errors import CheckpointError, InvalidInput, ModelNotFound
+from .runtime import RuntimeOptions, attach_runtime
 from .session import Forward, StreamSession, check_prompt
 from .transformer import CausalWanTransformer, build_transformer, make_cache
 
@@ -52,6 +53,9 @@ class StreamModel:
         self.model_dir = model_dir
         self._contexts: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._contexts_lock = threading.Lock()
+        # (cache, rows, latents, timestep, context) -> flow: one denoising step of a chunk.
+        # A runtime backend (engine/runtime) replaces it; eager_step stays its fallback.
+        self.step_fn: Callable[..., torch.Tensor] = self.eager_step
 
     # --- facts ---------------------------------------------------------------------
     @property
@@ -136,13 +140,18 @@ class StreamModel:
             latents = torch.cat([r.latents for r in batch])  # [B, C, F, h, w]
             timestep = torch.tensor([r.timestep for r in batch], device=self.device)
             context = torch.cat([r.context for r in batch])
-            attention = self.transformer.cached_attention(cache, rows, frames)
-            flow = self.transformer.denoise(latents, timestep, context, attention)
+            flow = self.step_fn(cache, rows, latents, timestep, context)
             for j, (i, req) in enumerate(zip(idx, batch)):
                 outputs[i] = flow[j : j + 1]
                 if req.commit:
                     cache.commit(req.session.row)
         return outputs  # type: ignore[return-value]
+
+    def eager_step(self, cache, rows: list[int], latents: torch.Tensor, timestep: torch.Tensor,
+                   context: torch.Tensor) -> torch.Tensor:
+        """The reference step: CachedAttention writes the chunk's K/V into the cache in place."""
+        attention = self.transformer.cached_attention(cache, rows, latents.shape[2])
+        return self.transformer.denoise(latents, timestep, context, attention)
 
     def generate_clip(self, prompt: str, seconds: float, seed: int | None = None,
                       progress: Callable[[float], None] | None = None) -> np.ndarray:
@@ -214,7 +223,10 @@ def resolve_model(name_or_dir: str | None) -> tuple[ModelConfig, Path | None]:
     return ModelConfig.load(path / "model.json"), path
 
 
-def load_model(name_or_dir: str | None = None, device: str = "cpu") -> StreamModel:
+def load_model(name_or_dir: str | None = None, device: str = "cpu", backend: str | None = None,
+               engine_cache_dir: str | Path | None = None) -> StreamModel:
+    """backend: a runtime (eager, compile, onnxruntime, tensorrt) overriding the config's
+    `runtime`; engine_cache_dir: where built engines live (default ~/.cache/framecast/engines)."""
     config, model_dir = resolve_model(name_or_dir)
     dtype = DTYPES[config.dtype] if str(device).startswith("cuda") else torch.float32
     transformer = build_transformer(config, device=device, dtype=dtype, seed=0)
@@ -222,4 +234,5 @@ def load_model(name_or_dir: str | None = None, device: str = "cpu") -> StreamMod
         load_transformer_weights(transformer, model_dir / "transformer.safetensors")
     text_encoder = build_text_encoder(config, model_dir, device)
     decoder = build_decoder(config, model_dir, device)
-    return StreamModel(config, transformer, text_encoder, decoder, model_dir)
+    model = StreamModel(config, transformer, text_encoder, decoder, model_dir)
+    return attach_runtime(model, RuntimeOptions(backend or config.runtime, engine_cache_dir))

@@ -1,0 +1,149 @@
+"""Step runners (one per backend) and the two objects a loaded model uses them through:
+`RuntimeStep`, installed as `StreamModel.step_fn`, and `RuntimeDecoder`, which stands in
+for `StreamModel.decoder`. Both keep the eager code as their exact fallback for the
+shapes a static graph does not cover.
+
+A step runner takes the named inputs of engine/runtime/step.py and returns
+(flow [B, C, F, h, w], new_k, new_v [layers, B, N, H, Dh]).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+import torch.nn as nn
+
+from ..cache import KVCache
+from .step import CachedStep, step_inputs, store_new_kv
+
+if TYPE_CHECKING:
+    from ..model import StreamModel
+
+log = logging.getLogger(__name__)
+
+class StepRunner(Protocol):
+    name: str
+    takes_no_mask: bool  # key_mask may be None (torch runners), or must be a tensor (graphs)
+
+    def __call__(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class GraphRunner(Protocol):
+    """An ONNX Runtime session or a TensorRT engine: named torch tensors in and out."""
+
+    def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+    def output_dtype(self, name: str) -> torch.dtype: ...
+
+
+class TorchStepRunner:
+    """The step function in torch: eager (the static-shape reference) or torch.compile'd.
+    Compilation happens on the first call of each new batch size (in the server: the
+    warm-up chunk, before /readyz); `compile_seconds` records how long the first took."""
+
+    def __init__(self, transformer: nn.Module, attention_backend: str = "native", compile: bool = False,
+                 **compile_options):
+        self.name = "compile" if compile else "eager-static"
+        self.takes_no_mask = True
+        self.module = CachedStep(transformer, attention_backend).eval()
+        self.fn = torch.compile(self.module, **compile_options) if compile else self.module
+        self.compile_seconds: float | None = None
+
+    def __call__(self, inputs):
+        if self.compile_seconds is None and self.name == "compile":
+            started = time.perf_counter()
+            out = self.fn(**inputs)
+            self.compile_seconds = time.perf_counter() - started
+            log.info("torch.compile of the step took %.1f s", self.compile_seconds)
+            return out
+        return self.fn(**inputs)
+
+
+class GraphStepRunner:
+    """A step graph (ONNX Runtime or TensorRT) with outputs allocated per call.
+    chunk_tokens: N, the tokens of one full chunk (chunk_frames * tokens_per_frame)."""
+
+    def __init__(self, name: str, runner: GraphRunner, chunk_tokens: int):
+        self.name, self.runner, self.chunk_tokens = name, runner, chunk_tokens
+        self.takes_no_mask = False
+
+    def __call__(self, inputs):
+        latents, cache_k = inputs["latents"], inputs["cache_k"]
+        layers, batch, _, heads, head_dim = cache_k.shape
+        kv_shape = (layers, batch, self.chunk_tokens, heads, head_dim)
+        device = latents.device
+        outputs = {
+            "flow": torch.empty(latents.shape, dtype=self.runner.output_dtype("flow"), device=device),
+            "new_k": torch.empty(kv_shape, dtype=self.runner.output_dtype("new_k"), device=device),
+            "new_v": torch.empty(kv_shape, dtype=self.runner.output_dtype("new_v"), device=device),
+        }
+        self.runner.run(inputs, outputs)
+        return outputs["flow"], outputs["new_k"], outputs["new_v"]
+
+
+class RuntimeStep:
+    """`StreamModel.step_fn` for a compiled backend: (cache, rows, latents, timestep,
+    context) -> flow [B, C, F, h, w], writing the chunk's K/V into the cache as the eager
+    step does. Batches larger than the graph's `max_batch` run in slices; forwards of
+    partial chunks (a re-cache of an odd number of frames) and forwards with gradients
+    run the eager step, which is exact and shares the cache layout."""
+
+    def __init__(self, model: "StreamModel", runner: StepRunner, max_batch: int):
+        self.model, self.runner, self.max_batch = model, runner, max_batch
+        self.backend = runner.name
+        self.calls = 0  # forwards the runner served (the rest went to the eager fallback)
+
+    def __call__(self, cache: KVCache, rows: list[int], latents: torch.Tensor, timestep: torch.Tensor,
+                 context: torch.Tensor) -> torch.Tensor:
+        if latents.shape[2] != cache.chunk_frames or torch.is_grad_enabled():
+            return self.model.eager_step(cache, rows, latents, timestep, context)
+        flows = []
+        for i in range(0, len(rows), self.max_batch):
+            part = slice(i, i + self.max_batch)
+            inputs = step_inputs(cache, rows[part], latents[part], timestep[part], context[part],
+                                 drop_full_mask=self.runner.takes_no_mask)
+            flow, new_k, new_v = self.runner(inputs)
+            store_new_kv(cache, rows[part], new_k, new_v)
+            flows.append(flow)
+        self.calls += 1
+        return flows[0] if len(flows) == 1 else torch.cat(flows)
+
+
+class RuntimeDecoder(nn.Module):
+    """The streaming decoder through a graph runner, with the eager decoder's interface
+    (init_decoder_state, decode_chunk) and its state type, so StreamSession is unchanged.
+    Chunks of another frame count than the graph's run the eager decoder."""
+
+    def __init__(self, eager: nn.Module, runner: GraphRunner, chunk_frames: int,
+                 past_shapes: list[tuple[int, ...]]):
+        super().__init__()
+        self.eager = eager  # a submodule, so weights_bytes() still counts its weights
+        self.runner, self.chunk_frames = runner, chunk_frames
+        self.past_shapes = [shape[1:] for shape in past_shapes]  # without the batch axis
+
+    def init_decoder_state(self, batch_size: int):
+        return self.eager.init_decoder_state(batch_size)
+
+    @torch.no_grad()
+    def decode_chunk(self, latents: torch.Tensor, state):
+        if latents.shape[2] != self.chunk_frames:
+            return self.eager.decode_chunk(latents, state)
+        from ..autoencoder import DecoderState
+
+        state = state or self.init_decoder_state(latents.shape[0])
+        b, _, f, h, w = latents.shape
+        device = latents.device
+        inputs = {"latents": latents.float()}
+        outputs = {"frames": torch.empty(b, 3, 4 * f, 8 * h, 8 * w, device=device,
+                                         dtype=self.runner.output_dtype("frames"))}
+        for i, shape in enumerate(self.past_shapes):
+            past = state.past[i]
+            inputs[f"past_{i}"] = past if past is not None else torch.zeros((b, *shape), device=device)
+            outputs[f"new_past_{i}"] = torch.empty((b, *shape), device=device,
+                                                   dtype=self.runner.output_dtype(f"new_past_{i}"))
+        self.runner.run(inputs, outputs)
+        past = [outputs[f"new_past_{i}"] for i in range(len(self.past_shapes))]
+        return outputs["frames"], DecoderState(past, state.frames_decoded + 4 * f)
