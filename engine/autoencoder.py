@@ -108,9 +108,7 @@ def conv(c_in: int, c_out: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
 
 
 class ResBlock(nn.Module):
-    """x + conv(relu(conv(x))): the encoder's block. The residual stream itself stays linear,
-    so no ReLU can cut a path from the latents back to the pixels (a tiny net with ReLUs
-    on its main path loses its encoder gradient within a few dozen steps)."""
+    """x + conv(relu(conv(x))): the encoder's block (it starts as the identity, see _init_weights)."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -193,13 +191,13 @@ class ShapesAutoencoder(nn.Module):
         self.register_buffer("latents_std", torch.tensor(std), persistent=False)  # [C]
 
     def _init_weights(self) -> None:
-        """Variance-preserving init with no normalisation layers (a norm over the frame would
-        make a crop-trained decoder behave differently on full frames). torch's default conv
-        init shrinks the signal ~3x per layer until the random biases drown it, and the net
-        then cannot even learn to pass a flat colour through. So: He init before a ReLU,
-        unit gain on the linear main path, zero biases, residual branches ending in zeros
-        (each block starts as the identity), and a zero output conv (flat grey frames, which
-        keeps the edge loss from first teaching the net to erase its own noise)."""
+        """Variance-preserving init, as there are no normalisation layers (a norm over the frame
+        would make a crop-trained decoder behave differently on full frames; torch's default
+        init shrinks the signal layer by layer until the random biases dominate it). He init
+        for convs followed by a ReLU, unit gain for the linear ones, zero biases, residual
+        branches ending in zeros (each block starts as the identity), and zero output and
+        colour-out convs: the first frames are flat grey rather than noise, which the edge loss
+        would otherwise first teach the net to erase by shrinking every feature."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -243,8 +241,8 @@ class ShapesAutoencoder(nn.Module):
 
     def decode_chunk(self, latents: torch.Tensor, state: DecoderState | None) -> tuple[torch.Tensor, DecoderState]:
         """Normalised latents [B, C, F, h, w] -> (frames [B, 3, 4F, 8h, 8w] in [-1, 1], state).
-        Gradients flow (training uses this same code); callers that stream wrap it in
-        torch.inference_mode()."""
+        Gradients flow where parameters want them (training uses this same code); `load()`
+        returns a model with gradients off, so streaming builds no autograd graph."""
         if latents.ndim != 5 or latents.shape[1] != self.config.latent_channels:
             raise ShapeMismatch(f"latents {tuple(latents.shape)}: expected [B, {self.config.latent_channels}, F, h, w]")
         state = state or self.init_decoder_state(latents.shape[0])
@@ -311,7 +309,7 @@ class ShapesAutoencoder(nn.Module):
             model.load_state_dict(tensors, strict=True)
         except RuntimeError as exc:
             raise CheckpointError(f"{directory / WEIGHTS_NAME} does not match {CONFIG_NAME}: {exc}") from exc
-        return model.eval()
+        return model.eval().requires_grad_(False)  # loaded weights are for inference; training builds from a config
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -98,6 +98,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["autoencoder.json", "autoencoder.safetensors"]
     loaded = ShapesAutoencoder.load(tmp_path)
     assert loaded.config == ae.config
+    assert not any(p.requires_grad for p in loaded.parameters())  # streaming builds no autograd graph
     video = torch.rand(1, 3, 8, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(loaded.encode(video), ae.encode(video))
