@@ -5,6 +5,9 @@ tasks and its cleanup.
     producer  engine chunk -> encoded media (on a worker thread) -> bounded queue
     sender    queue -> `video.chunk` JSON + one binary message each, paced to real time
 
+Pause stops both: no media is sent after `session.paused` (what was generated waits in
+the queue) and no new chunk is asked for; resume carries on with nothing lost.
+
 The queue is the flow control: when a client reads slowly its sends wait, its queue fills,
 its producer stops asking for chunks, and only its own stream slows down. Whatever ends
 the stream (stop, limit, error, disconnect) cancels all three and closes the engine stream.
@@ -310,6 +313,25 @@ class StreamConnection:
         async with self._send_lock:
             await self.ws.send_text(message.model_dump_json())
 
+    async def _send_media(self, media: _Media, clock: float | None, lead: float | None) -> None:
+        """One metadata + binary pair, never while paused: once `session.paused` is out
+        (sent under the same lock) no media follows it until `session.resumed`."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._running.wait()
+            if lead is not None and clock is not None:
+                # Never more than `lead` seconds ahead of real time (pauses excluded).
+                delay = clock + self._paused_total + media.meta.pts - lead - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    continue  # a pause may have begun meanwhile
+            async with self._send_lock:
+                if not self._running.is_set():
+                    continue
+                await self.ws.send_text(media.meta.model_dump_json())
+                await self.ws.send_bytes(media.data)
+                return
+
     async def _deliver(self) -> SessionDone:
         loop = asyncio.get_running_loop()
         lead = self.settings.stream_lead_s
@@ -324,14 +346,7 @@ class StreamConnection:
             self.metrics.queue_depth.dec()
             frames = 0
             for media in item.media:
-                if lead is not None and clock is not None:
-                    # Never more than `lead` seconds ahead of real time (pauses excluded).
-                    delay = clock + self._paused_total + media.meta.pts - lead - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                async with self._send_lock:
-                    await self.ws.send_text(media.meta.model_dump_json())
-                    await self.ws.send_bytes(media.data)
+                await self._send_media(media, clock, lead)
                 frames += media.meta.frames
                 if clock is None and media.meta.frames:
                     clock = loop.time() - media.meta.pts
