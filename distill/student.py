@@ -53,17 +53,17 @@ class StudentRun:
     #                          eviction (EMA sink) in training, DMD then judges a random window (0: = latent_frames)
     init_from: str | None = None  # a student model dir to start from instead of the teacher (skips nothing:
     #                               set ode_iters=0 to start DMD from an ODE-initialised student)
-    # ODE initialisation
-    ode_pairs: int = 256  # teacher trajectories to regress on
-    ode_teacher_steps: int = 24  # Euler steps of the teacher for those trajectories
-    ode_iters: int = 600
-    ode_batch: int = 8
-    ode_lr: float = 2e-4
-    # DMD
-    dmd_iters: int = 200
-    batch_size: int = 4
-    critic_ratio: int = 4  # critic updates per generator update (Self-Forcing uses 5)
-    lr_generator: float = 3e-5
+    # ODE initialisation (budgeted for 2 CPU cores, like the teacher: ~15 min)
+    ode_pairs: int = 64  # teacher trajectories to regress on
+    ode_teacher_steps: int = 16  # Euler steps of the teacher for those trajectories
+    ode_iters: int = 200
+    ode_batch: int = 4
+    ode_lr: float = 3e-4
+    # DMD (~10 min here)
+    dmd_iters: int = 40
+    batch_size: int = 2
+    critic_ratio: int = 2  # critic updates per generator update (Self-Forcing uses 5)
+    lr_generator: float = 2e-5
     lr_critic: float = 1e-4
     dmd_sigma_low: float = 0.02
     dmd_sigma_high: float = 0.98

@@ -1,0 +1,116 @@
+"""`framecast distill ablate`: the distillation methods side by side, same budget, same
+seed, all starting from one shared ODE-initialised student, judged by the evaluator.
+
+Variants: DMD, Re-DMD with the EMA sink (Reward Forcing), Stream-R1, and each of them
+with diagonal distillation (4-3-2 steps, partially denoised context, trained so).
+Columns: prompt accuracy, motion smoothness, flicker, drift at minute N, frames per
+second and real-time factor. Writes report.json, report.md and drift.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+VARIANTS = ("dmd", "re_dmd", "stream_r1", "dmd+diag", "re_dmd+diag", "stream_r1+diag")
+
+
+def variant_run(base, name: str, init_from: str):
+    """The StudentRun of one variant: same budget and seed as `base`, no ODE stage."""
+    method, _, diag = name.partition("+")
+    model = base.model
+    if method == "re_dmd":  # Reward Forcing: EMA sink in training and inference
+        model = model.model_copy(update={"attention": model.attention.model_copy(update={"policy": "ema_sink"})})
+    if diag:
+        model = model.model_copy(update={"sampler": model.sampler.model_copy(
+            update={"steps_per_chunk": (4, 3, 2), "refresh_context": False})})
+    model = model.model_copy(update={"name": f"shapes-{name}"})
+    return dataclasses.replace(base, model=model, method=method, init_from=init_from, ode_iters=0)
+
+
+def stream_figures(model, prompt: str, minutes: float, window_s: float = 10.0) -> dict:
+    """Stream `minutes` of one prompt: fps, real-time factor, and evaluator metrics on
+    consecutive windows (drift over stream time)."""
+    from distill.eval import evaluate_frames
+
+    session = model.open_session(prompt, seed=0)
+    session.next_chunk()  # the first chunk pays one-off costs
+    frames, start = [], time.perf_counter()
+    need = max(int(minutes * 60 * model.fps), int(2 * window_s * model.fps))
+    while sum(len(f) for f in frames) < need:
+        frames.append(session.next_chunk().frames)
+    wall = time.perf_counter() - start
+    video = np.concatenate(frames)[:need]
+    per_window = int(window_s * model.fps)
+    drift = []
+    for i in range(0, len(video) - per_window + 1, max(per_window, len(video) // 12 // per_window * per_window)):
+        m = evaluate_frames(video[i : i + per_window], prompt, fps=model.fps)
+        drift.append({"start_s": i / model.fps, "prompt_accuracy": m["prompt_accuracy"], "stability": m["stability"]})
+    fps = sum(len(f) for f in frames) / wall
+    return {"fps": fps, "rtf": fps / model.fps, "drift": drift,
+            "drift_first": drift[0]["prompt_accuracy"], "drift_last": drift[-1]["prompt_accuracy"]}
+
+
+def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts: int, seeds: int,
+                 seconds: float, drift_minutes: float, threads: int = 0) -> dict:
+    from distill.eval import evaluate_generator, standard_prompts
+    from distill.student import train_student
+    from engine import load_model
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # --- the shared start: ODE initialisation only ------------------------------------------
+    init = dataclasses.replace(base, teacher=teacher, dmd_iters=0)
+    init_dir = run_dir / "ode_init" / "model"
+    if not (init_dir / "model.json").is_file():
+        train_student(init, run_dir / "ode_init", init_dir, threads)
+    # --- each variant: the same DMD budget from there ---------------------------------------------
+    prompt_set = list(standard_prompts())[:prompts]
+    rows = {}
+    for name in variants:
+        run = variant_run(dataclasses.replace(base, teacher=teacher), name, str(init_dir))
+        out = run_dir / name / "model"
+        if not (out / "model.json").is_file():
+            t0 = time.perf_counter()
+            train_student(run, run_dir / name, out, threads)
+            (run_dir / name / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
+        model = load_model(str(out))
+        report = evaluate_generator(model.generate_clip, prompt_set, seeds, seconds, out_dir=run_dir / name / "eval",
+                                    fps=model.fps)
+        figures = stream_figures(model, prompt_set[0], drift_minutes)
+        rows[name] = {**{k: report["summary"][k] for k in ("prompt_accuracy", "smoothness", "flicker",
+                                                           "motion_accuracy")}, **figures}
+        print(f"{name}: {json.dumps({k: v for k, v in rows[name].items() if k != 'drift'})}", flush=True)
+    write_report(rows, run_dir, drift_minutes)
+    return rows
+
+
+def write_report(rows: dict, run_dir: Path, drift_minutes: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (run_dir / "report.json").write_text(json.dumps(rows, indent=2))
+    lines = [f"| variant | prompt acc | motion acc | smoothness | flicker | drift: first 10 s | drift: at {drift_minutes:g} min "
+             "| fps | real-time factor |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['prompt_accuracy']:.3f} | {r['motion_accuracy']:.3f} | {r['smoothness']:.3f} | "
+                     f"{r['flicker']:.4f} | {r['drift_first']:.3f} | {r['drift_last']:.3f} | {r['fps']:.1f} | "
+                     f"{r['rtf']:.2f} |")
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in rows.items():
+        ax.plot([d["start_s"] / 60 for d in r["drift"]], [d["prompt_accuracy"] for d in r["drift"]], marker="o",
+                label=name)
+    ax.set_xlabel("stream time (minutes)")
+    ax.set_ylabel("prompt accuracy (10 s windows)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "drift.png", dpi=100)
+    plt.close(fig)
+    print("\n".join(lines))
