@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
+from .errors import CheckpointError
 
 
 class TextEncoder(Protocol):
@@ -91,6 +92,13 @@ def build_text_encoder(config: ModelConfig, model_dir: Path | None, device: str)
 
         return MiniLMTextEncoder(model_dir=resolve(model_dir, te.path), max_tokens=te.max_tokens,
                                  device=device, **({"sha256": te.sha256} if te.sha256 else {}))
+    if te.kind == "umt5":
+        from .text_umt5 import UMT5TextEncoder
+
+        if te.path is None:
+            raise CheckpointError("text_encoder.path is not set: the umT5 encoder loads from a local Wan folder")
+        return UMT5TextEncoder(resolve(model_dir, te.path), max_tokens=te.max_tokens, device=device,
+                               dtype=component_dtype(config, device))
     raise NotImplementedError(f"text encoder kind {te.kind!r} is not available in this build")
 
 
@@ -103,4 +111,24 @@ def build_decoder(config: ModelConfig, model_dir: Path | None, device: str) -> L
         from .autoencoder import ShapesAutoencoder
 
         return ShapesAutoencoder.load(resolve(model_dir, dec.path) or model_dir).to(device).eval()
+    if dec.kind in ("wan_vae", "taehv") and dec.path is None:
+        raise CheckpointError(f"decoder.path is not set: the {dec.kind} decoder loads its weights from a local path")
+    if dec.kind == "wan_vae":
+        from .wan_vae import WanVAEDecoder
+
+        decoder = WanVAEDecoder.load(resolve(model_dir, dec.path), device=device, dtype=component_dtype(config, device))
+        if decoder.channels != lat.channels:
+            raise CheckpointError(f"{dec.path}: Wan VAE with {decoder.channels} latent channels, "
+                                  f"the model has {lat.channels}")
+        return decoder
+    if dec.kind == "taehv":
+        from .taehv import TAEHVDecoder
+
+        taehv = TAEHVDecoder.load(resolve(model_dir, dec.path), latent_channels=lat.channels)
+        return taehv.to(device=device, dtype=component_dtype(config, device))
     raise NotImplementedError(f"decoder kind {dec.kind!r} is not available in this build")
+
+
+def component_dtype(config: ModelConfig, device: str) -> torch.dtype:
+    """The model's dtype on a GPU; float32 on CPU (bfloat16 convs and matmuls crawl there)."""
+    return getattr(torch, config.dtype) if str(device).startswith("cuda") else torch.float32
