@@ -131,6 +131,8 @@ def run_convert(args: argparse.Namespace) -> int:
         config = convert(options)
     except EngineError as exc:
         raise CommandError(str(exc).replace("\n", " ")) from exc
+    except OSError as exc:  # an unreadable input, an unwritable output directory, a full disk
+        raise CommandError(f"convert failed: {exc}") from exc
     info = describe(config)
     print(f"wrote {args.output}: {info['name']} ({info['parameters'] / 1e9:.2f} B parameters), "
           f"{info['width']}x{info['height']} at {info['fps']:g} fps, {info['attention']['policy']} attention, "

@@ -16,8 +16,8 @@ diffusers' WanPipeline does before `vae.decode`.
 
 Frame count: Wan decodes the first latent frame to a single video frame and every later
 one to four (81 frames from 21 latents). The stream contract is 4 frames per latent frame
-(uniform timestamps), so the stream's very first frame is held for 4 frames: the first
-chunk shows it 0.19 s at 16 fps instead of 0.06 s, and every frame after it is exact.
+(uniform timestamps), so the stream's very first frame is held for 4 frames: it shows for
+0.25 s at 16 fps instead of 0.06 s, and every frame after it is exact.
 """
 
 from __future__ import annotations

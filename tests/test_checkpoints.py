@@ -153,6 +153,8 @@ def test_wan_diffusers_loads_as_teacher_unchanged(base, tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     assert config.attention.policy == "full" and config.sampler.shift == 3.0  # scheduler_config's flow_shift
     assert model.text_encoder.encode(["a red ball"]).shape == (1, 512, 32)
+    with pytest.raises(CheckpointError, match="apply to the students"):
+        convert(ConvertOptions(format="wan-diffusers", input=base, output=tmp_path / "t2", lora=tmp_path / "l.pt"))
 
 
 def test_student_streams_chunks_end_to_end(base, tmp_path):

@@ -50,6 +50,9 @@ def convert(options: ConvertOptions) -> ModelConfig:
     _check_output(options.output, options.force)
     decoder = _decoder(options)
     if options.format == DIFFUSERS_FORMAT:
+        if options.lora or options.weights or options.timesteps or options.shift is not None:
+            raise CheckpointError("--lora, --weights, --timesteps and --shift apply to the students, "
+                                  "not to the wan-diffusers teacher")
         config = wan_diffusers.teacher_config(options.input, name=options.name or "wan2.1-t2v", size=options.size,
                                               decoder=decoder)
         state = wan_diffusers.transformer_weights(options.input)
