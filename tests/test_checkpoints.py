@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from engine import CheckpointError, load_model
 from engine.checkpoints import FORMATS, ConvertOptions, convert, describe, transformer_parameters
 from engine.components import build_decoder
-from tests.checkpoint_fixtures import (DIM, HEADS, original_wan_weights, peft_lora, reference_wan_forward,
+from tests.checkpoint_fixtures import (DIM, original_wan_weights, peft_lora, reference_wan_forward,
                                        taehv_weights, tiny_wan_diffusers)
 
 SIZE = (32, 32)  # frames of 32x32 px: 4x4 latents, 2x2 tokens per frame
@@ -51,7 +50,8 @@ def forward_pair(model_dir: Path, weights: dict, **lora):
     """(converted model's full-attention forward, reference forward of the original weights)."""
     model = load_model(str(model_dir))
     gen = torch.Generator().manual_seed(5)
-    x, t, text = torch.randn(2, 16, 3, 4, 4, generator=gen), torch.tensor([999.0, 317.0]), torch.randn(2, 6, 32, generator=gen)
+    x, t = torch.randn(2, 16, 3, 4, 4, generator=gen), torch.tensor([999.0, 317.0])
+    text = torch.randn(2, 6, 32, generator=gen)
     tr = model.transformer
     with torch.no_grad():
         got = tr.denoise(x, t, tr.embed_text(text), tr.full_attention(3))
@@ -143,7 +143,8 @@ def test_wan_diffusers_loads_as_teacher_unchanged(base, tmp_path):
     # diffusers' own model from the folder (from_pretrained needs `accelerate` for Wan; read the shards by hand)
     folder = base / "transformer"
     reference = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(str(folder))).eval()
-    shards = set(json.loads((folder / "diffusion_pytorch_model.safetensors.index.json").read_text())["weight_map"].values())
+    index = json.loads((folder / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    shards = set(index["weight_map"].values())
     assert len(shards) > 1
     reference.load_state_dict({k: v for shard in shards for k, v in load_file(str(folder / shard)).items()})
     x, t, text = torch.randn(1, 16, 2, 4, 4), torch.tensor([640.0]), torch.randn(1, 5, 32)
@@ -256,7 +257,10 @@ def test_taehv_loads_real_key_names_and_streams(suffix, tmp_path):
 
     weights = taehv_weights(seed=7)
     path = tmp_path / f"taew2_1{suffix}"
-    torch.save(weights, path) if suffix == ".pth" else save_file(weights, str(path))
+    if suffix == ".pth":
+        torch.save(weights, path)
+    else:
+        save_file(weights, str(path))
     config = PRESETS["tiny-random"].model_copy(update={"decoder": DecoderConfig(kind="taehv", path=str(path))})
     dec = build_decoder(config, None, "cpu")
     latents = torch.randn(1, 16, 6, 4, 4, generator=torch.Generator().manual_seed(1))
@@ -282,9 +286,17 @@ def _sf(tmp_path, weights) -> Path:
     return tmp_path / "bad.pt"
 
 
+def _saved(tmp_path, name, content) -> Path:
+    torch.save(content, tmp_path / name)
+    return tmp_path / name
+
+
 def _truncated(tmp_path, suffix) -> Path:
     good = tmp_path / f"good{suffix}"
-    torch.save(prefixed(RAW), good) if suffix == ".pt" else save_file(prefixed(RAW), str(good))
+    if suffix == ".pt":
+        torch.save(prefixed(RAW), good)
+    else:
+        save_file(prefixed(RAW), str(good))
     data = good.read_bytes()
     bad = tmp_path / f"bad{suffix}"
     bad.write_bytes(data[: len(data) // 2])
@@ -301,12 +313,11 @@ BAD = {
     "truncated pickle": (lambda d: _truncated(d, ".pt"), "reward-forcing", ["truncated", "bad.pt"]),
     "truncated safetensors": (lambda d: _truncated(d, ".safetensors"), "reward-forcing",
                               ["truncated", "bad.safetensors"]),
-    "not weights": (lambda d: (torch.save({"generator": argparse.Namespace(x=1)}, d / "obj.pt"), d / "obj.pt")[1],
+    "not weights": (lambda d: _saved(d, "obj.pt", {"generator": argparse.Namespace(x=1)}),
                     "self-forcing", ["obj.pt", "weights_only"]),
-    "not a Wan model": (lambda d: (torch.save({"generator": {"model.fc.weight": torch.zeros(2)}}, d / "m.pt"),
-                                   d / "m.pt")[1], "causvid", ["patch_embedding.weight"]),
-    "no generator": (lambda d: (torch.save({"critic": prefixed(RAW)}, d / "c.pt"), d / "c.pt")[1],
-                     "causvid", ["'generator'", "critic"]),
+    "not a Wan model": (lambda d: _saved(d, "m.pt", {"generator": {"model.fc.weight": torch.zeros(2)}}),
+                        "causvid", ["patch_embedding.weight"]),
+    "no generator": (lambda d: _saved(d, "c.pt", {"critic": prefixed(RAW)}), "causvid", ["'generator'", "critic"]),
     "deeper than the base": (lambda d: _sf(d, original_wan_weights(seed=1, layers=3)), "self-forcing",
                              ["num_layers 3 != base 2"]),
     "unknown format": (lambda d: _sf(d, RAW), "open-sora", ["unknown checkpoint format", "open-sora"]),
@@ -337,10 +348,9 @@ def test_bad_lora_and_missing_base_are_named(base, tmp_path):
 
 def test_convert_refuses_a_non_empty_output(base, tmp_path):
     _, path = write_causvid(tmp_path)
-    out = run_convert(tmp_path, base, "causvid", path)
+    run_convert(tmp_path, base, "causvid", path)
     with pytest.raises(CheckpointError, match="not empty"):
         run_convert(tmp_path, base, "causvid", path)
-    shutil.rmtree(out)
 
 
 # --- the command line ------------------------------------------------------------------------

@@ -48,7 +48,8 @@ FORMATS: dict[str, StudentFormat] = {
         attention=AttentionConfig(policy="sink_window", chunk_frames=3, sink_frames=0, window_frames=18),
         sampler=FOUR_STEPS,
         source="github.com/guandeh17/Self-Forcing configs/self_forcing_dmd.yaml, inference.py, "
-               "wan/modules/causal_model.py; weights huggingface.co/gdhe17/Self-Forcing checkpoints/self_forcing_dmd.pt",
+               "wan/modules/causal_model.py; weights huggingface.co/gdhe17/Self-Forcing "
+               "checkpoints/self_forcing_dmd.pt",
         notes="trained on 21-frame clips without a sink; past 21 frames the window slides (positions stay "
               "window-relative)",
     ),
@@ -80,7 +81,8 @@ FORMATS: dict[str, StudentFormat] = {
                                   ema_decay=0.999),
         sampler=FOUR_STEPS,
         source="github.com/JaydenLyh/Reward-Forcing (read in its copy wangbei1/rlbaseline/Reward-Forcing-main) "
-               "configs/reward_forcing.yaml, wan/modules/causal_model.py, inference.py; weights huggingface.co/JaydenLu666/Reward-Forcing-T2V-1.3B rewardforcing.pt",
+               "configs/reward_forcing.yaml, wan/modules/causal_model.py, inference.py; weights "
+               "huggingface.co/JaydenLu666/Reward-Forcing-T2V-1.3B rewardforcing.pt",
     ),
     # configs/longlive_inference.yaml (LongLive-1.3B, before the 2.0 release): [1000, 750, 500,
     # 250], warp, shift 5.0, num_frame_per_block 3, local_attn_size 12, sink_size 3 (span 12 =

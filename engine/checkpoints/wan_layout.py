@@ -168,7 +168,8 @@ def merge_lora(state: dict[str, torch.Tensor], lora: dict[str, Any], alpha: floa
         if match is None:
             if "lora_magnitude_vector" in key:
                 raise CheckpointError(f"{source}: DoRA adapters ({key}) are not supported, only plain LoRA")
-            raise CheckpointError(f"{source}: not a LoRA weight: {key!r} (expected ...blocks.N.<module>.lora_A/B.weight)")
+            raise CheckpointError(f"{source}: not a LoRA weight: {key!r} "
+                                  "(expected ...blocks.N.<module>.lora_A/B.weight)")
         pairs.setdefault(match.group(1), {})[match.group(2)] = value
     if not pairs:
         raise CheckpointError(f"{source}: holds no LoRA weights")
