@@ -87,7 +87,12 @@ class StreamModel:
         return self.config.frames_per_chunk
 
     def weights_bytes(self) -> int:
-        modules = [self.transformer] + [m for m in (self.decoder,) if isinstance(m, torch.nn.Module)]
+        """Memory of every network the model holds: transformer, decoder, text encoder
+        (whose network, for the transformers-backed encoders, is its `.model`)."""
+        modules = [self.transformer]
+        for part in (self.decoder, self.text_encoder, getattr(self.text_encoder, "model", None)):
+            if isinstance(part, torch.nn.Module):
+                modules.append(part)
         return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
     def session_memory_bytes(self) -> int:
