@@ -41,8 +41,11 @@ class GraphRunner(Protocol):
 
 class TorchStepRunner:
     """The step function in torch: eager (the static-shape reference) or torch.compile'd.
-    Compilation happens on the first call of each new batch size (in the server: the
-    warm-up chunk, before /readyz); `compile_seconds` records how long the first took."""
+
+    A compiled step has one graph per batch size and mask variant (a masked cache while
+    a stream fills its window; no mask once it is full, which lets SDPA take its flash
+    kernel). `warm_up` compiles the given batch sizes in both variants at load time, so
+    no stream meets a compile stall halfway; other batch sizes compile on first use."""
 
     def __init__(self, transformer: nn.Module, attention_backend: str = "native", compile: bool = False,
                  **compile_options):
@@ -50,15 +53,25 @@ class TorchStepRunner:
         self.takes_no_mask = True
         self.module = CachedStep(transformer, attention_backend).eval()
         self.fn = torch.compile(self.module, **compile_options) if compile else self.module
-        self.compile_seconds: float | None = None
+        self.compile_seconds = 0.0
+
+    def warm_up(self, config, batches: tuple[int, ...] = (1,)) -> float:
+        """Run the step on example inputs of each batch size, masked and unmasked; returns
+        the seconds it took (the compile time, for a compiled step)."""
+        from .step import example_inputs
+
+        device, dtype = self.module.transformer.device, self.module.transformer.dtype
+        started = time.perf_counter()
+        with torch.no_grad():
+            for batch in batches:
+                inputs = example_inputs(config, batch, device, dtype)
+                self.fn(**inputs)
+                self.fn(**{**inputs, "key_mask": None})
+        self.compile_seconds = time.perf_counter() - started
+        log.info("%s step ready for batches %s in %.1f s", self.name, batches, self.compile_seconds)
+        return self.compile_seconds
 
     def __call__(self, inputs):
-        if self.compile_seconds is None and self.name == "compile":
-            started = time.perf_counter()
-            out = self.fn(**inputs)
-            self.compile_seconds = time.perf_counter() - started
-            log.info("torch.compile of the step took %.1f s", self.compile_seconds)
-            return out
         return self.fn(**inputs)
 
 

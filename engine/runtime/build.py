@@ -4,8 +4,9 @@
     build_engines(model, "tensorrt", cache_dir)       # what `framecast build-engines` does
 
 eager        the reference: CachedAttention writes the cache in place. Nothing to build.
-compile      torch.compile of the static step; compiles on the first chunk (the server's
-             warm-up, before /readyz). Nothing to build ahead.
+compile      torch.compile of the static step, compiled at load for single streams
+             (`compile_batches`; other batch sizes compile on first use). Nothing to
+             build ahead: inductor's own cache (~/.cache or /tmp) makes restarts faster.
 onnxruntime  the exported step (and decoder) graphs, optimised by ONNX Runtime, from the
              engine cache; built at load time if missing (a start-up cost, never a
              request's): on a CPU this is seconds to a minute.
@@ -49,6 +50,7 @@ class RuntimeOptions:
     cache_dir: Path | None = None  # None: ~/.cache/framecast/engines
     max_batch: int = DEFAULT_MAX_BATCH
     precision: str | None = None  # None: the model's dtype; "fp8": TensorRT with ModelOpt Q/DQ
+    compile_batches: tuple[int, ...] = (1,)  # torch.compile: batch sizes compiled at load
 
 
 def check_backend(name: str) -> Runtime:
@@ -259,6 +261,7 @@ def attach_runtime(model: "StreamModel", options: RuntimeOptions) -> "StreamMode
     chunk_tokens = model.config.attention.chunk_frames * model.config.tokens_per_frame
     if backend == "compile":
         runner = TorchStepRunner(model.transformer, model.config.attention.backend, compile=True)
+        runner.warm_up(model.config, options.compile_batches)  # at load, not on a stream's chunk
         model.step_fn = RuntimeStep(model, runner, options.max_batch)
         return model
     _require_backend(options, model.device)

@@ -11,6 +11,7 @@ and TensorRT fuses the exported SDPA pattern itself.
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,14 +33,18 @@ def _batch_axis(name: str) -> int:
 
 @contextmanager
 def _quiet_exporter():
-    """The exporter's optimiser logs every pass at INFO; a server log at INFO should show
-    that an engine is being built, not hundreds of lines of how."""
+    """The exporter's optimiser logs every pass at INFO, and torch's exporter warns about
+    torchvision ops and axis names that do not concern this graph; a server log should
+    show that an engine is being built, not hundreds of lines of how."""
     loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*axis name.*will not be used")
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

@@ -65,8 +65,10 @@ class OnnxRuntimeRunner:
         ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        if device.type == "cpu":
+            # As many threads as torch uses: one setting (torch.set_num_threads) governs
+            # the process, and the two backends compare on equal terms.
+            options.intra_op_num_threads = threads or torch.get_num_threads()
         self.device = device
         self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
         self.input_names = [i.name for i in self.session.get_inputs()]

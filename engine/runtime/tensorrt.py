@@ -11,6 +11,7 @@ named I/O tensors and `execute_async_v3` on torch's current stream.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import torch
@@ -105,6 +106,9 @@ class TensorRTRunner:
             raise EngineBuildFailed(f"{plan_path}: TensorRT could not load this engine (another TensorRT "
                                     "version or GPU? rebuild with framecast build-engines)")
         self.context = self.engine.create_execution_context()
+        # One execution context holds one set of shapes and addresses: calls from the
+        # scheduler and from a job thread must not interleave.
+        self.lock = threading.Lock()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -116,6 +120,10 @@ class TensorRTRunner:
         return self._dtypes[name]
 
     def run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with self.lock:
+            return self._run(inputs, outputs)
+
+    def _run(self, inputs: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         held = []
         for name in self.input_names:
             tensor = inputs[name].contiguous()
