@@ -1,0 +1,454 @@
+"""Train the Shapes video reward model (distill/rewards/shapes.py) on the Shapes world.
+
+    framecast distill reward --preset shapes --threads 1 --out distill/rewards/weights/shapes-reward
+    framecast distill reward --evaluate distill/rewards/weights/shapes-reward --eval-clips 64
+    python -m distill.rewards.train --preset tiny --run-dir /tmp/reward --dry-run
+
+Re-running the same command resumes from the run dir's last checkpoint; the EMA weights
+are exported to --out (default RUN_DIR/reward) with the held-out accuracies in reward.json.
+
+Every step draws B real clips (random windows of random training scenes) and, for each,
+one visually corrupted copy, one re-timed copy and mismatched captions (corrupt.py).
+Loss: a Bradley-Terry pairwise loss per dimension, softplus(s_negative - s_real), i.e.
+-log sigmoid of the margin, plus a small penalty on the squared scores so the logits
+stay near zero (only their differences are trained). Held-out accuracy is the fraction
+of such pairs ranked the right way round on scenes training never draws.
+
+This module imports no torch at import time: `add_subcommand` runs when the `framecast`
+command starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clients.cli import CommandError  # light: argparse and importlib only
+
+if TYPE_CHECKING:
+    import torch
+
+    from .shapes import ShapesRewardConfig, ShapesVideoReward
+
+# Held-out clips are Shapes seeds [0, EVAL_SEEDS); training draws seeds at or above
+# TRAIN_SEED_MIN, so the two never meet (the autoencoder trainer splits the same way).
+EVAL_SEEDS = 1 << 20
+TRAIN_SEED_MIN = 1 << 32
+MOVING = 1e-3  # motion_magnitude below which a clip is still (re-timing it changes nothing)
+
+
+@dataclass(frozen=True)
+class RewardRun:
+    """One training run: the network's config plus how to train it."""
+
+    model: "ShapesRewardConfig"
+    steps: int = 450  # ~15 min on one shared CPU thread
+    batch_size: int = 6  # real clips per step; each adds a visual and a motion negative
+    num_frames: int = 8  # training clips: 0.5 s at 16 fps (half the cost of 1 s; the trunk pools over time)
+    eval_frames: int = 16  # held-out clips: 1 s, the length the model is judged at
+    max_start_frame: int = 480  # clips are windows of a stream starting anywhere up to here
+    caption_negatives: int = 3  # mismatched captions per real clip (cheap: they share the clip's trunk pass)
+    lr: float = 2e-3
+    warmup: int = 30
+    final_lr_fraction: float = 0.1  # cosine decay from lr down to lr * this
+    score_penalty: float = 1e-3
+    ema_decay: float = 0.98
+    log_every: int = 10
+    eval_every: int = 150
+    eval_clips: int = 16
+    ckpt_every: int = 40
+    seed: int = 0
+
+
+def presets() -> dict[str, RewardRun]:
+    """The preset table (a function so that importing this module stays torch-free)."""
+    from .shapes import ShapesRewardConfig
+
+    return {
+        # The shipped model (about 150k parameters, ~0.6 MB).
+        "shapes": RewardRun(model=ShapesRewardConfig()),
+        # For tests: 32x32 frames, a few thousand parameters.
+        "tiny": RewardRun(
+            model=ShapesRewardConfig(height=32, width=32, stem_channels=8, channels=(8, 16), heads_hidden=16,
+                                     attention_heads=2),
+            steps=6, batch_size=2, num_frames=8, eval_frames=8, caption_negatives=1, lr=3e-3, warmup=1, log_every=2, eval_every=6,
+            eval_clips=2, ckpt_every=3, ema_decay=0.5),
+    }
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    video: "torch.Tensor"  # [B, 3, T, H, W] real clips in [-1, 1]
+    visual_negative: "torch.Tensor"  # [B, 3, T, H, W]
+    motion_negative: "torch.Tensor"  # [B, 3, T, H, W]
+    captions: list[str]  # B matching captions
+    wrong_captions: list[list[str]]  # caption_negatives lists of B mismatched captions
+    visual_kinds: list[str]
+    motion_kinds: list[str]
+    caption_kinds: list[list[str]]
+
+
+def shapes_world(run: RewardRun):
+    from distill.data.shapes import ShapesConfig, ShapesWorld
+
+    return ShapesWorld(ShapesConfig(height=run.model.height, width=run.model.width))
+
+
+def make_batch(world, run: RewardRun, seeds: list[int], starts: list[int], key: tuple[int, int],
+               kinds: tuple[list[str], list[str], list[list[str]]] | None = None) -> Batch:
+    """Real clips of `seeds` from `starts`, each with a visual and a motion negative and
+    caption_negatives mismatched captions, all drawn from generators keyed by `key`.
+    kinds (visual, motion, [captions per negative]) default to cycling through each
+    table from a random offset."""
+    import numpy as np
+    import torch
+
+    from distill.common import step_generator
+
+    from .corrupt import CAPTION_KINDS, MOTION_KINDS, VISUAL_KINDS, corrupt, mismatched_caption, random_caption
+
+    rng = np.random.default_rng(list(key))
+    gen = step_generator(*key)
+    clips = [world.sample(s, run.num_frames, o) for s, o in zip(seeds, starts)]
+    video = torch.from_numpy(np.stack([c.frames for c in clips])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+    def cycle(table: tuple[str, ...]) -> list[str]:
+        offset = int(rng.integers(len(table)))
+        return [table[(offset + i) % len(table)] for i in range(len(clips))]
+
+    visual_kinds, motion_kinds, caption_kinds = kinds or (
+        cycle(VISUAL_KINDS), cycle(MOTION_KINDS), [cycle(CAPTION_KINDS) for _ in range(run.caption_negatives)])
+    return Batch(
+        video=video,
+        visual_negative=corrupt(video, visual_kinds, gen),
+        motion_negative=corrupt(video, motion_kinds, gen),
+        captions=[random_caption(c.scene, rng) for c in clips],
+        wrong_captions=[[mismatched_caption(c.scene, k, rng) for c, k in zip(clips, ks)] for ks in caption_kinds],
+        visual_kinds=visual_kinds, motion_kinds=motion_kinds, caption_kinds=caption_kinds,
+    )
+
+
+def training_batch(world, run: RewardRun, step: int) -> Batch:
+    """The batch of `step`: deterministic in (seed, step), so a resumed run sees what it
+    would have seen."""
+    import numpy as np
+
+    rng = np.random.default_rng([run.seed, step])
+    seeds = [int(s) for s in rng.integers(TRAIN_SEED_MIN, 2**62, size=run.batch_size)]
+    starts = [int(s) for s in rng.integers(0, run.max_start_frame + 1, size=run.batch_size)]
+    return make_batch(world, run, seeds, starts, (run.seed, step))
+
+
+def heldout_batch(world, run: RewardRun, index: int) -> Batch:
+    """Held-out clip `index` (a seed training never draws) against every negative kind:
+    sample i of the batch is the clip with visual kind i, motion kind i, caption kind i."""
+    from .corrupt import CAPTION_KINDS, MOTION_KINDS, VISUAL_KINDS
+
+    if not 0 <= index < EVAL_SEEDS:
+        raise ValueError(f"held-out index must be in [0, {EVAL_SEEDS})")
+    n = len(VISUAL_KINDS)
+    if not n == len(MOTION_KINDS) == len(CAPTION_KINDS):
+        raise ValueError("held-out batches pair kind i of each table: the tables must be equally long")
+    start = index * 37 % (run.max_start_frame + 1)
+    held = dataclasses.replace(run, num_frames=run.eval_frames)
+    return make_batch(world, held, [index] * n, [start] * n, (index, 1 << 40),
+                      kinds=(list(VISUAL_KINDS), list(MOTION_KINDS), [list(CAPTION_KINDS)]))
+
+
+# --- loss ------------------------------------------------------------------------------------------
+
+
+def batch_scores(model: "ShapesVideoReward", batch: Batch, text, in_batch: bool = True) -> dict[str, "torch.Tensor"]:
+    """Scores of the real clips and their negatives. text: prompts -> [N, L, D] features.
+    -> {"visual": [2, B] (real, corrupted), "motion": [2, B], "text": [1 + K, B] (true
+    caption, K mismatched), and with in_batch "text_batch": [B, B], clip i with caption j
+    (every other clip's caption is a free negative: no extra trunk pass or text encoding)}"""
+    import torch
+
+    b = len(batch.captions)
+    pooled, tokens = model.features(torch.cat([batch.video, batch.visual_negative, batch.motion_negative]))
+    visual = model.visual_head(pooled).squeeze(-1).view(3, b)
+    motion = model.motion_head(pooled).squeeze(-1).view(3, b)
+    real = tokens[:b]  # [B, N, C]
+    true_text = text(batch.captions)  # [B, L, D]
+    scores = {"visual": visual[[0, 1]], "motion": motion[[0, 2]]}
+    if batch.wrong_captions:
+        wrong_text = text([c for wrong in batch.wrong_captions for c in wrong])  # [K*B, L, D]
+        wrong = model.text_alignment(real.repeat(len(batch.wrong_captions), 1, 1), wrong_text).view(-1, b)
+    if in_batch:
+        matrix = model.text_alignment(real.repeat_interleave(b, 0), true_text.repeat(b, 1, 1)).view(b, b)
+        scores["text_batch"] = matrix
+        true = matrix.diagonal()
+    else:
+        true = model.text_alignment(real, true_text)
+    scores["text"] = torch.cat([true[None], wrong]) if batch.wrong_captions else true[None]
+    return scores
+
+
+def moving_mask(video: "torch.Tensor") -> "torch.Tensor":
+    """[B] 1.0 where the clip moves at all: a still clip re-timed is the same clip."""
+    from .base import motion_magnitude
+
+    return (motion_magnitude(video) > MOVING).float()
+
+
+def reward_loss(scores: dict, moving: "torch.Tensor", score_penalty: float) -> tuple["torch.Tensor", dict]:
+    """Bradley-Terry pairwise loss, softplus(s_neg - s_real) = -log sigmoid(s_real - s_neg),
+    per dimension, + score_penalty * mean squared score. Text: the mean over the
+    attribute-swapped captions, plus (with "text_batch") the mean over the other clips'
+    captions, so the few hard negatives are not drowned by the many easy ones.
+    -> (loss, {name: float})"""
+    import torch
+    import torch.nn.functional as F
+
+    visual = F.softplus(scores["visual"][1] - scores["visual"][0]).mean()
+    motion_pairs = F.softplus(scores["motion"][1] - scores["motion"][0])  # [B]
+    motion = (motion_pairs * moving).sum() / moving.sum().clamp_min(1.0)
+    text = F.softplus(scores["text"][1:] - scores["text"][:1]).mean() if len(scores["text"]) > 1 else 0.0
+    if "text_batch" in scores and len(scores["text_batch"]) > 1:
+        matrix = scores["text_batch"]  # [clip, caption]
+        others = ~torch.eye(len(matrix), dtype=torch.bool)
+        text = text + F.softplus(matrix - matrix.diagonal()[:, None])[others].mean()
+    penalty = sum((s ** 2).mean() for s in scores.values())
+    loss = visual + motion + text + score_penalty * penalty
+    logs = {"loss/total": loss.item(), "loss/visual": visual.item(), "loss/motion": motion.item(),
+            "loss/text": float(text),
+            "train_acc/visual": (scores["visual"][0] > scores["visual"][1]).float().mean().item(),
+            "train_acc/text": (scores["text"][:1] > scores["text"][1:]).float().mean().item()}
+    return loss, logs
+
+
+def lr_at(run: RewardRun, step: int) -> float:
+    """Linear warm-up, then cosine decay to lr * final_lr_fraction at the last step."""
+    if step < run.warmup:
+        return run.lr * (step + 1) / run.warmup
+    progress = min(1.0, (step - run.warmup) / max(1, run.steps - run.warmup))
+    return run.lr * (run.final_lr_fraction + (1 - run.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# --- held-out accuracy ---------------------------------------------------------------------------------
+
+
+def heldout_accuracy(model: "ShapesVideoReward", run: RewardRun, clips: int, text=None) -> dict[str, float]:
+    """Pairwise accuracy on held-out clips 0..clips-1, each against every negative kind:
+    "visual/<kind>": P(real ranked above it), "motion/<kind>" (moving clips only),
+    "text/<kind>": P(true caption above the mismatched one); "visual", "motion", "text":
+    the means over kinds."""
+    import torch
+
+    from .corrupt import CAPTION_KINDS, MOTION_KINDS, VISUAL_KINDS
+
+    text = text or model.encode_prompts
+    world = shapes_world(run)
+    hits: dict[str, list[float]] = {}
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for index in range(clips):
+            batch = heldout_batch(world, run, index)
+            scores = batch_scores(model, batch, text, in_batch=False)
+            for i, kind in enumerate(VISUAL_KINDS):
+                hits.setdefault(f"visual/{kind}", []).append(float(scores["visual"][0, i] > scores["visual"][1, i]))
+            if bool(moving_mask(batch.video[:1])[0]):
+                for i, kind in enumerate(MOTION_KINDS):
+                    hits.setdefault(f"motion/{kind}", []).append(float(scores["motion"][0, i] > scores["motion"][1, i]))
+            for i, kind in enumerate(CAPTION_KINDS):
+                hits.setdefault(f"text/{kind}", []).append(float(scores["text"][0, i] > scores["text"][1, i]))
+    model.train(was_training)
+    out = {k: sum(v) / len(v) for k, v in hits.items()}
+    for dim in ("visual", "motion", "text"):
+        per_kind = [v for k, v in out.items() if k.startswith(dim + "/")]
+        if per_kind:
+            out[dim] = sum(per_kind) / len(per_kind)
+    return out
+
+
+# --- the training run ------------------------------------------------------------------------------------
+
+
+def train(run: RewardRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0,
+          progress: bool = True, command: str = "") -> tuple["ShapesVideoReward", dict]:
+    """Train (or resume) in run_dir; export the EMA model to out_dir (default run_dir/reward)
+    with `command` (how to reproduce it) in its provenance.
+    -> (the exported model, its held-out accuracies)"""
+    import torch
+    from tqdm import tqdm
+
+    from distill.common import EMA, CaptionCache, Checkpointer, MetricsLog
+
+    from .shapes import ShapesVideoReward, text_encoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+
+    # --- build ------------------------------------------------------------------------------
+    torch.manual_seed(run.seed)
+    model = ShapesVideoReward(run.model).train()
+    ema = EMA(model, run.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=0.0)
+    captions = CaptionCache(text_encoder(run.model.max_tokens))
+    world = shapes_world(run)
+    ckpt = Checkpointer(run_dir)
+    metrics = MetricsLog(run_dir)
+
+    # --- resume -------------------------------------------------------------------------------
+    step, spent = 0, 0.0
+    if (latest := ckpt.latest()) is not None:
+        step, extra = ckpt.load(latest, {"model": model, "ema": ema.shadow}, {"opt": opt})
+        spent = extra.get("seconds", 0.0)
+        print(f"resumed from {latest} at step {step}", file=sys.stderr)
+
+    # --- loop: sample, loss, step, EMA, log, evaluate, checkpoint --------------------------------------
+    start = time.time() - spent
+    bar = tqdm(total=run.steps, initial=step, desc="reward", unit="step", dynamic_ncols=True, disable=not progress)
+    window: dict[str, list[float]] = {}
+    while step < run.steps:
+        batch = training_batch(world, run, step)
+        loss, logs = reward_loss(batch_scores(model, batch, captions), moving_mask(batch.video), run.score_penalty)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(run, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(model)
+        step += 1
+        bar.update(1)
+        for k, v in logs.items():
+            window.setdefault(k, []).append(v)
+        if step % run.log_every == 0 or step == run.steps:
+            means = {k: sum(v) / len(v) for k, v in window.items()}
+            metrics.log(step, {**means, "lr": lr_at(run, step - 1)})
+            bar.set_postfix(loss=f"{means['loss/total']:.3f}")
+            window = {}
+        if step % run.eval_every == 0 or step == run.steps:
+            accuracy = heldout_accuracy(ema.shadow, run, run.eval_clips, captions)
+            metrics.log(step, {f"heldout/{k}": v for k, v in accuracy.items()})
+            bar.write(f"step {step}: held-out accuracy (EMA) " +
+                      ", ".join(f"{d} {accuracy[d]:.3f}" for d in ("visual", "motion", "text") if d in accuracy))
+        if step % run.ckpt_every == 0 or step == run.steps:
+            ckpt.save(step, {"model": model, "ema": ema.shadow}, {"opt": opt}, {"seconds": time.time() - start})
+    bar.close()
+    metrics.close()
+
+    # --- export: the EMA weights with how they were made ----------------------------------------------------
+    final = ema.shadow.eval()
+    accuracy = heldout_accuracy(final, run, run.eval_clips, captions)
+    out_dir = out_dir or run_dir / "reward"
+    final.save(out_dir, provenance={
+        "command": command, "run": dataclasses.asdict(run), "steps": step,
+        "train_seconds": round(time.time() - start, 1), "heldout_clips": run.eval_clips,
+        "heldout_accuracy": {k: round(v, 4) for k, v in accuracy.items()}})
+    return final, accuracy
+
+
+# --- command line --------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="shapes",
+                        help="training preset: 'shapes' (the shipped model) or 'tiny' (tests)")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/reward"),
+                        help="checkpoints, TensorBoard logs and metrics.jsonl; re-running with the same dir resumes")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the trained reward model goes (default: RUN_DIR/reward)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a field of the preset (JSON value), e.g. --set steps=200 --set lr=1e-3")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default); the shipped model used 1")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to TensorBoard)")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved run config as JSON and exit")
+    parser.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
+                        help="do not train: print the held-out pairwise accuracies of the reward model in DIR")
+    parser.add_argument("--eval-clips", type=int, default=64,
+                        help="with --evaluate: held-out clips to judge (each against every negative kind)")
+
+
+def resolve_run(args: argparse.Namespace) -> RewardRun:
+    table = presets()
+    if args.preset not in table:
+        raise CommandError(f"unknown preset {args.preset!r}; choose from {', '.join(table)}")
+    run = table[args.preset]
+    fields = {f.name for f in dataclasses.fields(run)} - {"model"}
+    updates = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise CommandError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
+        try:
+            updates[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise CommandError(f"--set {item!r}: VALUE must be JSON ({exc})") from exc
+    return dataclasses.replace(run, **updates)
+
+
+def print_accuracy(accuracy: dict[str, float], clips: int) -> None:
+    print(f"held-out pairwise accuracy over {clips} clips (real above negative):")
+    for dim in ("visual", "motion", "text"):
+        kinds = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in accuracy.items() if k.startswith(dim + "/"))
+        print(f"  {dim:<6} {accuracy.get(dim, float('nan')):.3f}  ({kinds})")
+
+
+def handle(args: argparse.Namespace) -> int:
+    run = resolve_run(args)
+    if args.evaluate is not None:
+        import torch
+
+        from .shapes import ShapesVideoReward
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if not (args.evaluate / "reward.json").is_file():
+            raise CommandError(f"no reward model in {args.evaluate} (reward.json missing)")
+        model = ShapesVideoReward.load(args.evaluate)
+        run = dataclasses.replace(run, model=model.config)
+        print_accuracy(heldout_accuracy(model, run, args.eval_clips), args.eval_clips)
+        return 0
+    if args.dry_run:
+        print(json.dumps({"run_dir": str(args.run_dir), "out": str(args.out or args.run_dir / "reward"),
+                          "threads": args.threads, **dataclasses.asdict(run)}, indent=2))
+        return 0
+    start = time.time()
+    command = " ".join(["framecast distill reward", f"--preset {args.preset}", *(f"--set {s}" for s in args.set),
+                        f"--run-dir {args.run_dir}", f"--threads {args.threads}", f"--out {args.out}" if args.out else ""])
+    _, accuracy = train(run, args.run_dir, args.out, threads=args.threads, progress=not args.no_progress,
+                        command=command.strip())
+    print(f"trained in {time.time() - start:.0f} s; reward model in {args.out or args.run_dir / 'reward'}")
+    print_accuracy(accuracy, run.eval_clips)
+    return 0
+
+
+def add_subcommand(distill_subparsers) -> argparse.ArgumentParser:
+    """Register `reward` under `framecast distill`."""
+    parser = distill_subparsers.add_parser(
+        "reward", help="train (or evaluate) the Shapes video reward model: visual, motion, text scores",
+        description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    parser.set_defaults(func=handle)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distill.rewards.train", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return handle(args)
+    except CommandError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
