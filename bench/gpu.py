@@ -274,11 +274,22 @@ def main() -> int:
           flush=True)
 
     rows: list[dict] = []
+    out = Path(args.json) if args.json else Path(os.environ.get("OUT") or "runs") / "gpu_bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"config": config.model_dump(mode="json"), "device": device_label(device), "versions": versions(),
+              "decoder": decoder_name, "warm_chunks": warm, "timed_chunks": timed, "rows": rows,
+              "anchors_fps": ANCHORS_FPS, "stated_compute_bound_fps": STATED_COMPUTE_BOUND_FPS,
+              "model_build_s": build_s, "complete": False}
+
+    def save() -> None:  # after every row: a call cut short still leaves what it measured
+        result["elapsed_s"] = time.perf_counter() - t_start
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
     def skipped(backend: str, sessions: int, note: str) -> None:
         rows.append({"backend": backend, "sessions": sessions, "fps": None, "total_fps": None, "ttff_s": None,
                      "peak_gb_per_session": None, "note": note})
         print(f"  {backend} x{sessions}: {note}", flush=True)
+        save()
 
     # --- single stream, per backend ----------------------------------------------------
     models: dict[str, StreamModel] = {}
@@ -290,15 +301,16 @@ def main() -> int:
             continue
         try:
             model, info = runtime_model(base, backend, args, device)
-            result = single_stream(model, device, warm, timed)
+            measured = single_stream(model, device, warm, timed)
         except (EngineError, ImportError, RuntimeError) as exc:
             skipped(backend, 1, f"{type(exc).__name__}: {exc}")
             continue
-        result.update(backend=backend, note=info.get("note", ""), **{k: v for k, v in info.items() if k != "note"})
-        rows.append(result)
-        models[backend], single[backend] = model, result
-        print(f"  {backend} x1: {result['fps']:.1f} fps, first frame {result['ttff_s']:.2f} s, "
-              f"first call {result['first_call_s']:.1f} s", flush=True)
+        measured.update(backend=backend, note=info.get("note", ""), **{k: v for k, v in info.items() if k != "note"})
+        rows.append(measured)
+        save()
+        models[backend], single[backend] = model, measured
+        print(f"  {backend} x1: {measured['fps']:.1f} fps, first frame {measured['ttff_s']:.2f} s, "
+              f"first call {measured['first_call_s']:.1f} s", flush=True)
         reset_peak(device)
 
     # --- batched sessions ------------------------------------------------------------------
@@ -316,30 +328,27 @@ def main() -> int:
             skipped(batched_backend, n, f"skipped: needs ~{estimate:.0f} s, budget spent")
             continue
         try:
-            result = batched_sessions(model, device, n, warm, timed)
+            setup = {}
+            runner = getattr(model.step_fn, "runner", None)
+            if isinstance(runner, TorchStepRunner):  # compile this batch size before the clock starts
+                setup = {"build_s": runner.warm_up(config, (n,)), "first_call_s": 0.0}
+            measured = batched_sessions(model, device, n, warm, timed)
         except (EngineError, RuntimeError) as exc:  # out of memory, most likely
             skipped(batched_backend, n, f"{type(exc).__name__}: {exc}")
             continue
-        result.update(backend=batched_backend, note="")
-        rows.append(result)
-        print(f"  {batched_backend} x{n}: {result['fps']:.1f} fps per session, {result['total_fps']:.1f} total",
+        measured.update(backend=batched_backend, note="", **setup)
+        rows.append(measured)
+        save()
+        print(f"  {batched_backend} x{n}: {measured['fps']:.1f} fps per session, {measured['total_fps']:.1f} total",
               flush=True)
 
     # --- the bound and the table -----------------------------------------------------------
     rate = matmul_tflops(device, dtype, 256 if args.tiny else 8192)
     per_frame = flops_per_frame(config)
-    bound_fps = rate * 1e12 / per_frame
-    result = {
-        "config": config.model_dump(mode="json"), "device": device_label(device), "versions": versions(),
-        "decoder": decoder_name, "warm_chunks": warm, "timed_chunks": timed, "rows": rows,
-        "anchors_fps": ANCHORS_FPS, "stated_compute_bound_fps": STATED_COMPUTE_BOUND_FPS,
-        "measured_matmul_tflops": rate, "gflop_per_frame": per_frame / 1e9, "computed_bound_fps": bound_fps,
-        "elapsed_s": time.perf_counter() - t_start,
-    }
+    result.update(measured_matmul_tflops=rate, gflop_per_frame=per_frame / 1e9,
+                  computed_bound_fps=rate * 1e12 / per_frame, complete=True)
     print_table(result)
-    out = Path(args.json) if args.json else Path(os.environ.get("OUT") or "runs") / "gpu_bench.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    save()
     print(f"wrote {out}")
     return 0
 
