@@ -177,12 +177,14 @@ def example_inputs(config: ModelConfig, batch: int, device: torch.device | str =
     tpf = config.tokens_per_frame
     slots = (att.chunk_frames + att.sink_frames + att.window_frames) * tpf
     heads, dh, layers = t.num_attention_heads, t.attention_head_dim, t.num_layers
-    g = torch.Generator().manual_seed(0)
+    # Drawn on the device in the model's dtype: a 1.3B model's cache for two rows is
+    # 17 GB in float32 on the host, and slow to draw there.
+    g = torch.Generator(device=device).manual_seed(0)
 
-    def randn(*shape):
-        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+    def randn(*shape, dtype=dtype):
+        return torch.randn(*shape, generator=g, device=device, dtype=dtype)
 
-    mask = torch.ones(batch, slots, dtype=torch.bool)
+    mask = torch.ones(batch, slots, dtype=torch.bool, device=device)
     mask[:, slots // 2:] = False  # a realistic partly filled cache, not a constant-foldable one
     inputs = {
         "latents": randn(batch, lat.channels, att.chunk_frames, lat.latent_height, lat.latent_width),
@@ -192,9 +194,9 @@ def example_inputs(config: ModelConfig, batch: int, device: torch.device | str =
         "cache_v": randn(layers, batch, slots, heads, dh),
         "key_cos": torch.ones(batch, slots, 1, dh // 2, device=device),
         "key_sin": torch.zeros(batch, slots, 1, dh // 2, device=device),
-        "key_mask": mask.to(device),
+        "key_mask": mask,
     }
     if att.policy == "linear_state":
-        inputs["state_kv"] = torch.rand(layers, batch, heads, dh, dh, generator=g).to(device)
-        inputs["state_k"] = torch.rand(layers, batch, heads, dh, generator=g).to(device)
+        inputs["state_kv"] = randn(layers, batch, heads, dh, dh, dtype=torch.float32).abs()
+        inputs["state_k"] = randn(layers, batch, heads, dh, dtype=torch.float32).abs()
     return inputs
