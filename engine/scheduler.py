@@ -56,6 +56,10 @@ class SessionHandle:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            try:  # wake a consumer blocked in next_chunk()
+                self.chunks.put_nowait(SessionClosed("session is closed"))
+            except queue.Full:
+                pass  # it has chunks to read first, so it is not blocked
             self._scheduler.wake()
 
 
@@ -96,10 +100,17 @@ class BatchScheduler:
         with self._cv:
             return sum(not h.closed for h in self._handles)
 
-    def open(self, prompt: str, seed: int | None = None) -> SessionHandle:
-        """Admit a stream; CapacityError when every cache row is taken."""
+    def open(self, prompt: str, seed: int | None = None, wait_s: float = 2.0) -> SessionHandle:
+        """Admit a stream; CapacityError when every cache row is taken.
+
+        Only the worker thread releases the rows of closed sessions, between forwards: a
+        row freed here could be handed to a new session while a forward still uses it."""
         with self._cv:
-            self._reap()
+            deadline = time.monotonic() + wait_s
+            while not self._free_rows and any(h.closed for h in self._handles) and not self._stop:
+                self._cv.notify_all()  # closed sessions waiting to be reaped: let the worker do it
+                if not self._cv.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    break
             if not self._free_rows:
                 raise CapacityError(f"all {self.max_sessions} stream slots are in use")
             row = self._free_rows.pop(0)
@@ -117,11 +128,14 @@ class BatchScheduler:
 
     # --- the worker --------------------------------------------------------------------
     def _reap(self) -> None:
-        """Release the rows of closed sessions (called with the lock held)."""
-        for h in [h for h in self._handles if h.closed]:
+        """Release the rows of closed sessions (worker thread, lock held, no forward running)."""
+        closed = [h for h in self._handles if h.closed]
+        for h in closed:
             self._handles.remove(h)
             h.session.close()
             self._free_rows.append(h.session.row)
+        if closed:
+            self._cv.notify_all()  # an open() may be waiting for a row
 
     def _ready(self) -> list[SessionHandle]:
         return [h for h in self._handles if not h.closed and not h.chunks.full()][: self.max_batch]

@@ -73,7 +73,7 @@ def check_seed(seed: object) -> int:
 def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
     """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] (the one copy a client needs)."""
     frames = ((video[0].float() + 1) * 127.5).clamp_(0, 255).round_().to(torch.uint8)
-    return frames.permute(1, 2, 3, 0).contiguous().numpy()
+    return frames.permute(1, 2, 3, 0).contiguous().cpu().numpy()
 
 
 class StreamSession:
@@ -158,7 +158,8 @@ class StreamSession:
             yield Forward(self, x0, 0.0, self.context, commit=True)
         self._keep(x0)
 
-        video, self.decoder_state = self.model.decoder.decode_chunk(x0, self.decoder_state)
+        with torch.no_grad():  # decoding never trains: no autograd graph per streamed chunk
+            video, self.decoder_state = self.model.decoder.decode_chunk(x0, self.decoder_state)
         chunk = Chunk(self.chunk_index, to_uint8_frames(video), self.chunk_index * cfg.frames_per_chunk / lat.fps,
                       event_id, x0)
         with self._lock:

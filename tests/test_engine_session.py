@@ -166,3 +166,54 @@ def test_scheduler_batches_sessions_and_equals_running_them_alone():
         scheduler.open("now there is room", 0).close()
     finally:
         scheduler.shutdown()
+
+
+def test_scheduler_never_hands_a_row_in_use_to_a_new_session():
+    """Closing and reopening while the worker is mid-forward must not reset a row the
+    forward is using (the row is released only between forwards)."""
+    import threading
+
+    model = load_model("tiny-random")
+    scheduler = BatchScheduler(model, max_sessions=2).start()
+    errors = []
+    try:
+        keeper = scheduler.open("steady stream", 1)
+
+        def churn():
+            try:
+                for i in range(15):
+                    h = scheduler.open(f"churn {i}", i)
+                    h.next_chunk(timeout=30)
+                    h.close()
+            except Exception as exc:  # noqa: BLE001 - any failure is the test's failure
+                errors.append(exc)
+
+        worker = threading.Thread(target=churn)
+        worker.start()
+        got = [keeper.next_chunk(timeout=30) for _ in range(10)]
+        worker.join(timeout=120)
+        assert not errors, errors
+        alone = [c.frames for c in frames_of(model.open_session("steady stream", seed=1), 10)]
+        assert all(np.array_equal(a, b.frames) for a, b in zip(alone, got))
+    finally:
+        scheduler.shutdown()
+
+
+def test_closing_a_handle_wakes_its_blocked_reader():
+    import threading
+
+    from engine.errors import SessionClosed
+
+    model = load_model("tiny-random")
+    scheduler = BatchScheduler(model, max_sessions=1).start()
+    try:
+        handle = scheduler.open("red ball", 0)
+        handle.next_chunk(timeout=30)
+        threading.Timer(0.5, handle.close).start()
+        with pytest.raises(SessionClosed):
+            for _ in range(100):  # read until the close arrives; blocks once drained
+                item = handle.chunks.get(timeout=10)
+                if isinstance(item, BaseException):
+                    raise item
+    finally:
+        scheduler.shutdown()
