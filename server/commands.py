@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "matching FRAMECAST_* environment variable.")
     p.add_argument("--model", help="model name or directory (default: the embedded default model)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--backend", choices=["eager", "compile", "onnxruntime", "tensorrt"],
+                   help="runtime for the denoising steps (default: the model's `runtime`, eager)")
+    p.add_argument("--engine-cache-dir", help="where `framecast build-engines` put the engines")
     p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: 8000)")
     p.add_argument("--api-key", dest="api_keys", action="append",
@@ -76,7 +79,7 @@ def serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
     try:
-        model = load_model(settings.model, settings.device)
+        model = load_model(settings.model, settings.device, settings.backend, settings.engine_cache_dir)
     except EngineError as exc:
         raise CommandError(str(exc)) from None
     server = uvicorn.Server(uvicorn_config(create_app(settings, model=model), settings))

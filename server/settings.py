@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     # --- the model ----------------------------------------------------------------
     model: str | None = Field(None, description="model name or directory; None = the embedded default")
     device: str = Field("cpu", description="torch device the model runs on")
+    backend: Literal["eager", "compile", "onnxruntime", "tensorrt"] | None = Field(
+        None, description="runtime for the denoising steps; None = the model config's `runtime`")
+    engine_cache_dir: str | None = Field(
+        None, description="where `framecast build-engines` put built engines (default ~/.cache/framecast/engines)")
     warmup: bool = Field(True, description="generate one chunk before /readyz says ready")
     batching: bool = Field(True, description="batch the forwards of concurrent streams (BatchScheduler)")
 

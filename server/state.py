@@ -47,7 +47,8 @@ class ServerState:
                 from engine import load_model
 
                 log.info("loading model %s", self.settings.model or "(default)")
-                self.model = await asyncio.to_thread(load_model, self.settings.model, self.settings.device)
+                self.model = await asyncio.to_thread(load_model, self.settings.model, self.settings.device,
+                                                     self.settings.backend, self.settings.engine_cache_dir)
             model, s = self.model, self.settings
             capacity = session_capacity(s.max_sessions, s.memory_budget_bytes, model.weights_bytes(),
                                         model.session_memory_bytes())
