@@ -7,14 +7,45 @@ sampler, autoencoders, text encoders, StreamSession and the batching scheduler.
     chunk = session.next_chunk()                # Chunk(index, frames uint8 [T, H, W, 3], pts, ...)
     session.update_prompt("a blue square moving left")   # takes effect at the next chunk
 
-`engine` imports neither `server` nor `distill`. Importing it loads torch but no model.
+`engine` imports neither `server` nor `distill`. Importing it loads nothing heavy until a
+name is used; no model is loaded until `load_model`.
 """
 
-from .config import ModelConfig
-from .errors import (CheckpointError, EngineError, InvalidConfig, InvalidInput, InvalidPrompt, InvalidSeed,
-                     ModelNotFound, SessionClosed, ShapeMismatch)
-from .model import PRESETS, StreamModel, load_model, save_model
-from .session import Chunk, StreamSession
+import importlib
+
+# Names resolve on first use (PEP 562), so importing a light submodule of this package
+# (the CLI's registration, the error types) does not load torch.
+_LAZY = {
+    "ModelConfig": ".config",
+    "CheckpointError": ".errors",
+    "EngineError": ".errors",
+    "InvalidConfig": ".errors",
+    "InvalidInput": ".errors",
+    "InvalidPrompt": ".errors",
+    "InvalidSeed": ".errors",
+    "ModelNotFound": ".errors",
+    "SessionClosed": ".errors",
+    "ShapeMismatch": ".errors",
+    "PRESETS": ".model",
+    "StreamModel": ".model",
+    "load_model": ".model",
+    "save_model": ".model",
+    "Chunk": ".session",
+    "StreamSession": ".session",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
 
 __all__ = ["ModelConfig", "EngineError", "InvalidInput", "InvalidPrompt", "InvalidSeed", "InvalidConfig",
            "ShapeMismatch", "ModelNotFound", "CheckpointError", "SessionClosed", "StreamModel", "load_model",

@@ -8,12 +8,48 @@ tensorrt; see build.py for what each needs, step.py for the static-shape step th
 and docs/backends.md for figures.
 """
 
-from .backends import GraphStepRunner, RuntimeDecoder, RuntimeStep, TorchStepRunner
-from .build import (BACKENDS, DEFAULT_MAX_BATCH, RuntimeOptions, attach_runtime, build_engines,
-                    check_attention_backend, decoder_key, step_key)
-from .engine_cache import EngineCache, EngineKey, default_cache_dir, weights_hash
-from .errors import EngineBuildFailed, EngineNotBuilt, RuntimeUnavailable
-from .step import CachedStep, example_inputs, step_inputs, store_new_kv
+import importlib
+
+# Names resolve on first use (PEP 562), so importing a light submodule of this package
+# (the CLI's registration, the error types) does not load torch.
+_LAZY = {
+    "GraphStepRunner": ".backends",
+    "RuntimeDecoder": ".backends",
+    "RuntimeStep": ".backends",
+    "TorchStepRunner": ".backends",
+    "BACKENDS": ".build",
+    "DEFAULT_MAX_BATCH": ".build",
+    "RuntimeOptions": ".build",
+    "attach_runtime": ".build",
+    "build_engines": ".build",
+    "check_attention_backend": ".build",
+    "decoder_key": ".build",
+    "step_key": ".build",
+    "EngineCache": ".engine_cache",
+    "EngineKey": ".engine_cache",
+    "default_cache_dir": ".engine_cache",
+    "weights_hash": ".engine_cache",
+    "EngineBuildFailed": ".errors",
+    "EngineNotBuilt": ".errors",
+    "RuntimeUnavailable": ".errors",
+    "CachedStep": ".step",
+    "example_inputs": ".step",
+    "step_inputs": ".step",
+    "store_new_kv": ".step",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
+
 
 __all__ = ["BACKENDS", "DEFAULT_MAX_BATCH", "RuntimeOptions", "attach_runtime", "build_engines",
            "check_attention_backend", "step_key", "decoder_key", "EngineCache", "EngineKey", "default_cache_dir",
