@@ -244,6 +244,7 @@ def train(run: AutoencoderRun, run_dir: Path, threads: int = 0, progress: bool =
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        ema.decay = min(run.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMAs forget the init
         ema.update(ae)
         step += 1
 
@@ -257,9 +258,11 @@ def train(run: AutoencoderRun, run_dir: Path, threads: int = 0, progress: bool =
             bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
             window = []
         if step % run.eval_every == 0 or step == run.steps:
+            online = heldout_psnr(ae, world, run.eval_clips)
             result.heldout_psnr = heldout_psnr(ema.shadow, world, run.eval_clips)
+            writer.add_scalar("psnr/heldout_online", online, step)
             writer.add_scalar("psnr/heldout_ema", result.heldout_psnr, step)
-            bar.write(f"step {step}: held-out PSNR (EMA) {result.heldout_psnr:.2f} dB")
+            bar.write(f"step {step}: held-out PSNR {online:.2f} dB, EMA {result.heldout_psnr:.2f} dB")
         if step % run.ckpt_every == 0 or step == run.steps:
             ckpt.save(step, {"model": ae, "ema": ema.shadow}, {"opt": opt})
     bar.close()

@@ -25,7 +25,8 @@ features and the previous frame's (a one-frame causal memory), so a chunk is dec
 one batched pass and only one frame of features per block crosses a chunk boundary;
 decoding chunk by chunk therefore equals decoding everything at once. Time grows 1 -> 2 -> 4
 frames at the stage boundaries, so most of the work runs at the latent frame rate and low
-resolution, and the last stage ends in a pixel shuffle instead of a full-resolution conv.
+resolution, and the last conv runs at half resolution with a 2x pixel shuffle (a 24 -> 3
+channel conv at full resolution costs the same multiply-adds but runs 5x slower on CPU).
 
 Latents are normalised per channel by `latents_mean` / `latents_std` (as Wan's VAE config
 stores them), so the diffusion model sees roughly N(0, 1) latents: `encode` returns
@@ -136,19 +137,21 @@ class MemoryBlock(nn.Module):
 
 
 class Grow(nn.Module):
-    """One conv at the low resolution and frame rate, then its channels unfold into `time`
-    frames and a 2x pixel shuffle: space x2, time x`time`, for the cost of a 3x3 conv."""
+    """Nearest 2x upsample, then one conv whose output channels unfold into `time` frames:
+    space x2, time x`time`. The conv's filters are shared by all four sub-pixel positions;
+    a pixel shuffle would give each position its own filters and a quarter of the data
+    (measured on Shapes: 26 dB held-out PSNR after 500 steps this way, 25 dB after 2400
+    steps with pixel shuffles, for the same multiply-adds)."""
 
     def __init__(self, c_in: int, c_out: int, time: int):
         super().__init__()
         self.time, self.c_out = time, c_out
-        self.conv = conv(c_in, c_out * time * 4)
+        self.conv = conv(c_in, c_out * time)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, F, c_in, h, w] -> [B, F*time, c_out, 2h, 2w]
         b, f, c, h, w = x.shape
-        y = self.conv(x.reshape(b * f, c, h, w))  # [B*F, time*c_out*4, h, w]
-        y = y.reshape(b * f * self.time, self.c_out * 4, h, w)  # frames of one group stay adjacent
-        y = F.relu(F.pixel_shuffle(y, 2))  # [B*F*time, c_out, 2h, 2w]
+        y = self.conv(F.interpolate(x.reshape(b * f, c, h, w), scale_factor=2))  # [B*F, time*c_out, 2h, 2w]
+        y = F.relu(y.reshape(b * f * self.time, self.c_out, 2 * h, 2 * w))  # frames of one group stay adjacent
         return y.reshape(b, f * self.time, self.c_out, 2 * h, 2 * w)
 
 
@@ -263,9 +266,9 @@ class ShapesAutoencoder(nn.Module):
         b, frames, d, h2, w2 = x.shape
         rgb = F.pixel_shuffle(self.decoder_out(x.reshape(b * frames, d, h2, w2)), 2)  # [B*4F, 3, 8h, 8w]
         rgb = rgb + colour.reshape(b * frames, 3, 2 * h2, 2 * w2)  # frame 4f+k <- channels 3k..3k+2 of f
-        # Clamp to [-1, 1] with a straight-through gradient: a hard clamp stops training every
-        # pixel whose output has overshot, and an overshooting bias never comes back.
-        rgb = rgb - (rgb - rgb.clamp(-1, 1)).detach()
+        # Clamp to [-1, 1]; in training with a straight-through gradient, as a hard clamp stops
+        # training every pixel whose output has overshot, and an overshooting bias never comes back.
+        rgb = rgb - (rgb - rgb.clamp(-1, 1)).detach() if rgb.requires_grad else rgb.clamp(-1, 1)
         rgb = rgb.reshape(b, frames, 3, 2 * h2, 2 * w2).transpose(1, 2)
         return rgb.float(), DecoderState(new_past, state.frames_decoded + frames)
 
