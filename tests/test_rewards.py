@@ -23,9 +23,9 @@ from distill.rewards import SHAPES_REWARD_DIR, RewardModel, load_reward, motion_
 from distill.rewards.corrupt import (
     CAPTION_KINDS, MOTION_KINDS, VISUAL_KINDS, corrupt, mismatched_caption, swapped_scene,
 )
-from distill.rewards.shapes import ShapesVideoReward
+from distill.rewards.shapes import ATTRIBUTES, ShapesVideoReward
 from distill.rewards.train import (
-    add_subcommand, batch_scores, heldout_accuracy, moving_mask, presets, reward_loss, shapes_world, train,
+    add_subcommand, batch_scores, heldout_accuracy, presets, reward_loss, scene_attributes, shapes_world, train,
     training_batch,
 )
 
@@ -138,9 +138,13 @@ def test_mismatched_captions_say_something_else(kind):
     for seed in range(12):
         scene = world.scene(seed)
         rng = np.random.default_rng(seed)
-        wrong = parse_prompt(mismatched_caption(scene, kind, rng))
+        caption, described = mismatched_caption(scene, kind, rng)
+        wrong = parse_prompt(caption)
         truth = PromptIntent.from_scene(scene)
         assert wrong != truth
+        if kind in ("colour", "background"):  # a new value: the bag of attributes differs too (a shape or
+            #                                    motion may move to one another object already has)
+            assert scene_attributes(described, ATTRIBUTES, caption) != scene_attributes(scene, ATTRIBUTES, caption)
         if kind == "colour":
             assert sorted(o.colour for o in wrong.objects) != sorted(o.colour for o in truth.objects)
         if kind == "shape":
@@ -158,7 +162,7 @@ def test_mismatched_captions_say_something_else(kind):
 def batch_loss(model: ShapesVideoReward, run, step: int) -> float:
     batch = training_batch(shapes_world(run), run, step)
     with torch.no_grad():
-        return reward_loss(batch_scores(model, batch, model.encode_prompts), moving_mask(batch.video), 0.0)[0].item()
+        return reward_loss(batch_scores(model, batch, model.encode_prompts), batch, 0.0)[0].item()
 
 
 def test_tiny_reward_trains_and_resumes_exactly(tmp_path):

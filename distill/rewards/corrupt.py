@@ -162,16 +162,16 @@ def swapped_scene(scene: Scene, kind: str, rng: np.random.Generator) -> Scene:
     return replace(scene, objects=tuple(objects))
 
 
-def mismatched_caption(scene: Scene, kind: str, rng: np.random.Generator) -> str:
-    """A caption that does not describe `scene`: another scene's, or one attribute off.
-    Some paraphrases leave the background out; a background swap redraws until the
-    caption names the new background (or takes the canonical form, which always does),
-    else it would be a true caption labelled false."""
+def mismatched_caption(scene: Scene, kind: str, rng: np.random.Generator) -> tuple[str, Scene]:
+    """A caption that does not describe `scene` (another scene's, or one attribute off),
+    and the scene it does describe. Some paraphrases leave the background out; a
+    background swap redraws until the caption names the new background (or takes the
+    canonical form, which always does), else it would be a true caption labelled false."""
     wrong = swapped_scene(scene, kind, rng)
     if kind != "background":
-        return random_caption(wrong, rng)
+        return random_caption(wrong, rng), wrong
     for _ in range(8):
         caption = random_caption(wrong, rng)
         if wrong.background.colour in caption.split():
-            return caption
-    return scene_caption(wrong)
+            return caption, wrong
+    return scene_caption(wrong), wrong

@@ -10,9 +10,10 @@ with temporal convs between them), three heads:
   colour-shifted, blocky or flickering ones),
 - motion: an MLP on the same pooled features plus pooled feature change over time
   (real motion above shuffled, frozen, stuttering, shaking or back-and-forth clips),
-- text: the caption's MiniLM token features cross-attend to the trunk's space-time
-  tokens (softmax attention, plus each word's best match anywhere in the clip), each
-  token scores its match, the mean over the caption's tokens is the score
+- text: how well the caption's attributes (colours, shapes, motions, background, read
+  from its MiniLM token features) agree with the attributes the clip shows, plus a
+  token-level match: the caption's MiniLM token features cross-attend to the trunk's
+  space-time tokens (softmax attention and each word's best match anywhere in the clip)
   (the caption above captions of other scenes or with one attribute swapped). Token
   features rather than the mean-pooled sentence vector: "red ball, blue square" must
   keep which colour goes with which shape, as it does for the generator.
@@ -35,9 +36,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from distill.data import vocab
+
 from .base import DIMENSIONS, MANIFEST, check_video, motion_magnitude
 
 WEIGHTS = "reward.safetensors"
+ATTRIBUTE_SCALE = 10.0  # logit scale of the attribute cosine (fixed: a learnt one only grows)
+EPS = 1e-6
+# What captions talk about, one multi-hot slot each: every object's colour, shape and
+# motion is in every caption; the background colour in most.
+ATTRIBUTES: tuple[str, ...] = (
+    tuple(f"colour:{c}" for c in vocab.OBJECT_COLOURS) + tuple(f"background:{c}" for c in vocab.ALL_COLOURS)
+    + tuple(f"shape:{s}" for s in vocab.SHAPES) + tuple(f"motion:{m}" for m in vocab.MOTIONS))
 
 
 @functools.lru_cache(maxsize=2)
@@ -54,11 +64,13 @@ class ShapesRewardConfig:
     height: int = 128  # frames are resized to this before the trunk (the default model's size)
     width: int = 128
     stem_channels: int = 16  # 4x4 patches, stride 4
+    colour_channels: int = 16  # per-pixel colour features (at half resolution)
     channels: tuple[int, int] = (32, 64)  # the two stride-2 stages after the stem
     heads_hidden: int = 64  # width of the visual / motion / token-score MLPs
     attention_heads: int = 4
     text_dim: int = 384  # MiniLM's token feature width
     max_tokens: int = 32  # MiniLM tokens per caption
+    attributes: tuple[str, ...] = ATTRIBUTES  # the attribute heads' slots, in order
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +79,7 @@ class ShapesRewardConfig:
     def from_dict(cls, data: dict) -> "ShapesRewardConfig":
         data = dict(data)
         data["channels"] = tuple(data["channels"])
+        data["attributes"] = tuple(data["attributes"])
         return cls(**data)
 
 
@@ -144,11 +157,13 @@ class ShapesVideoReward(nn.Module):
         self.config = config
         c0, (c1, c2) = config.stem_channels, config.channels
         self.stem = PatchStem(c0)  # RGB + frame difference, 4x4 patches
+        cc = config.colour_channels
+        self.colours = nn.Sequential(nn.Conv2d(3, cc, 1), nn.SiLU(), nn.Conv2d(cc, cc, 1), nn.SiLU())
         self.down1 = FrameConv(c0, c1, 3, 2)
         self.block1 = TemporalResidual(c1, spatial=False)
         self.down2 = FrameConv(c1, c2, 3, 2)
         self.block2 = TemporalResidual(c2, spatial=True)
-        pooled = c0 + c1 + c2 + c2  # mean of each stage + mean |change over time| of the last
+        pooled = 2 * c0 + c1 + 3 * c2 + 2 * cc  # stage means, stem spread, last stage max and change, colours
         self.visual_head = mlp(pooled, config.heads_hidden)
         self.motion_head = mlp(pooled, config.heads_hidden)
         self.video_norm = nn.LayerNorm(c2)
@@ -158,6 +173,14 @@ class ShapesVideoReward(nn.Module):
         self.match_query = nn.Linear(c2, c2)
         self.match_key = nn.Linear(c2, c2)
         self.token_score = mlp(3 * c2 + config.attention_heads, config.heads_hidden)
+        attributes = len(config.attributes)
+        self.clip_attributes = mlp(pooled, config.heads_hidden, attributes)  # what the clip shows
+        self.caption_attributes = mlp(config.text_dim, config.heads_hidden, attributes)  # what the caption says
+        # Objects are always all named, so a shown object attribute the caption lacks counts
+        # against it; backgrounds are sometimes left out, so a shown one counts only when the
+        # caption names some background.
+        self.register_buffer("two_sided", torch.tensor([not a.startswith("background:") for a in config.attributes]),
+                             persistent=False)
         self._text_cache: dict[str, torch.Tensor] = {}  # prompt -> features; MiniLM is not part of the weights
 
     # --- trunk ------------------------------------------------------------------------------
@@ -176,20 +199,53 @@ class ShapesVideoReward(nn.Module):
         f1 = self.block1(F.silu(self.down1(f0)))  # [B, T, c1, H/8, W/8]
         f2 = self.block2(F.silu(self.down2(f1)))  # [B, T, c2, H/16, W/16]
         change = (f2[:, 1:] - f2[:, :-1]).abs().mean(dim=(1, 3, 4))  # [B, c2]
-        pooled = torch.cat([f.mean(dim=(1, 3, 4)) for f in (f0, f1, f2)] + [change], dim=1)  # [B, P]
+        spread = f0.std(dim=(3, 4)).mean(dim=1)  # [B, c0]: how much detail each frame has (blur, blocks vs noise)
+        peak = f2.amax(dim=(1, 3, 4))  # [B, c2]: whether something is anywhere in the clip (a small object)
+        # Per-pixel colour features, max and mean over the clip: "is there red anywhere" is
+        # a function of single pixels, learnt from every pixel at once.
+        colours = self.colours(F.avg_pool2d(frames.flatten(0, 1), 2)).view(b, t, -1, c.height // 2, c.width // 2)
+        colour_stats = [colours.amax(dim=(1, 3, 4)), colours.mean(dim=(1, 3, 4))]  # 2 x [B, cc]
+        pooled = torch.cat([f.mean(dim=(1, 3, 4)) for f in (f0, f1, f2)] + [spread, peak, change] + colour_stats,
+                           dim=1)  # [B, P]
         tokens = f2.permute(0, 1, 3, 4, 2).flatten(1, 3)  # [B, T*h*w, c2]
         return pooled, tokens
 
-    def text_alignment(self, tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """tokens [B, N, C2] of the clips, text [B, L, text_dim] token features (padding
-        exactly zero) -> [B]: the mean over the caption's tokens of each token's match
-        with the clip. Each token sees what it attends to (softmax attention) and, per head,
-        its best match anywhere in the clip (max over the clip's tokens, as ColBERT's
-        MaxSim): a small object is a few tokens of hundreds, which an average drowns but
-        a max finds, so "is there a red thing" is learnable from the first steps."""
+    def named_attributes(self, text: torch.Tensor) -> torch.Tensor:
+        """text [B, L, text_dim] token features (padding exactly zero) -> [B, A] logits of
+        what the caption names: each token's logits, max over the caption's tokens ("red"
+        names colour:red wherever it stands; a mean over the sentence would dilute it)."""
+        mask = text.abs().sum(-1, keepdim=True) > 0  # [B, L, 1]
+        return self.caption_attributes(text).masked_fill(~mask, -1e4).amax(1)
+
+    def text_alignment(self, pooled: torch.Tensor, tokens: torch.Tensor, text: torch.Tensor,
+                       attribute_grad: bool = True) -> torch.Tensor:
+        """pooled [B, P] and tokens [B, N, C2] of the clips (features()), text [B, L,
+        text_dim] MiniLM token features -> [B], the sum of two terms.
+
+        Attributes: with p = sigmoid(named_attributes) what the caption names and
+        q = sigmoid(clip_attributes) what the clip shows (both heads also trained on the
+        Shapes scene labels, which is what makes this term learn in hundreds of steps),
+        10 cos(p, q'), q' = q with the background slots kept only where the caption names
+        a background. A cosine, not a likelihood: a caption naming three objects must not
+        lose to one naming one object merely for saying more; one attribute wrong out of
+        four costs about a quarter of it.
+        Tokens: the mean over the caption's tokens of each token's match with the clip;
+        each token sees what it attends to (softmax attention) and, per head, its best
+        match anywhere in the clip (max over the clip's tokens, as ColBERT's MaxSim), the
+        capacity for what a bag of attributes cannot say (which colour goes with which
+        shape).
+
+        attribute_grad=False (training) makes the attribute term a constant to the
+        ranking loss: the attribute heads learn from the scene labels alone, which a
+        ranking gradient through a still-random head would only drown in noise."""
         b, length = text.shape[:2]
         heads = self.config.attention_heads
         mask = (text.abs().sum(-1) > 0).float()  # [B, L]: 1 on the caption's tokens
+        with torch.set_grad_enabled(attribute_grad and torch.is_grad_enabled()):
+            named = torch.sigmoid(self.named_attributes(text))  # [B, A]
+            shown = torch.sigmoid(self.clip_attributes(pooled))  # [B, A]
+            shown = shown * (self.two_sided + ~self.two_sided * named)
+            attribute_level = ATTRIBUTE_SCALE * F.cosine_similarity(named, shown, dim=-1, eps=EPS)
         query = self.text_norm(self.text_in(text))  # [B, L, C2]
         keys = self.video_norm(tokens)  # [B, N, C2]
         seen, _ = self.cross(query, keys, keys, need_weights=False)  # [B, L, C2]
@@ -197,7 +253,8 @@ class ShapesVideoReward(nn.Module):
         k = self.match_key(keys).view(b, keys.shape[1], heads, -1)  # [B, N, H, d]
         best = torch.einsum("blhd,bnhd->blhn", q, k).amax(-1) / q.shape[-1] ** 0.5  # [B, L, H]
         per_token = self.token_score(torch.cat([query, seen, query * seen, best], dim=-1)).squeeze(-1)  # [B, L]
-        return (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        token_level = (per_token * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # [B]
+        return attribute_level + token_level
 
     def score_features(self, video: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """video [B, 3, T, H, W] in [-1, 1], text [B, L, text_dim] MiniLM token features -> {key: [B]}"""
@@ -205,7 +262,7 @@ class ShapesVideoReward(nn.Module):
         return {
             "visual": self.visual_head(pooled).squeeze(-1),
             "motion": self.motion_head(pooled).squeeze(-1),
-            "text": self.text_alignment(tokens, text),
+            "text": self.text_alignment(pooled, tokens, text),
             "motion_magnitude": motion_magnitude(video),
         }
 

@@ -49,7 +49,7 @@ class RewardRun:
     """One training run: the network's config plus how to train it."""
 
     model: "ShapesRewardConfig"
-    steps: int = 450  # ~15 min on one shared CPU thread
+    steps: int = 700  # 10-20 min on one shared CPU thread
     batch_size: int = 6  # real clips per step; each adds a visual and a motion negative
     num_frames: int = 8  # training clips: 0.5 s at 16 fps (half the cost of 1 s; the trunk pools over time)
     eval_frames: int = 16  # held-out clips: 1 s, the length the model is judged at
@@ -61,7 +61,7 @@ class RewardRun:
     score_penalty: float = 1e-3
     ema_decay: float = 0.98
     log_every: int = 10
-    eval_every: int = 150
+    eval_every: int = 175
     eval_clips: int = 16
     ckpt_every: int = 40
     seed: int = 0
@@ -76,8 +76,8 @@ def presets() -> dict[str, RewardRun]:
         "shapes": RewardRun(model=ShapesRewardConfig()),
         # For tests: 32x32 frames, a few thousand parameters.
         "tiny": RewardRun(
-            model=ShapesRewardConfig(height=32, width=32, stem_channels=8, channels=(8, 16), heads_hidden=16,
-                                     attention_heads=2),
+            model=ShapesRewardConfig(height=32, width=32, stem_channels=8, colour_channels=4, channels=(8, 16),
+                                     heads_hidden=16, attention_heads=2),
             steps=6, batch_size=2, num_frames=8, eval_frames=8, caption_negatives=1, lr=3e-3, warmup=1, log_every=2, eval_every=6,
             eval_clips=2, ckpt_every=3, ema_decay=0.5),
     }
@@ -96,6 +96,20 @@ class Batch:
     visual_kinds: list[str]
     motion_kinds: list[str]
     caption_kinds: list[list[str]]
+    shown: "torch.Tensor"  # [B, A] multi-hot: the attributes each clip's scene has
+    named: "torch.Tensor"  # [(1 + K) * B, A]: the attributes each caption names, true captions first
+    attribute_names: tuple[str, ...]  # A
+
+
+def scene_attributes(scene, names: tuple[str, ...], caption: str | None = None) -> list[float]:
+    """Multi-hot [A] of a scene's attributes (names as ShapesRewardConfig.attributes); with a
+    caption, only those it names: every object attribute, the background only if its
+    colour is in the caption."""
+    have = {f"colour:{o.colour}" for o in scene.objects} | {f"shape:{o.shape}" for o in scene.objects}
+    have |= {f"motion:{o.motion}" for o in scene.objects}
+    if caption is None or scene.background.colour in caption.split():
+        have.add(f"background:{scene.background.colour}")
+    return [float(a in have) for a in names]
 
 
 def shapes_world(run: RewardRun):
@@ -128,13 +142,21 @@ def make_batch(world, run: RewardRun, seeds: list[int], starts: list[int], key: 
 
     visual_kinds, motion_kinds, caption_kinds = kinds or (
         cycle(VISUAL_KINDS), cycle(MOTION_KINDS), [cycle(CAPTION_KINDS) for _ in range(run.caption_negatives)])
+    names = run.model.attributes
+    captions = [random_caption(c.scene, rng) for c in clips]
+    wrong = [[mismatched_caption(c.scene, k, rng) for c, k in zip(clips, ks)] for ks in caption_kinds]
+    named = [scene_attributes(c.scene, names, text) for c, text in zip(clips, captions)]
+    named += [scene_attributes(scene, names, text) for row in wrong for text, scene in row]
     return Batch(
         video=video,
         visual_negative=corrupt(video, visual_kinds, gen),
         motion_negative=corrupt(video, motion_kinds, gen),
-        captions=[random_caption(c.scene, rng) for c in clips],
-        wrong_captions=[[mismatched_caption(c.scene, k, rng) for c, k in zip(clips, ks)] for ks in caption_kinds],
+        captions=captions,
+        wrong_captions=[[text for text, _ in row] for row in wrong],
         visual_kinds=visual_kinds, motion_kinds=motion_kinds, caption_kinds=caption_kinds,
+        shown=torch.tensor([scene_attributes(c.scene, names) for c in clips]),
+        named=torch.tensor(named),
+        attribute_names=names,
     )
 
 
@@ -171,27 +193,36 @@ def heldout_batch(world, run: RewardRun, index: int) -> Batch:
 def batch_scores(model: "ShapesVideoReward", batch: Batch, text, in_batch: bool = True) -> dict[str, "torch.Tensor"]:
     """Scores of the real clips and their negatives. text: prompts -> [N, L, D] features.
     -> {"visual": [2, B] (real, corrupted), "motion": [2, B], "text": [1 + K, B] (true
-    caption, K mismatched), and with in_batch "text_batch": [B, B], clip i with caption j
-    (every other clip's caption is a free negative: no extra trunk pass or text encoding)}"""
+    caption, K mismatched), with in_batch "text_batch": [B, B], clip i with caption j
+    (every other clip's caption is a free negative: no extra trunk pass or text encoding),
+    and the attribute heads' logits "shown": [3B, A] (real clips, then the visual and the
+    motion negatives), "named": [(1 + K) B, A]}"""
     import torch
 
     b = len(batch.captions)
     pooled, tokens = model.features(torch.cat([batch.video, batch.visual_negative, batch.motion_negative]))
     visual = model.visual_head(pooled).squeeze(-1).view(3, b)
     motion = model.motion_head(pooled).squeeze(-1).view(3, b)
-    real = tokens[:b]  # [B, N, C]
+    real, real_pooled = tokens[:b], pooled[:b]  # [B, N, C], [B, P]
     true_text = text(batch.captions)  # [B, L, D]
     scores = {"visual": visual[[0, 1]], "motion": motion[[0, 2]]}
+    all_text = true_text
     if batch.wrong_captions:
         wrong_text = text([c for wrong in batch.wrong_captions for c in wrong])  # [K*B, L, D]
-        wrong = model.text_alignment(real.repeat(len(batch.wrong_captions), 1, 1), wrong_text).view(-1, b)
+        all_text = torch.cat([true_text, wrong_text])
+        k = len(batch.wrong_captions)
+        wrong = model.text_alignment(real_pooled.repeat(k, 1), real.repeat(k, 1, 1), wrong_text,
+                                     attribute_grad=False).view(-1, b)
     if in_batch:
-        matrix = model.text_alignment(real.repeat_interleave(b, 0), true_text.repeat(b, 1, 1)).view(b, b)
+        matrix = model.text_alignment(real_pooled.repeat_interleave(b, 0), real.repeat_interleave(b, 0),
+                                      true_text.repeat(b, 1, 1), attribute_grad=False).view(b, b)
         scores["text_batch"] = matrix
         true = matrix.diagonal()
     else:
-        true = model.text_alignment(real, true_text)
+        true = model.text_alignment(real_pooled, real, true_text, attribute_grad=False)
     scores["text"] = torch.cat([true[None], wrong]) if batch.wrong_captions else true[None]
+    scores["shown"] = model.clip_attributes(pooled)  # [3B, A]: real, visual and motion negatives
+    scores["named"] = model.named_attributes(all_text)
     return scores
 
 
@@ -202,15 +233,18 @@ def moving_mask(video: "torch.Tensor") -> "torch.Tensor":
     return (motion_magnitude(video) > MOVING).float()
 
 
-def reward_loss(scores: dict, moving: "torch.Tensor", score_penalty: float) -> tuple["torch.Tensor", dict]:
+def reward_loss(scores: dict, batch: Batch, score_penalty: float) -> tuple["torch.Tensor", dict]:
     """Bradley-Terry pairwise loss, softplus(s_neg - s_real) = -log sigmoid(s_real - s_neg),
     per dimension, + score_penalty * mean squared score. Text: the mean over the
     attribute-swapped captions, plus (with "text_batch") the mean over the other clips'
-    captions, so the few hard negatives are not drowned by the many easy ones.
+    captions, so the few hard negatives are not drowned by the many easy ones. Plus the
+    attribute heads' binary cross-entropy against the scene labels (what each clip
+    shows, what each caption names). Motion pairs of clips that do not move are skipped.
     -> (loss, {name: float})"""
     import torch
     import torch.nn.functional as F
 
+    moving = moving_mask(batch.video)
     visual = F.softplus(scores["visual"][1] - scores["visual"][0]).mean()
     motion_pairs = F.softplus(scores["motion"][1] - scores["motion"][0])  # [B]
     motion = (motion_pairs * moving).sum() / moving.sum().clamp_min(1.0)
@@ -219,13 +253,33 @@ def reward_loss(scores: dict, moving: "torch.Tensor", score_penalty: float) -> t
         matrix = scores["text_batch"]  # [clip, caption]
         others = ~torch.eye(len(matrix), dtype=torch.bool)
         text = text + F.softplus(matrix - matrix.diagonal()[:, None])[others].mean()
-    penalty = sum((s ** 2).mean() for s in scores.values())
-    loss = visual + motion + text + score_penalty * penalty
+    attributes = (shown_attribute_loss(scores["shown"], batch)
+                  + F.binary_cross_entropy_with_logits(scores["named"], batch.named))
+    penalty = sum((scores[k] ** 2).mean() for k in ("visual", "motion", "text"))
+    loss = visual + motion + text + attributes + score_penalty * penalty
     logs = {"loss/total": loss.item(), "loss/visual": visual.item(), "loss/motion": motion.item(),
-            "loss/text": float(text),
+            "loss/text": float(text.detach()) if torch.is_tensor(text) else text, "loss/attributes": attributes.item(),
             "train_acc/visual": (scores["visual"][0] > scores["visual"][1]).float().mean().item(),
             "train_acc/text": (scores["text"][:1] > scores["text"][1:]).float().mean().item()}
     return loss, logs
+
+
+def shown_attribute_loss(logits: "torch.Tensor", batch: Batch) -> "torch.Tensor":
+    """Binary cross-entropy of the clip attribute head [3B, A] against the scenes' labels.
+    The negatives still show their scene (three times the examples for no extra trunk
+    pass), except what their corruption changed: a colour-shifted clip's colours and a
+    re-timed clip's motions are left out."""
+    import torch
+    import torch.nn.functional as F
+
+    b = len(batch.captions)
+    target = batch.shown.repeat(3, 1)  # [3B, A]
+    keep = torch.ones_like(target)
+    keep[b:2 * b][torch.tensor([k == "colour" for k in batch.visual_kinds])] = 0
+    motion_slots = torch.tensor([a.startswith("motion:") for a in batch.attribute_names])
+    keep[2 * b:, motion_slots] = 0
+    per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (per * keep).sum() / keep.sum()
 
 
 def lr_at(run: RewardRun, step: int) -> float:
@@ -316,7 +370,7 @@ def train(run: RewardRun, run_dir: Path, out_dir: Path | None = None, threads: i
     window: dict[str, list[float]] = {}
     while step < run.steps:
         batch = training_batch(world, run, step)
-        loss, logs = reward_loss(batch_scores(model, batch, captions), moving_mask(batch.video), run.score_penalty)
+        loss, logs = reward_loss(batch_scores(model, batch, captions), batch, run.score_penalty)
         for group in opt.param_groups:
             group["lr"] = lr_at(run, step)
         opt.zero_grad(set_to_none=True)
