@@ -68,7 +68,10 @@ class StudentRun:
     dmd_sigma_low: float = 0.02
     dmd_sigma_high: float = 0.98
     guidance: float | None = None  # real score guidance; None = the teacher's guidance_scale
-    method: str = "dmd"
+    method: str = "dmd"  # dmd | re_dmd (Reward Forcing) | stream_r1
+    reward: str = "distill/rewards/weights/shapes-reward"  # reward model dir (re_dmd, stream_r1)
+    reward_beta: float = 2.0  # rollout weights exp(beta * normalised reward)
+    balance_window: int = 50  # Stream-R1's adaptive balancing looks this many steps back
     grad_clip: float = 1.0
     ema_decay: float = 0.99
     log_every: int = 10
@@ -180,6 +183,42 @@ def judged_window(latents: torch.Tensor, run: StudentRun, gen: torch.Generator) 
     return latents[:, :, start : start + run.latent_frames]
 
 
+class RewardWeighting:
+    """The DMD weight of each method, from rewards of the decoded rollout (constants to
+    the generator: computed without gradient to it).
+
+    dmd        none
+    re_dmd     per rollout exp(beta * z(r_motion)) (Reward Forcing's Re-DMD)
+    stream_r1  per rollout exp(beta * sum_k lambda_k z(r_k)), lambda from the adaptive
+               balancer, times per-pixel saliency weights of the reward gradient pooled to
+               the latent grid (Stream-R1)."""
+
+    def __init__(self, run: StudentRun, autoencoder_dir: str):
+        from distill.methods import AdaptiveBalancer
+        from distill.rewards.base import load_reward
+
+        from .teacher import load_autoencoder
+
+        self.run = run
+        self.reward = load_reward(run.reward)
+        self.autoencoder = load_autoencoder(autoencoder_dir)
+        self.balancer = AdaptiveBalancer(window=run.balance_window)
+
+    def __call__(self, latents: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        from distill.methods import re_dmd_weights, stream_r1_pixel_weights, stream_r1_rollout_weights
+
+        with torch.no_grad():
+            video = self.autoencoder.decode(latents.detach())  # [B, 3, T, H, W]
+            scores = self.reward.score(video, prompts)
+        if self.run.method == "re_dmd":
+            return re_dmd_weights(scores["motion"], self.run.reward_beta)  # [B]
+        self.balancer.update({k: scores[k].mean() for k in self.balancer.dims})
+        balance = self.balancer.weights()
+        per_rollout = stream_r1_rollout_weights(scores, balance, self.run.reward_beta)  # [B]
+        per_pixel = stream_r1_pixel_weights(self.reward, video, prompts, balance)  # [B, 1, F, h, w]
+        return per_rollout.view(-1, 1, 1, 1, 1) * per_pixel
+
+
 def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma: torch.Tensor,
                      feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x0 of the real score (teacher with guidance) and of the fake score (critic)."""
@@ -228,6 +267,9 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     captions = CaptionCache(build_text_encoder_for(run.model))
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir, enabled=rank == 0)
+    if run.method not in ("dmd", "re_dmd", "stream_r1"):
+        raise ValueError(f"unknown method {run.method!r}: dmd, re_dmd or stream_r1")
+    weighting = RewardWeighting(run, run.teacher) if run.method != "dmd" else None
     chunk = run.model.attention.chunk_frames
     chunks = max(run.rollout_frames, run.latent_frames) // chunk
 
@@ -236,7 +278,9 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     modules = {"student": student, "ema": ema.shadow, "critic": critic}
     optimizers = {"ode": opt_ode, "gen": opt_gen, "critic": opt_critic}
     if (latest := ckpt.latest()) is not None:
-        step, _ = ckpt.load(latest, modules, optimizers)
+        step, extra = ckpt.load(latest, modules, optimizers)
+        if weighting is not None and "balancer" in extra:
+            weighting.balancer.load_state_dict(extra["balancer"])
         print(f"resumed from {latest} at step {step}", file=sys.stderr)
     pairs = make_ode_pairs(run, teacher, captions, run_dir / f"ode_pairs_rank{rank}.safetensors", rank) \
         if step < run.ode_iters else None
@@ -275,14 +319,16 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
                 opt_critic.step()
                 logs.setdefault("loss/critic", []).append(loss_c.item())
             # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
-            feats = captions(shapes_captions(step, run.batch_size, run.seed, rank))
+            prompts = shapes_captions(step, run.batch_size, run.seed, rank)
+            feats = captions(prompts)
             x = judged_window(rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=True).latents,
                               run, gen)
             sigma = sample_sigmas(len(x), run.model.sampler.shift, gen, run.dmd_sigma_low, run.dmd_sigma_high)
             x_t = add_noise(x.detach(), torch.randn(x.shape, generator=gen), sigma)
             with torch.no_grad():
                 x0_real, x0_fake = real_and_fake_x0(run, teacher, critic, x_t, sigma, feats)
-            loss = dmd_loss(x, x0_real, x0_fake)
+            weight = weighting(x, prompts) if weighting is not None else None
+            loss = dmd_loss(x, x0_real, x0_fake, weight)
             opt_gen.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(student, world_size)
@@ -298,7 +344,8 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
             bar.set_postfix({k.split("/")[1]: f"{sum(v) / len(v):.4f}" for k, v in logs.items()})
             logs = {}
         if rank == 0 and (step % run.ckpt_every == 0 or step == total):
-            ckpt.save(step, modules, optimizers)
+            ckpt.save(step, modules, optimizers,
+                      {"balancer": weighting.balancer.state_dict()} if weighting is not None else None)
     bar.close()
     if world_size > 1:  # every process must end with the same weights
         checksum = torch.stack([p.detach().double().sum() for p in student.parameters()]).sum().reshape(1)

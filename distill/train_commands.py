@@ -32,6 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(student, "runs/student")
     student.add_argument("--teacher", default=None, help="teacher model directory (overrides the preset's)")
     student.set_defaults(func=run_student)
+    ablate = dsub.add_parser("ablate", help="DMD, Re-DMD (+EMA sink), Stream-R1, each +diagonal: same budget, "
+                                            "evaluated side by side; writes report.md, report.json, drift.png")
+    _common(ablate, "runs/ablate")
+    ablate.add_argument("--teacher", required=True, help="teacher model directory")
+    ablate.add_argument("--variants", default="all", help="comma-separated subset of " + ", ".join(
+        ["dmd", "re_dmd", "stream_r1", "dmd+diag", "re_dmd+diag", "stream_r1+diag"]))
+    ablate.add_argument("--prompts", type=int, default=16, help="standard prompts evaluated per variant")
+    ablate.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    ablate.add_argument("--seconds", type=float, default=1.5, help="clip length evaluated")
+    ablate.add_argument("--drift-minutes", type=float, default=5.0, help="stream length for the drift column")
+    ablate.set_defaults(func=run_ablate)
     default = dsub.add_parser(
         "default", help="reproduce the embedded default model: autoencoder, teacher, student, in one command")
     default.add_argument("--run-dir", default="runs/default",
@@ -131,4 +142,26 @@ def run_default(args: argparse.Namespace) -> int:
     train_teacher(teacher_run, root / "teacher", threads=args.threads)
     out = train_student(student_run, root / "student", Path(args.out), threads=args.threads)
     print(f"default model written to {out}")
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from clients.cli import CommandError
+
+    from .ablate import VARIANTS, run_ablation
+    from .student import PRESETS
+
+    variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise CommandError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    run = resolve(PRESETS, args, teacher=args.teacher)
+    if args.dry_run:
+        _print(run)
+        print(json.dumps({"variants": variants}))
+        return 0
+    if not (Path(run.teacher) / "model.json").is_file():
+        raise CommandError(f"no teacher at {run.teacher}")
+    run_ablation(run, run.teacher, Path(args.run_dir), variants, args.prompts, args.seeds, args.seconds,
+                 args.drift_minutes, args.threads)
     return 0

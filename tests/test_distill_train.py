@@ -32,6 +32,10 @@ def tiny_autoencoder(tmp_path_factory) -> Path:
     ae = ShapesAutoencoder(AutoencoderConfig(latent_channels=4, encoder_channels=(8, 8, 8),
                                              decoder_channels=(8, 8, 8), decoder_blocks=(1, 1, 1),
                                              height=32, width=32))
+    with torch.no_grad():  # its output conv starts at zero (flat grey frames): give the frames content
+        for name, p in ae.named_parameters():
+            if name.startswith(("decoder_out", "decoder_colour")) and p.ndim > 1:
+                p.normal_(0, 0.2)
     path = tmp_path_factory.mktemp("ae")
     ae.save(path)
     return path
@@ -107,3 +111,75 @@ def test_two_process_data_parallel_on_gloo(tiny_teacher, tmp_path):
     logged = metrics(tmp_path / "ddp")
     assert logged[-1].get("ranks_in_sync") == 1.0
     assert (tmp_path / "ddp" / "model" / "transformer.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_reward(tmp_path_factory) -> Path:
+    from distill.rewards.shapes import ShapesVideoReward
+    from distill.rewards.train import presets as reward_presets
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("reward")
+    ShapesVideoReward(reward_presets()["tiny"].model).save(path)
+    return path
+
+
+@pytest.mark.parametrize("method,diagonal", [("re_dmd", False), ("stream_r1", True)])
+def test_reward_methods_and_diagonal_train_and_export(tiny_teacher, tiny_reward, tmp_path, method, diagonal):
+    from distill.ablate import variant_run
+
+    base = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), reward=str(tiny_reward), dmd_iters=3,
+                   latent_frames=2, rollout_frames=4)
+    run = variant_run(base, method + ("+diag" if diagonal else ""), init_from=str(tiny_teacher))
+    assert run.ode_iters == 0 and run.method == method
+    assert (run.model.attention.policy == "ema_sink") == (method == "re_dmd")
+    assert (run.model.sampler.steps_per_chunk == (4, 3, 2)) == diagonal
+    out = student_mod.train_student(run, tmp_path / method)
+    logged = metrics(tmp_path / method)
+    assert [m["step"] for m in logged if "loss/dmd" in m] and all(np.isfinite(m.get("loss/dmd", 0)) for m in logged)
+    assert load_model(str(out)).config.attention.policy == run.model.attention.policy
+
+
+@pytest.mark.parametrize("method", ["dmd", "re_dmd", "stream_r1"])
+def test_each_method_hands_its_weights_to_the_dmd_loss(tiny_teacher, tiny_reward, tmp_path, monkeypatch, method):
+    """The wiring: plain DMD passes no weight; Re-DMD one mean-1 weight per rollout;
+    Stream-R1 per-rollout times per-latent-pixel weights; none of them carries gradient."""
+    seen = []
+    real_loss = student_mod.dmd_loss
+
+    def recording_loss(x, x0_real, x0_fake, weight=None):
+        seen.append((x.shape, weight))
+        return real_loss(x, x0_real, x0_fake, weight)
+
+    monkeypatch.setattr(student_mod, "dmd_loss", recording_loss)
+    run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), reward=str(tiny_reward), ode_iters=0,
+                  dmd_iters=2, method=method)
+    student_mod.train_student(run, tmp_path / method)
+    assert len(seen) == 2
+    for shape, weight in seen:
+        b, _, f, h, w = shape
+        if method == "dmd":
+            assert weight is None
+            continue
+        assert not weight.requires_grad
+        expected = (b,) if method == "re_dmd" else (b, 1, f, h, w)
+        assert tuple(weight.shape) == expected
+        assert torch.allclose(weight.mean(), torch.tensor(1.0), atol=1e-4) or method == "stream_r1"
+        assert (weight > 0).all() and weight.std() > 0
+
+
+def test_ablation_writes_a_report_with_every_column(tiny_teacher, tiny_reward, tmp_path):
+    from distill.ablate import run_ablation
+
+    base = replace(student_mod.PRESETS["tiny"], reward=str(tiny_reward), ode_iters=4, dmd_iters=1)
+    rows = run_ablation(base, str(tiny_teacher), tmp_path, ["dmd", "re_dmd+diag"], prompts=2, seeds=1,
+                        seconds=1.0, drift_minutes=0.05)
+    assert set(rows) == {"dmd", "re_dmd+diag"}
+    for row in rows.values():
+        for key in ("prompt_accuracy", "smoothness", "flicker", "drift_first", "drift_last", "fps", "rtf"):
+            assert np.isfinite(row[key]), key
+        assert row["fps"] > 0 and len(row["drift"]) >= 2
+    table = (tmp_path / "report.md").read_text()
+    assert "| re_dmd+diag |" in table and (tmp_path / "drift.png").stat().st_size > 1000
+    # both variants started from the one shared ODE-initialised student
+    assert json.loads((tmp_path / "re_dmd+diag" / "run.json").read_text())["init_from"].endswith("ode_init/model")
