@@ -67,13 +67,14 @@ def run_demo(args: argparse.Namespace) -> int:
 # --- framecast convert ------------------------------------------------------------------------
 
 def register_convert(sub: argparse._SubParsersAction) -> None:
-    from .checkpoints.formats import ALL_FORMATS  # the format table only: no weights, no diffusers
-
+    # No import of engine.checkpoints here: it loads torch, and registration runs on every
+    # `framecast` call. The handler checks --format against the format table.
     convert = sub.add_parser(
         "convert", help="turn a released Wan checkpoint (Wan2.1 diffusers, or a streaming student) into a model "
                         "directory that `framecast serve --model DIR` loads; see docs/checkpoints.md")
     convert.add_argument("--format", required=True, metavar="FORMAT",
-                         help=f"what --input is: {', '.join(ALL_FORMATS)}")
+                         help="what --input is: wan-diffusers or a student layout (self-forcing, causvid, "
+                              "reward-forcing, longlive, rolling-forcing); see docs/checkpoints.md")
     convert.add_argument("--input", required=True,
                          help="the student's weights file (.pt/.pth/.safetensors), or the Wan2.1 diffusers "
                               "folder for --format wan-diffusers")
