@@ -249,3 +249,25 @@ def test_pixel_weights_scale_the_dmd_loss_without_carrying_gradient():
     g = 0.1 / theta.detach()  # [B]
     expected = torch.stack([(weight[b] * g[b]).expand(4, 2, 2, 2).sum() / x.numel() for b in range(2)])
     assert torch.allclose(grad, expected, atol=1e-6)
+
+
+def test_stream_r1_weights_from_the_shapes_reward_model():
+    """The whole path on a real (tiny, untrained) reward model in eval mode: scores, rollout
+    weights and pixel weights in the latent layout, with no gradient left on the reward."""
+    from distill.rewards.shapes import ShapesVideoReward
+    from distill.rewards.train import presets
+
+    torch.manual_seed(0)
+    reward = ShapesVideoReward(presets()["tiny"].model).eval().requires_grad_(False)
+    video = torch.rand(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    prompts = ["a red ball moving left", "a blue square growing on a white background"]
+    balancer = AdaptiveBalancer(window=4)
+    with torch.no_grad():
+        scores = reward.score(video, prompts)
+    balancer.update({k: scores[k].mean() for k in balancer.dims})
+    w_rollout = stream_r1_rollout_weights(scores, balancer.weights())
+    w_pixel = stream_r1_pixel_weights(reward, video, prompts, balancer.weights())
+    assert w_rollout.shape == (2,) and w_pixel.shape == (2, 1, 2, 4, 4)
+    assert torch.isfinite(w_pixel).all() and torch.allclose(w_pixel.mean((1, 2, 3, 4)), torch.ones(2), atol=1e-5)
+    assert w_pixel.std() > 0  # the saliency is not flat
+    assert all(p.grad is None for p in reward.parameters())

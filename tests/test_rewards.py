@@ -24,10 +24,8 @@ from distill.rewards.corrupt import (
     CAPTION_KINDS, MOTION_KINDS, VISUAL_KINDS, corrupt, mismatched_caption, swapped_scene,
 )
 from distill.rewards.shapes import ATTRIBUTES, ShapesVideoReward
-from distill.rewards.train import (
-    add_subcommand, batch_scores, heldout_accuracy, presets, reward_loss, scene_attributes, shapes_world, train,
-    training_batch,
-)
+from distill.rewards.batches import scene_attributes, shapes_world, training_batch
+from distill.rewards.train import add_subcommand, batch_scores, heldout_accuracy, presets, reward_loss, train
 
 torch.set_num_threads(1)
 TINY = presets()["tiny"]
@@ -219,26 +217,33 @@ def test_cli_dry_run_and_errors(capsys):
             args.func(args)
 
 
-def test_reward_never_imports_the_evaluator():
+def test_reward_never_imports_the_evaluator_and_registers_without_torch():
     code = ("import sys, distill.rewards.train, distill.rewards.shapes, distill.rewards.pretrained, distill.methods; "
             "print([m for m in sys.modules if m.startswith('distill.eval')])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    code = "import sys, distill.rewards.train; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 # --- the shipped weights -------------------------------------------------------------------------------
 
 
 def test_shipped_reward_ranks_heldout_clips():
-    """Real clips above their corrupted copies and true captions above wrong ones, on
-    held-out scenes (training never draws these seeds). Thresholds sit below the
-    accuracies measured on 64 held-out clips (docs/rewards.md)."""
+    """Real clips above their corrupted copies and true captions above wrong ones, on 8
+    held-out scenes (training never draws these seeds). Measured on 64 held-out clips
+    (docs/rewards.md): visual 0.93, motion 0.97, text 0.73 (colour-like swaps 0.83, shape
+    and motion swaps under 0.6, so those are not asserted); on these 8: 0.93, 1.0, 0.6
+    (colour-like 0.75). The thresholds sit below both."""
     model = load_reward(SHAPES_REWARD_DIR)
     run = dataclasses.replace(presets()["shapes"], model=model.config)
-    accuracy = heldout_accuracy(model, run, clips=6)
-    assert accuracy["visual"] >= 0.8, accuracy
-    assert accuracy["motion"] >= 0.8, accuracy
-    assert accuracy["text"] >= 0.6, accuracy
+    accuracy = heldout_accuracy(model, run, clips=8)
+    assert accuracy["visual"] >= 0.85, accuracy
+    assert accuracy["motion"] >= 0.9, accuracy
+    assert accuracy["text"] >= 0.55, accuracy
+    colour_like = [accuracy[f"text/{kind}"] for kind in ("other", "colour", "background")]
+    assert sum(colour_like) / 3 >= 0.65, accuracy
 
 
 # --- the pretrained adapter ------------------------------------------------------------------------------

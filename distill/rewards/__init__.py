@@ -7,12 +7,20 @@ alignment scores, differentiable with respect to the pixels (base.RewardModel).
   style) from a local directory; docs/rewards.md describes the layout.
 
 The weighting formulas that use these scores in distillation are in distill/methods.py.
+The names below load on first use, so `framecast` can register `distill reward`
+without importing torch.
 """
 
 from pathlib import Path
 
-from .base import DIMENSIONS, RewardModel, check_video, load_reward, motion_magnitude
-
 SHAPES_REWARD_DIR = Path(__file__).parent / "weights" / "shapes-reward"
 
 __all__ = ["DIMENSIONS", "RewardModel", "SHAPES_REWARD_DIR", "check_video", "load_reward", "motion_magnitude"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,13 +10,14 @@ with temporal convs between them), three heads:
   colour-shifted, blocky or flickering ones),
 - motion: an MLP on the same pooled features plus pooled feature change over time
   (real motion above shuffled, frozen, stuttering, shaking or back-and-forth clips),
-- text: how well the caption's attributes (colours, shapes, motions, background, read
-  from its MiniLM token features) agree with the attributes the clip shows, plus a
-  token-level match: the caption's MiniLM token features cross-attend to the trunk's
-  space-time tokens (softmax attention and each word's best match anywhere in the clip)
-  (the caption above captions of other scenes or with one attribute swapped). Token
-  features rather than the mean-pooled sentence vector: "red ball, blue square" must
-  keep which colour goes with which shape, as it does for the generator.
+- text (the caption above captions of other scenes or with one attribute swapped): how
+  well the attributes the caption names (colours, shapes, motions, background; read from
+  its MiniLM token features) agree with those the clip shows, plus a token-level match
+  in which the caption's MiniLM token features cross-attend to the trunk's space-time
+  tokens (softmax attention and each word's best match anywhere in the clip). Token
+  features rather than the mean-pooled sentence vector: a colour word must not be
+  diluted by the rest of the sentence, and "red ball, blue square" must keep which
+  colour goes with which shape, as it does for the generator.
 plus the analytic motion_magnitude (base.motion_magnitude).
 
 No normalisation layers: batch statistics would couple the samples of a batch (a
