@@ -51,12 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     default.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     default.add_argument("--dry-run", action="store_true", help="print the three stages' configs and exit")
     default.set_defaults(func=run_default)
-    try:
-        from distill.train_autoencoder import add_subcommand
-    except ImportError:
-        pass
-    else:
-        add_subcommand(dsub)
+    from distill.rewards.train import add_subcommand as add_reward
+    from distill.train_autoencoder import add_subcommand as add_autoencoder
+
+    add_autoencoder(dsub)
+    add_reward(dsub)  # framecast distill reward
     distill.set_defaults(func=lambda args: distill.print_help() or 2)
 
 
