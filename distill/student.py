@@ -108,6 +108,16 @@ def average_gradients(module: torch.nn.Module, world_size: int) -> None:
             p.grad /= world_size
 
 
+def optimiser_step(loss: torch.Tensor, module: torch.nn.Module, opt: torch.optim.Optimizer, clip: float,
+                   world_size: int) -> None:
+    """backward, average over processes, clip, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(module, world_size)
+    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    opt.step()
+
+
 def broadcast_parameters(module: torch.nn.Module) -> None:
     if dist.is_initialized():
         for p in module.parameters():
@@ -294,11 +304,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
         if step < run.ode_iters:
             # ODE initialisation: regress onto teacher trajectories.
             loss = ode_step_loss(run, student, pairs, gen)
-            opt_ode.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(student, world_size)
-            torch.nn.utils.clip_grad_norm_(student.parameters(), run.grad_clip)
-            opt_ode.step()
+            optimiser_step(loss, student, opt_ode, run.grad_clip, world_size)
             logs.setdefault("loss/ode", []).append(loss.item())
         else:
             # Critic: flow matching on the student's own (detached) rollouts.
@@ -312,11 +318,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
                 v = critic.denoise(add_noise(x, noise, sigma), sigma * 1000, critic.embed_text(feats),
                                    critic.full_attention(x.shape[2]))
                 loss_c = flow_matching_loss(v, x, noise)
-                opt_critic.zero_grad(set_to_none=True)
-                loss_c.backward()
-                average_gradients(critic, world_size)
-                torch.nn.utils.clip_grad_norm_(critic.parameters(), run.grad_clip)
-                opt_critic.step()
+                optimiser_step(loss_c, critic, opt_critic, run.grad_clip, world_size)
                 logs.setdefault("loss/critic", []).append(loss_c.item())
             # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
             prompts = shapes_captions(step, run.batch_size, run.seed, rank)
@@ -329,11 +331,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
                 x0_real, x0_fake = real_and_fake_x0(run, teacher, critic, x_t, sigma, feats)
             weight = weighting(x, prompts) if weighting is not None else None
             loss = dmd_loss(x, x0_real, x0_fake, weight)
-            opt_gen.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(student, world_size)
-            torch.nn.utils.clip_grad_norm_(student.parameters(), run.grad_clip)
-            opt_gen.step()
+            optimiser_step(loss, student, opt_gen, run.grad_clip, world_size)
             logs.setdefault("loss/dmd", []).append(loss.item())
         ema.update(student)
         step += 1
