@@ -50,7 +50,7 @@ class AutoencoderRun:
     """One training run: the network's config plus how to train it."""
 
     model: "AutoencoderConfig"
-    steps: int = 2400
+    steps: int = 3600
     batch_size: int = 4
     num_frames: int = 12  # video frames per training clip (a multiple of 4)
     crop: int = 64  # square training crops (a multiple of 8) of height x width Shapes frames
@@ -74,7 +74,7 @@ def presets() -> dict[str, AutoencoderRun]:
     from engine.autoencoder import AutoencoderConfig
 
     return {
-        # The shipped model: 2400 steps, 15-40 minutes on one CPU thread depending on load.
+        # The shipped model: 3600 steps, 25-45 minutes on one CPU thread depending on load.
         "default": AutoencoderRun(model=AutoencoderConfig()),
         # For tests: a few hundred thousand multiply-adds per frame.
         "tiny": AutoencoderRun(
@@ -282,7 +282,7 @@ def train(run: AutoencoderRun, run_dir: Path, threads: int = 0, progress: bool =
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="default",
-                        help="training preset: 'default' (the shipped model, 2400 steps: 15-40 min on one "
+                        help="training preset: 'default' (the shipped model, 3600 steps: 25-45 min on one "
                              "thread) or 'tiny' (tests)")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/autoencoder"),
                         help="where checkpoints, TensorBoard logs and the trained autoencoder/ go; "
