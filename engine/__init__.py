@@ -11,10 +11,9 @@ sampler, autoencoders, text encoders, StreamSession and the batching scheduler.
 name is used; no model is loaded until `load_model`.
 """
 
-import importlib
+from .lazy import lazy_attributes
 
-# Names resolve on first use (PEP 562), so importing a light submodule of this package
-# (the CLI's registration, the error types) does not load torch.
+# Names resolve on first use, so importing a light submodule of this package does not load torch.
 _LAZY = {
     "ModelConfig": ".config",
     "CheckpointError": ".errors",
@@ -33,18 +32,7 @@ _LAZY = {
     "Chunk": ".session",
     "StreamSession": ".session",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = ["ModelConfig", "EngineError", "InvalidInput", "InvalidPrompt", "InvalidSeed", "InvalidConfig",

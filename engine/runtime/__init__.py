@@ -8,10 +8,9 @@ tensorrt; see build.py for what each needs, step.py for the static-shape step th
 and docs/backends.md for figures.
 """
 
-import importlib
+from ..lazy import lazy_attributes
 
-# Names resolve on first use (PEP 562), so importing a light submodule of this package
-# (the CLI's registration, the error types) does not load torch.
+# Names resolve on first use, so importing a light submodule of this package does not load torch.
 _LAZY = {
     "GraphStepRunner": ".backends",
     "RuntimeDecoder": ".backends",
@@ -37,18 +36,7 @@ _LAZY = {
     "step_inputs": ".step",
     "store_new_kv": ".step",
 }
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = ["BACKENDS", "DEFAULT_MAX_BATCH", "RuntimeOptions", "attach_runtime", "build_engines",
