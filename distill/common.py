@@ -160,26 +160,68 @@ class CaptionCache:
 
 class ShapesLatents:
     """Deterministic batches of (latents, captions) for a training step: clip seeds derive
-    from (seed, step), so a resumed run sees the data it would have seen."""
+    from (seed, step), so a resumed run sees the data it would have seen.
+
+    With `pool_size` > 0 the clips are rendered and encoded once (a pool, saved under
+    `cache_dir` so a resumed run does not encode again) and each step draws clips from it
+    with a random paraphrase of each caption: the autoencoder's encoder then costs nothing
+    per step, which on 2 CPU cores more than doubles the teacher's steps per second."""
 
     def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, height: int = 128,
-                 width: int = 128, fps: int = 16, max_start_frame: int = 480):
+                 width: int = 128, fps: int = 16, max_start_frame: int = 480, pool_size: int = 0,
+                 cache_dir: str | Path | None = None, progress: bool = True):
         from distill.data.shapes import ShapesConfig, ShapesWorld
 
         self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps))
         self.autoencoder = autoencoder
         self.frames = latent_frames * 4
         self.batch_size, self.seed, self.max_start = batch_size, seed, max_start_frame
+        self.pool: torch.Tensor | None = None  # [N, C, F, h, w]
+        self.pool_captions: list[list[str]] = []
+        if pool_size > 0:
+            self._build_pool(pool_size, Path(cache_dir) if cache_dir else None, progress)
 
-    def clips(self, step: int):
-        rng = np.random.default_rng([self.seed, step])
+    def clips(self, step: int, stream: tuple[int, ...] = ()):
+        rng = np.random.default_rng([self.seed, *stream, step])
         seeds = rng.integers(0, 2**62, size=self.batch_size)
         starts = rng.integers(0, self.max_start + 1, size=self.batch_size)
         return [self.world.sample(int(s), self.frames, int(o)) for s, o in zip(seeds, starts)]
 
     @torch.no_grad()
-    def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
-        clips = self.clips(step)
+    def encode(self, clips) -> torch.Tensor:
         video = torch.from_numpy(np.stack([c.frames for c in clips]))  # [B, T, H, W, 3] uint8
         video = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # [B, 3, T, H, W]
-        return self.autoencoder.encode(video), [c.caption for c in clips]
+        return self.autoencoder.encode(video)
+
+    @torch.no_grad()
+    def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
+        if self.pool is None:
+            clips = self.clips(step)
+            return self.encode(clips), [c.caption for c in clips]
+        rng = np.random.default_rng([self.seed, 1, step])
+        index = rng.choice(len(self.pool), size=self.batch_size, replace=False)
+        captions = [self.pool_captions[i][int(rng.integers(len(self.pool_captions[i])))] for i in index]
+        return self.pool[torch.from_numpy(index)], captions
+
+    def _build_pool(self, size: int, cache_dir: Path | None, progress: bool) -> None:
+        from tqdm import tqdm
+
+        file = cache_dir / f"latent-pool-{self.seed}-{size}x{self.frames}.safetensors" if cache_dir else None
+        if file is not None and file.is_file():
+            self.pool = load_file(file)["latents"]
+            self.pool_captions = json.loads(file.with_suffix(".json").read_text())
+            if len(self.pool) == size:
+                return
+        latents, captions, done = [], [], 0
+        with tqdm(total=size, desc="encoding clips", unit="clip", disable=not progress, dynamic_ncols=True) as bar:
+            while done < size:  # a stream of its own: the pool's clips are never a training step's
+                clips = self.clips(len(latents), stream=(2,))[: size - done]
+                latents.append(self.encode(clips))
+                captions += [list(dict.fromkeys(c.captions)) for c in clips]
+                done += len(clips)
+                bar.update(len(clips))
+        self.pool, self.pool_captions = torch.cat(latents).contiguous(), captions
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"latents": self.pool}, file)
+            file.with_suffix(".json").write_text(json.dumps(captions))

@@ -37,9 +37,11 @@ SHAPES_MODEL = ModelConfig(
     attention=AttentionConfig(policy="full", chunk_frames=3, sink_frames=3, window_frames=6),
     sampler=SamplerConfig(),
     latent=LatentConfig(channels=16, height=128, width=128, fps=16.0),
-    text_encoder=TextEncoderConfig(kind="minilm", dim=384, max_tokens=32),
+    text_encoder=TextEncoderConfig(kind="minilm", dim=384, max_tokens=32, feature_norm="rms"),
     decoder=DecoderConfig(kind="shapes_ae", path="."),
-    guidance_scale=4.0,
+    # Measured on the 5000-step teacher, 8 standard prompts at 50 steps: prompt accuracy 0.18
+    # at guidance 4, 0.25 at 8, 0.23 at 12 (objects only show up as colour at higher guidance).
+    guidance_scale=8.0,
 )
 TINY_MODEL = ModelConfig(
     name="tiny-teacher",
@@ -59,11 +61,14 @@ class TeacherRun:
     autoencoder: str = "engine/models/shapes-default"  # directory with autoencoder.json/.safetensors
     latent_frames: int = 6  # clip length in latent frames (x4 video frames)
     batch_size: int = 8
-    # Budgeted for 2 CPU cores (~40 min); the loss is still falling there: more steps
-    # give a better teacher wherever there is more compute.
+    # Clips rendered and encoded once, then drawn with random paraphrases (0: new clips
+    # every step). Cached in the run dir, so a resumed run does not encode them again.
+    pool_size: int = 0
     steps: int = 600
     lr: float = 1e-3
     warmup: int = 50
+    decay_from: int = 0  # > 0: constant lr until this step, then linear decay to final_lr_fraction at `steps`
+    final_lr_fraction: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     caption_dropout: float = 0.1
@@ -75,7 +80,10 @@ class TeacherRun:
 
 
 PRESETS: dict[str, TeacherRun] = {
-    "shapes": TeacherRun(),
+    # ~70 min on 2 idle CPU cores (2 threads): 5 min encoding the pool, then ~0.57 s a step.
+    # Measured along the way: backgrounds follow the prompt by step ~2000, objects later.
+    "shapes": TeacherRun(batch_size=16, steps=7000, decay_from=5000, pool_size=6144, warmup=100, ema_decay=0.999,
+                         log_every=25, ckpt_every=250),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }
@@ -94,7 +102,11 @@ def load_autoencoder(path: str | Path):
 
 
 def lr_at(run: TeacherRun, step: int) -> float:
-    return run.lr * min(1.0, (step + 1) / max(1, run.warmup))
+    scale = min(1.0, (step + 1) / max(1, run.warmup))
+    if 0 < run.decay_from < run.steps and step >= run.decay_from:
+        done = (step - run.decay_from) / (run.steps - run.decay_from)
+        scale *= 1.0 - (1.0 - run.final_lr_fraction) * done
+    return run.lr * scale
 
 
 def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0) -> Path:
@@ -112,7 +124,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     captions = CaptionCache(build_text_encoder_for(run.model))
     lat = run.model.latent
     data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
-                         int(lat.fps))
+                         int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir)
     attention = model.full_attention(run.latent_frames)
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir)

@@ -128,9 +128,7 @@ def run_default(args: argparse.Namespace) -> int:
     from .teacher import PRESETS as TEACHER, train_teacher
 
     root = Path(args.run_dir)
-    # The shipped model's budget for 2 CPU cores: the autoencoder preset cut to 1200 steps,
-    # with a weight EMA short enough for that length (0.998 would still hold 9% of the init).
-    ae_run = dataclasses.replace(autoencoder_presets()["default"], steps=1200, ema_decay=0.99)
+    ae_run = autoencoder_presets()["default"]
     teacher_run = dataclasses.replace(TEACHER["shapes"], autoencoder=str(root / "autoencoder" / "autoencoder"))
     student_run = dataclasses.replace(STUDENT["shapes"], teacher=str(root / "teacher" / "model"))
     if args.dry_run:

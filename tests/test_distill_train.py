@@ -71,6 +71,37 @@ def test_teacher_resume_continues_exactly(tiny_autoencoder, tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
+def test_teacher_lr_warms_up_holds_then_decays_linearly():
+    run = replace(teacher_mod.PRESETS["tiny"], lr=1e-3, warmup=10, steps=100, decay_from=60, final_lr_fraction=0.1)
+    lrs = [teacher_mod.lr_at(run, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(lr == pytest.approx(1e-3) for lr in lrs[9:61])
+    assert lrs[80] == pytest.approx(1e-3 * (1 - 0.9 * 0.5))  # halfway through the decay
+    assert all(a > b for a, b in zip(lrs[60:], lrs[61:]))  # strictly falling to the end
+    assert teacher_mod.lr_at(replace(run, decay_from=0), 99) == pytest.approx(1e-3)  # no decay by default
+
+
+def test_latent_pool_is_encoded_once_and_reused(tiny_autoencoder, tmp_path):
+    from distill.common import ShapesLatents
+
+    ae = teacher_mod.load_autoencoder(tiny_autoencoder)
+    pooled = ShapesLatents(ae, 2, 3, seed=0, height=32, width=32, pool_size=5, cache_dir=tmp_path, progress=False)
+    assert pooled.pool.shape == (5, 4, 2, 4, 4) and len(pooled.pool_captions) == 5
+    x, captions = pooled.batch(7)
+    assert x.shape == (3, 4, 2, 4, 4) and len(captions) == 3
+    # every drawn clip is a pool clip, with one of that clip's own paraphrases
+    for latents, caption in zip(x, captions):
+        k = int(((pooled.pool - latents).flatten(1).abs().amax(1) == 0).nonzero()[0])
+        assert caption in pooled.pool_captions[k]
+    # the pool holds what encoding its clips gives, and a second run loads it instead of encoding
+    again = ShapesLatents(ae, 2, 3, seed=0, height=32, width=32, pool_size=5, cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.glob("latent-pool-*.safetensors")) and torch.equal(again.pool, pooled.pool)
+    fresh = ShapesLatents(ae, 2, 3, seed=0, height=32, width=32)  # the pool encodes batch_size clips at a time
+    torch.testing.assert_close(pooled.pool[:3], fresh.encode(fresh.clips(0, stream=(2,))), atol=1e-5, rtol=1e-4)
+    x2, captions2 = again.batch(7)  # deterministic per step: a resumed run sees the same data
+    assert torch.equal(x, x2) and captions == captions2
+
+
 def test_student_ode_then_dmd_exports_a_streaming_model(tiny_teacher, tmp_path):
     run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), ode_iters=16, dmd_iters=4)
     out = student_mod.train_student(run, tmp_path / "student")
@@ -174,12 +205,12 @@ def test_ablation_writes_a_report_with_every_column(tiny_teacher, tiny_reward, t
     base = replace(student_mod.PRESETS["tiny"], reward=str(tiny_reward), ode_iters=4, dmd_iters=1)
     rows = run_ablation(base, str(tiny_teacher), tmp_path, ["dmd", "re_dmd+diag"], prompts=2, seeds=1,
                         seconds=1.0, drift_minutes=0.05)
-    assert set(rows) == {"dmd", "re_dmd+diag"}
+    assert set(rows) == {"ode init only", "dmd", "re_dmd+diag"}
     for row in rows.values():
         for key in ("prompt_accuracy", "smoothness", "flicker", "drift_first", "drift_last", "fps", "rtf"):
             assert np.isfinite(row[key]), key
         assert row["fps"] > 0 and len(row["drift"]) >= 2
     table = (tmp_path / "report.md").read_text()
-    assert "| re_dmd+diag |" in table and (tmp_path / "drift.png").stat().st_size > 1000
+    assert "| re_dmd+diag |" in table and "| ode init only |" in table and (tmp_path / "drift.png").stat().st_size > 1000
     # both variants started from the one shared ODE-initialised student
     assert json.loads((tmp_path / "re_dmd+diag" / "run.json").read_text())["init_from"].endswith("ode_init/model")
