@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 VARIANTS = ("dmd", "re_dmd", "stream_r1", "dmd+diag", "re_dmd+diag", "stream_r1+diag")
+START = "ode init only"  # the row of the shared starting point
 
 
 def variant_run(base, name: str, init_from: str):
@@ -70,15 +71,21 @@ def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts
     # --- each variant: the same DMD budget from there ---------------------------------------------
     prompt_set = list(standard_prompts())[:prompts]
     rows = {}
-    for name in variants:
-        run = variant_run(dataclasses.replace(base, teacher=teacher), name, str(init_dir))
-        out = run_dir / name / "model"
+    # The shared start is a row too: what the ODE initialisation alone gives, so each
+    # variant's row shows what its DMD stage added (or cost).
+    for name in [START] + list(variants):
+        if name == START:
+            out = init_dir
+        else:
+            run = variant_run(dataclasses.replace(base, teacher=teacher), name, str(init_dir))
+            out = run_dir / name / "model"
         if not (out / "model.json").is_file():
             t0 = time.perf_counter()
             train_student(run, run_dir / name, out, threads)
             (run_dir / name / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
         model = load_model(str(out))
-        report = evaluate_generator(model.generate_clip, prompt_set, seeds, seconds, out_dir=run_dir / name / "eval",
+        eval_dir = run_dir / ("ode_init" if name == START else name) / "eval"
+        report = evaluate_generator(model.generate_clip, prompt_set, seeds, seconds, out_dir=eval_dir,
                                     fps=model.fps)
         figures = stream_figures(model, prompt_set[0], drift_minutes)
         rows[name] = {**{k: report["summary"][k] for k in ("prompt_accuracy", "smoothness", "flicker",
