@@ -84,8 +84,7 @@ def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts
             train_student(run, run_dir / name, out, threads)
             (run_dir / name / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
         model = load_model(str(out))
-        eval_dir = run_dir / ("ode_init" if name == START else name) / "eval"
-        report = evaluate_generator(model.generate_clip, prompt_set, seeds, seconds, out_dir=eval_dir,
+        report = evaluate_generator(model.generate_clip, prompt_set, seeds, seconds, out_dir=out.parent / "eval",
                                     fps=model.fps)
         figures = stream_figures(model, prompt_set[0], drift_minutes)
         rows[name] = {**{k: report["summary"][k] for k in ("prompt_accuracy", "smoothness", "flicker",

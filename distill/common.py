@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -88,6 +89,14 @@ class Checkpointer:
         for name, opt in optimizers.items():
             _restore_optimizer(f"opt_{name}", opt, tensors, meta["optimizers"][name])
         return meta["step"], meta["extra"]
+
+
+def warmup_cosine_lr(lr: float, step: int, warmup: int, steps: int, final_fraction: float) -> float:
+    """Linear warm-up, then cosine decay to lr * final_fraction at the last step."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:

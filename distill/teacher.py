@@ -80,7 +80,7 @@ class TeacherRun:
 
 
 PRESETS: dict[str, TeacherRun] = {
-    # ~70 min on 2 idle CPU cores (2 threads): 5 min encoding the pool, then ~0.57 s a step.
+    # ~80 min on 2 CPU cores (2 threads): 5 min encoding the pool, then ~0.6 s a step.
     # Measured along the way: backgrounds follow the prompt by step ~2000, objects later.
     "shapes": TeacherRun(batch_size=16, steps=7000, decay_from=5000, pool_size=6144, warmup=100, ema_decay=0.999,
                          log_every=25, ckpt_every=250),

@@ -168,11 +168,9 @@ def reconstruction_loss(rec: "torch.Tensor", video: "torch.Tensor", edge_weight:
 
 def lr_at(run: AutoencoderRun, step: int) -> float:
     """Linear warm-up, then cosine decay to lr * final_lr_fraction at the last step."""
-    if step < run.warmup:
-        return run.lr * (step + 1) / run.warmup
-    progress = (step - run.warmup) / max(1, run.steps - run.warmup)
-    floor = run.final_lr_fraction
-    return run.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    from distill.common import warmup_cosine_lr
+
+    return warmup_cosine_lr(run.lr, step, run.warmup, run.steps, run.final_lr_fraction)
 
 
 # --- the training run ----------------------------------------------------------------------------

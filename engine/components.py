@@ -90,8 +90,8 @@ def build_text_encoder(config: ModelConfig, model_dir: Path | None, device: str)
     if te.kind == "minilm":
         from .text_encoder import MiniLMTextEncoder  # transformers is heavy: import on use
 
-        return MiniLMTextEncoder(model_dir=resolve(model_dir, te.path), max_tokens=te.max_tokens,
-                                 device=device, feature_norm=te.feature_norm, **({"sha256": te.sha256} if te.sha256 else {}))
+        return MiniLMTextEncoder(model_dir=resolve(model_dir, te.path), max_tokens=te.max_tokens, device=device,
+                                 feature_norm=te.feature_norm, **({"sha256": te.sha256} if te.sha256 else {}))
     if te.kind == "umt5":
         from .text_umt5 import UMT5TextEncoder
 

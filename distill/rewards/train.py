@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -178,10 +177,9 @@ def shown_attribute_loss(logits: "torch.Tensor", batch: Batch) -> "torch.Tensor"
 
 def lr_at(run: RewardRun, step: int) -> float:
     """Linear warm-up, then cosine decay to lr * final_lr_fraction at the last step."""
-    if step < run.warmup:
-        return run.lr * (step + 1) / run.warmup
-    progress = min(1.0, (step - run.warmup) / max(1, run.steps - run.warmup))
-    return run.lr * (run.final_lr_fraction + (1 - run.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+    from distill.common import warmup_cosine_lr
+
+    return warmup_cosine_lr(run.lr, step, run.warmup, run.steps, run.final_lr_fraction)
 
 
 # --- held-out accuracy ---------------------------------------------------------------------------------
