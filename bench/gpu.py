@@ -36,7 +36,9 @@ from engine.config import (AttentionConfig, LatentConfig, ModelConfig, SamplerCo
                            TextEncoderConfig, TransformerConfig)
 from engine.errors import EngineError  # noqa: E402
 from engine.model import StreamModel, build_text_encoder, build_transformer  # noqa: E402
-from engine.runtime import RuntimeOptions, RuntimeStep, TorchStepRunner, attach_runtime, build_engines  # noqa: E402
+from engine.cache import policy_class  # noqa: E402
+from engine.runtime import RuntimeOptions, TorchStepRunner, attach_runtime, build_engines  # noqa: E402
+from engine.step import Stepper  # noqa: E402
 from engine.sampler import steps_for_chunk  # noqa: E402
 from engine.scheduler import BatchScheduler  # noqa: E402
 
@@ -211,9 +213,10 @@ def runtime_model(base: StreamModel, backend: str, args, device: str) -> tuple[S
     if backend == "compile" and args.tiny:
         # inductor's C++ build of even a tiny graph takes a minute on a small CPU: the dry
         # run checks the path through dynamo only
-        runner = TorchStepRunner(model.transformer, compile=True, backend="eager")
+        policy = policy_class(model.config.attention)
+        runner = TorchStepRunner(model.transformer, policy, compile=True, backend="eager")
         info["build_s"] = runner.warm_up(model.config)
-        model.step_fn = RuntimeStep(model, runner, args.max_batch)
+        model.step_fn = Stepper(model.transformer, policy, model.config.attention.backend, runner, args.max_batch)
         info["note"] = "dynamo only (--tiny)"
     elif backend in ("compile", "tensorrt", "onnxruntime"):
         options = RuntimeOptions(backend, args.engine_cache, args.max_batch)

@@ -5,7 +5,8 @@ for ODE regression.
 A rollout of B streams uses rows 0..B-1 of one cache, advancing in lockstep. Each chunk
 runs its denoising steps without gradient up to a random exit step, whose x0 prediction
 carries the gradient (Self-Forcing, Alg. 1); the t=0 refresh of the (detached) clean
-chunk then writes the cache for the next chunk.
+chunk, or without a refresh the exit step's own forward, writes the cache for the next
+chunk, exactly as a stream does.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention import block_causal_mask
+from engine.cache import KVCache, policy_class
 from engine.config import ModelConfig
-from engine.sampler import FewStepSampler, steps_for_chunk
-from engine.transformer import CausalWanTransformer, make_cache
+from engine.sampler import steps_for_chunk
+from engine.step import Stepper, chunk_steps
+from engine.transformer import CausalWanTransformer
 
 
 @dataclass
@@ -25,51 +28,44 @@ class Rollout:
     latents: torch.Tensor  # [B, C, F, h, w] clean latents; gradient through each chunk's exit step
     exit_steps: list[int]  # per chunk
     steps: list[int]  # denoising steps per chunk
-    context_latents: list[torch.Tensor]  # what each chunk's refresh wrote (detached), for diagonal training
+    context_latents: list[torch.Tensor]  # what each chunk's K/V were computed from (detached)
+    context_timesteps: list[float]  # ... and at which timestep (0: the clean refresh)
+    cache: KVCache  # the rows' cache after the last chunk
 
 
 def rollout(student: CausalWanTransformer, config: ModelConfig, context: torch.Tensor, chunks: int,
             generator: torch.Generator, grad: bool = True, exit_steps: list[int] | None = None) -> Rollout:
-    """context [B, L, D] projected text; returns `chunks` chunks of clean latents."""
+    """context [B, L, D] projected text; returns `chunks` chunks of clean latents. The chunk
+    loop and the step are the engine's own (engine/step.py): what the cache holds after a
+    rollout is what a stream's cache would hold for the same noise."""
     att, lat, samp = config.attention, config.latent, config.sampler
     b = context.shape[0]
-    cache = make_cache(student, config, rows=b)
+    cache = KVCache.for_model(config, student.rope_tables, b, student.device, student.dtype)
+    stepper = Stepper(student, policy_class(att), att.backend)
     rows = list(range(b))
-    out, exits, steps_used, written = [], [], [], []
+    out, exits, steps_used, written, written_t = [], [], [], [], []
     for j in range(chunks):
         shape = (b, lat.channels, att.chunk_frames, lat.latent_height, lat.latent_width)
-        x = torch.randn(shape, generator=generator)
-        sampler = FewStepSampler(samp)
+        noise = torch.randn(shape, generator=generator)
         steps = steps_for_chunk(samp, j)
-        sampler.set_timesteps(steps)
         exit_step = exit_steps[j] if exit_steps else int(torch.randint(steps, (1,), generator=generator))
-        for i in range(exit_step + 1):
-            t = sampler.timesteps[i].expand(b)
-            with torch.set_grad_enabled(grad and i == exit_step):
-                v = student.denoise(x, t, context, student.cached_attention(cache, rows, att.chunk_frames))
-                if i == exit_step:
-                    x0 = x - sampler.sigmas[i] * v  # x0 = x_t - s v
-                    break
-                x, _ = sampler.step(v, x, generator)
-        # What the cache will hold for this chunk: the clean x0 at t=0, or (refresh skipped,
-        # as in diagonal distillation) what inference commits: the last step's input, i.e.
-        # x0 re-noised to the last noise level, at that level's timestep.
-        with torch.no_grad():
-            if samp.refresh_context:
-                ctx_latents, ctx_t = x0.detach(), torch.zeros(b)
-            else:
-                s_last = sampler.sigmas[-1]
-                noise = torch.randn(x0.shape, generator=generator)
-                ctx_latents = (1 - s_last) * x0.detach() + s_last * noise
-                ctx_t = sampler.timesteps[-1].expand(b)
-            student.denoise(ctx_latents, ctx_t, context, student.cached_attention(cache, rows, att.chunk_frames))
-            for r in rows:
-                cache.commit(r)
+        loop = chunk_steps(samp, j, noise, generator, exit_step)
+        request = next(loop)
+        while True:
+            with torch.set_grad_enabled(grad and request.grad):
+                v = stepper(cache, rows, request.latents, torch.full((b,), request.timestep), context,
+                            [request.commit] * b)
+            try:
+                request = loop.send(v)
+            except StopIteration as done:
+                x0, committed = done.value
+                break
         out.append(x0)
         exits.append(exit_step)
         steps_used.append(steps)
-        written.append(ctx_latents)
-    return Rollout(torch.cat(out, dim=2), exits, steps_used, written)
+        written.append(committed.latents.detach())
+        written_t.append(committed.timestep)
+    return Rollout(torch.cat(out, dim=2), exits, steps_used, written, written_t, cache)
 
 
 def teacher_forcing_mask(frames: int, chunk: int, tokens_per_frame: int, device="cpu") -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Self-attention for the shared transformer: rotary positions in real arithmetic, and
-the ways a chunk may attend (bidirectional, explicit mask, KV cache).
+the ways a chunk may attend: bidirectional or an explicit mask here, the KV cache in
+engine/step.py.
 
 diffusers' `WanTransformerBlock` calls `attn1(x, None, None, rotary_emb)`; we install
 `SelfAttnProcessor` on every `attn1` and pass an attention *mode* object through that
@@ -12,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 
@@ -75,11 +75,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return dispatch_attention_fn(q, k, v, attn_mask=mask, backend=None if backend == "native" else backend)
 
 
-def linear_features(x: torch.Tensor) -> torch.Tensor:
-    """phi(x) = elu(x) + 1: the positive feature map of the linear temporal state."""
-    return F.elu(x.float()) + 1.0
-
-
 # --- attention modes -------------------------------------------------------------
 
 class AttentionMode:
@@ -90,7 +85,8 @@ class AttentionMode:
     def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def linear_readout(self, layer: int, q: torch.Tensor) -> torch.Tensor | None:
+    def readout(self, layer: int, q: torch.Tensor) -> torch.Tensor | None:
+        """What a cache policy's long-range state adds to the layer's attention output."""
         return None
 
 

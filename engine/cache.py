@@ -1,176 +1,301 @@
-"""The KV cache: preallocated ring buffers sized by sink + window, for one or many streams.
+"""The KV cache: preallocated buffers bounded by sink + window, for one or many streams, and
+the policies that decide what becomes of a frame leaving the window.
 
-Layout per layer and row (a row is one stream), in tokens::
+Layout per layer and row (a row is one stream), in frame slots of `tokens_per_frame` tokens:
 
-    [ current chunk | sink frames | window ring ]
+    [ current chunk | sink frames | window ring ]      slot_frames = chunk + sink + window
 
-The current chunk's K/V are written to the front slot on every denoising step, so
-attention reads one contiguous prefix of the buffer (a view, no concatenation). When a
-chunk is committed (the t=0 refresh pass, or its last step when refresh is skipped) its
-frames move into the sink until that is full, then into the ring; a frame leaving the
-ring is dropped (sink_window), folded into the sink by EMA (ema_sink), or folded into a
-linear-attention state (linear_state). Keys are stored without rotary embedding;
-positions are relative to the window (sink 0..S-1, then the ring oldest first, then the
-current chunk), so a stream can run forever.
+Attention always reads every slot (the fixed-slot form, engine/step.py): a key mask hides
+the slots that hold no data yet, and keys are stored without rotary embedding, their
+positions given per slot (sink 0..S-1, then the ring oldest first, then the current chunk),
+so shapes never change and a stream can run forever. The current chunk is left-aligned in
+its slot. Committing a chunk moves its frames into the sink until that is full, then into
+the ring; a frame leaving the ring goes to the policy:
+
+    sink_window   dropped (sink 0 and a long window: plain causal attention)
+    ema_sink      folded into a sink frame: sink <- a sink + (1 - a) evicted (Reward Forcing)
+    linear_state  folded into a running linear-attention state (sum phi(k) v^T, sum phi(k)),
+                  read by a zero-initialised projection in each block (Hybrid Forcing)
 
 All bookkeeping (fill levels, ring head) is host-side Python ints: no `.item()` or other
-device sync happens in attention or cache code.
+device sync happens in attention or cache code. Memory never grows with stream length.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from .attention import RopeTables, linear_features
+import torch
+import torch.nn.functional as F
+
 from .config import AttentionConfig
 
+if TYPE_CHECKING:
+    from .attention import RopeTables
+    from .config import ModelConfig
+
+
+def linear_features(x: torch.Tensor) -> torch.Tensor:
+    """phi(x) = elu(x) + 1: the positive feature map of the linear temporal state."""
+    return F.elu(x.float()) + 1.0
+
+
+# --- policies: what happens to a frame leaving the window ----------------------------------
+
+class SinkWindow:
+    """A frame leaving the window is dropped. The sink holds the stream's first frames as
+    they were, so a prompt switch recomputes them with the rest of the kept frames."""
+
+    state_names: tuple[str, ...] = ()
+    has_readout = False  # blocks need no temporal_state_out projection
+    keeps_sink_on_recache = False
+
+    def __init__(self, cache: "KVCache", attention: AttentionConfig):
+        self.cache = cache
+
+    @staticmethod
+    def state_bytes(layers: int, heads: int, head_dim: int) -> int:
+        """Bytes of policy state per row, beyond the K/V buffers."""
+        return 0
+
+    def reset(self, row: int) -> None:
+        pass
+
+    def evict(self, row: int, k_old: torch.Tensor, v_old: torch.Tensor) -> None:
+        """k_old, v_old: [L, tpf, H, Dh] of the frame leaving the window."""
+
+    def state(self, rows: slice | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows' state tensors, as the step function takes them (empty: none)."""
+        return {}
+
+    @staticmethod
+    def readout(layer: int, q: torch.Tensor, state: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """What the state adds to a block's attention output, before its projection."""
+        return None
+
+
+class EmaSink(SinkWindow):
+    """Reward Forcing's EMA sink: each evicted frame is folded into one sink frame in turn,
+    sink <- a * sink + (1 - a) * evicted. The sink then summarises the whole past, which the
+    kept latents cannot rebuild: a prompt switch keeps it and recomputes only the window."""
+
+    keeps_sink_on_recache = True
+
+    def __init__(self, cache: "KVCache", attention: AttentionConfig):
+        super().__init__(cache, attention)
+        self.decay = attention.ema_decay
+        self.next_slot = [0] * cache.rows  # sink frame the next evicted frame folds into
+
+    def reset(self, row: int) -> None:
+        self.next_slot[row] = 0
+
+    def evict(self, row, k_old, v_old):
+        cache, a = self.cache, self.decay
+        dst = cache.frame_slice(cache.sink_offset_frames + self.next_slot[row])
+        cache.k[:, row, dst].mul_(a).add_(k_old, alpha=1 - a)
+        cache.v[:, row, dst].mul_(a).add_(v_old, alpha=1 - a)
+        self.next_slot[row] = (self.next_slot[row] + 1) % cache.sink_frames
+
+
+class LinearState(SinkWindow):
+    """Hybrid Forcing's linear temporal state: every evicted token adds phi(k) v^T to S and
+    phi(k) to z (per layer, row and head); a query reads phi(q) S / (phi(q) z). The state is
+    the stream's long-range memory and survives a prompt switch."""
+
+    state_names = ("state_kv", "state_k")
+    has_readout = True
+
+    def __init__(self, cache: "KVCache", attention: AttentionConfig):
+        super().__init__(cache, attention)
+        shape = (cache.layers, cache.rows, cache.heads, cache.head_dim)
+        self.state_kv = torch.zeros(*shape, cache.head_dim, device=cache.k.device)  # [L, R, H, Dh, Dh]
+        self.state_k = torch.zeros(shape, device=cache.k.device)  # [L, R, H, Dh]
+
+    @staticmethod
+    def state_bytes(layers, heads, head_dim):
+        return layers * heads * head_dim * (head_dim + 1) * 4
+
+    def reset(self, row):
+        self.state_kv[:, row].zero_()
+        self.state_k[:, row].zero_()
+
+    def evict(self, row, k_old, v_old):
+        phi = linear_features(k_old)  # [L, tpf, H, Dh]
+        self.state_kv[:, row] += torch.einsum("lnhd,lnhe->lhde", phi, v_old.float())
+        self.state_k[:, row] += phi.sum(dim=1)
+
+    def state(self, rows):
+        return {"state_kv": self.state_kv[:, rows], "state_k": self.state_k[:, rows]}
+
+    @staticmethod
+    def readout(layer, q, state):  # q [B, N, H, Dh] -> [B, N, H, Dh]
+        phi = linear_features(q)
+        num = torch.einsum("bnhd,bhde->bnhe", phi, state["state_kv"][layer])
+        den = torch.einsum("bnhd,bhd->bnh", phi, state["state_k"][layer]).unsqueeze(-1)
+        return num / (den + 1e-6)
+
+
+POLICIES: dict[str, type[SinkWindow]] = {"sink_window": SinkWindow, "ema_sink": EmaSink,
+                                         "linear_state": LinearState}
+
+
+def policy_class(attention: AttentionConfig) -> type[SinkWindow]:
+    """The policy of a config. A bidirectional ('full') model streamed chunk by chunk keeps
+    its cache as sink_window does (a teacher is not trained for it, but it runs)."""
+    return POLICIES.get(attention.policy, SinkWindow)
+
+
+# --- the cache ------------------------------------------------------------------------------
 
 class KVCache:
     def __init__(self, *, rows: int, layers: int, heads: int, head_dim: int, tokens_per_frame: int,
-                 attention: AttentionConfig, rope: RopeTables, device: torch.device | str = "cpu",
+                 attention: AttentionConfig, rope: "RopeTables", device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32):
-        self.rows, self.layers = rows, layers
+        self.rows, self.layers, self.heads, self.head_dim = rows, layers, heads, head_dim
         self.tpf = tokens_per_frame
         self.chunk_frames = attention.chunk_frames
         self.sink_frames = attention.sink_frames
         self.window_frames = attention.window_frames
-        self.policy = attention.policy
-        self.ema_decay = attention.ema_decay
         self.rope = rope
-        slots = (self.chunk_frames + self.sink_frames + self.window_frames) * tokens_per_frame
-        self.k = torch.zeros(layers, rows, slots, heads, head_dim, device=device, dtype=dtype)
+        self.k = torch.zeros(layers, rows, self.slot_frames(attention) * tokens_per_frame, heads, head_dim,
+                             device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
-        if self.policy == "linear_state":
-            # sum phi(k) v^T and sum phi(k) over every evicted token, per layer/row/head
-            self.state_kv = torch.zeros(layers, rows, heads, head_dim, head_dim, device=device)
-            self.state_k = torch.zeros(layers, rows, heads, head_dim, device=device)
+        self.policy = policy_class(attention)(self, attention)
         self.sink_filled = [0] * rows  # frames
         self.window_filled = [0] * rows
         self.ring_head = [0] * rows  # next ring slot to write (the oldest frame once full)
-        self.ema_slot = [0] * rows  # sink frame the next evicted frame folds into
         self.current_frames = [0] * rows
-        self._positions: dict[int, torch.Tensor] = {}
+        self._layouts: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]] = {}
+
+    @classmethod
+    def for_model(cls, config: "ModelConfig", rope: "RopeTables", rows: int, device: torch.device | str,
+                  dtype: torch.dtype) -> "KVCache":
+        t = config.transformer
+        return cls(rows=rows, layers=t.num_layers, heads=t.num_attention_heads, head_dim=t.attention_head_dim,
+                   tokens_per_frame=config.tokens_per_frame, attention=config.attention, rope=rope, device=device,
+                   dtype=dtype)
 
     # --- sizes -------------------------------------------------------------------------
-    @property
-    def sink_offset(self) -> int:
-        return self.chunk_frames * self.tpf
+    @staticmethod
+    def slot_frames(attention: AttentionConfig) -> int:
+        return attention.chunk_frames + attention.sink_frames + attention.window_frames
+
+    @classmethod
+    def bytes_per_row(cls, config: "ModelConfig", dtype: torch.dtype) -> int:
+        """One stream's buffers and policy state, from the config alone (admission decides
+        with it before anything is allocated)."""
+        t, att = config.transformer, config.attention
+        kv = 2 * t.num_layers * cls.slot_frames(att) * config.tokens_per_frame * t.inner_dim * dtype.itemsize
+        return kv + policy_class(att).state_bytes(t.num_layers, t.num_attention_heads, t.attention_head_dim)
 
     @property
-    def ring_offset(self) -> int:
-        return (self.chunk_frames + self.sink_frames) * self.tpf
+    def sink_offset_frames(self) -> int:
+        return self.chunk_frames
+
+    @property
+    def ring_offset_frames(self) -> int:
+        return self.chunk_frames + self.sink_frames
+
+    def frame_slice(self, frame_slot: int) -> slice:
+        """Token range of one frame slot."""
+        return slice(frame_slot * self.tpf, (frame_slot + 1) * self.tpf)
 
     def nbytes(self) -> int:
-        extra = 0
-        if self.policy == "linear_state":
-            extra = self.state_kv.nbytes + self.state_k.nbytes
-        return self.k.nbytes + self.v.nbytes + extra
+        return self.k.nbytes + self.v.nbytes + sum(t.nbytes for t in self.policy.state(slice(None)).values())
 
     def context_frames(self, row: int) -> int:
         return self.sink_filled[row] + self.window_filled[row]
 
-    def valid_range(self, row: int) -> tuple[int, int]:
-        """Token range [start, end) of the contiguous prefix holding data for `row`.
-        The current chunk is right-aligned in its slot, and the ring is only written once
-        the sink is full, so current + sink + ring are always contiguous."""
-        start = (self.chunk_frames - self.current_frames[row]) * self.tpf
-        if self.sink_filled[row] < self.sink_frames:
-            return start, self.sink_offset + self.sink_filled[row] * self.tpf
-        return start, self.ring_offset + self.window_filled[row] * self.tpf
-
     # --- lifecycle ---------------------------------------------------------------------
     def reset(self, row: int) -> None:
-        self.sink_filled[row] = self.window_filled[row] = 0
-        self.ring_head[row] = self.ema_slot[row] = self.current_frames[row] = 0
-        if self.policy == "linear_state":
-            self.state_kv[:, row].zero_()
-            self.state_k[:, row].zero_()
-        self._positions.pop(row, None)
+        self.sink_filled[row] = self.window_filled[row] = self.ring_head[row] = self.current_frames[row] = 0
+        self.policy.reset(row)
+        self._layouts.pop(row, None)
+
+    def restart_window(self, row: int) -> None:
+        """Empty the window (and the sink, unless the policy keeps it) for a re-cache after a
+        prompt switch; policy state (EMA sink, linear state) is kept: it is the stream's
+        long-range memory, which the kept latents cannot rebuild."""
+        if not self.policy.keeps_sink_on_recache:
+            self.sink_filled[row] = 0
+        self.window_filled[row] = self.ring_head[row] = self.current_frames[row] = 0
+        self._layouts.pop(row, None)
 
     def begin_chunk(self, row: int, frames: int) -> None:
-        """Declare the frame count of the chunk that the next forwards write."""
+        """Declare the frame count of the chunk that the next forwards compute."""
         if frames > self.chunk_frames:
             raise ValueError(f"chunk of {frames} frames exceeds chunk_frames {self.chunk_frames}")
-        self.current_frames[row] = frames
-        self._positions.pop(row, None)
+        if self.current_frames[row] != frames:
+            self.current_frames[row] = frames
+            self._layouts.pop(row, None)
 
-    # --- positions ---------------------------------------------------------------------
-    def frame_positions(self, row: int) -> torch.Tensor:
-        """Relative frame position of every slot of the valid prefix: [current | sink | ring]."""
-        cached = self._positions.get(row)
+    # --- what attention reads -----------------------------------------------------------
+    def _layout(self, row: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Per row, cached until its bookkeeping changes: RoPE cos, sin [S, 1, Dh/2] of every
+        slot's token, which slots hold data [S] bool, and whether all do."""
+        cached = self._layouts.get(row)
         if cached is not None:
             return cached
-        s, w, head = self.sink_filled[row], self.window_filled[row], self.ring_head[row]
-        cur = list(range(s + w, s + w + self.current_frames[row]))
-        ring = [s + (j - head) % w for j in range(w)] if w else []
-        pos = torch.tensor(cur + list(range(s)) + ring, dtype=torch.long, device=self.rope.t_cos.device)
-        self._positions[row] = pos
-        return pos
+        s, w, head, f = self.sink_filled[row], self.window_filled[row], self.ring_head[row], self.current_frames[row]
+        positions = [s + w + i for i in range(self.chunk_frames)] + list(range(self.sink_frames)) + \
+            [s + (j - head) % w if w else 0 for j in range(self.window_frames)]
+        valid = [i < f for i in range(self.chunk_frames)] + [j < s for j in range(self.sink_frames)] + \
+            [j < w for j in range(self.window_frames)]
+        device = self.rope.t_cos.device
+        cos, sin = self.rope.for_frames(torch.tensor(positions, device=device))
+        mask = torch.tensor(valid, device=device).repeat_interleave(self.tpf)
+        layout = (cos, sin, mask, all(valid))
+        self._layouts[row] = layout
+        return layout
 
-    def query_positions(self, row: int) -> torch.Tensor:
-        return self.frame_positions(row)[: self.current_frames[row]]
+    def rows_index(self, rows: list[int]) -> slice | torch.Tensor:
+        """A slice when the rows are contiguous (the buffers' rows are then a view), else an
+        index tensor (a gather)."""
+        r0 = rows[0]
+        if rows == list(range(r0, r0 + len(rows))):
+            return slice(r0, r0 + len(rows))
+        return torch.tensor(rows, device=self.k.device)
 
-    # --- per-layer access (hot path) -------------------------------------------------
-    def write_current(self, layer: int, row: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [1, n, H, Dh] pre-RoPE keys/values of the current chunk."""
-        start = (self.chunk_frames - self.current_frames[row]) * self.tpf
-        self.k[layer, row, start : start + k.shape[1]].copy_(k[0])
-        self.v[layer, row, start : start + v.shape[1]].copy_(v[0])
+    def attention_inputs(self, rows: list[int], mask_optional: bool = True) -> dict[str, torch.Tensor | None]:
+        """The cache-side inputs of the step function for `rows` (engine/step.py):
+        cache_k, cache_v [L, B, S, H, Dh]; key_cos, key_sin [B, S, 1, Dh/2]; key_mask [B, S]
+        (None when every slot of every row holds data and `mask_optional`: torch then takes
+        the unmasked attention kernel); and the policy's state tensors."""
+        index = self.rows_index(rows)
+        layouts = [self._layout(r) for r in rows]
+        cos, sin, mask = (layouts[0][i][None] if len(rows) == 1 else torch.stack([lay[i] for lay in layouts])
+                          for i in range(3))
+        if mask_optional and all(lay[3] for lay in layouts):
+            mask = None
+        return {"cache_k": self.k[:, index], "cache_v": self.v[:, index], "key_cos": cos, "key_sin": sin,
+                "key_mask": mask, **self.policy.state(index)}
 
-    def view(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[1, valid, H, Dh] views of current + sink + ring (no copy)."""
-        start, end = self.valid_range(row)
-        return self.k[layer, row : row + 1, start:end], self.v[layer, row : row + 1, start:end]
+    # --- writing --------------------------------------------------------------------------
+    def store_current(self, rows: list[int], new_k: torch.Tensor, new_v: torch.Tensor) -> None:
+        """The chunk's pre-RoPE K/V [L, B, n, H, Dh] into the rows' current-chunk slot."""
+        n = new_k.shape[2]
+        for i, row in enumerate(rows):
+            self.k[:, row, :n] = new_k[:, i].detach()
+            self.v[:, row, :n] = new_v[:, i].detach()
 
-    def context_view(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """[1, context, H, Dh] views of sink + ring only, for a forward that carries its
-        own K/V with gradients instead of writing them into the buffer."""
-        _, end = self.valid_range(row)
-        return self.k[layer, row : row + 1, self.sink_offset : end], self.v[layer, row : row + 1, self.sink_offset : end]
-
-    # --- commit: move the current chunk into sink / ring -----------------------------
     @torch.no_grad()
     def commit(self, row: int) -> None:
-        """Move the current slot's frames into the sink / ring, evicting as the policy says.
+        """Move the current slot's frames into the sink / ring, evicting through the policy.
         All layers at once; runs once per chunk, not per layer."""
-        tpf = self.tpf
-        first = self.chunk_frames - self.current_frames[row]
-        for f in range(first, self.chunk_frames):
-            src = slice(f * tpf, (f + 1) * tpf)
-            k_new, v_new = self.k[:, row, src], self.v[:, row, src]  # [L, tpf, H, Dh]
+        for f in range(self.current_frames[row]):
+            k_new, v_new = self.k[:, row, self.frame_slice(f)], self.v[:, row, self.frame_slice(f)]  # [L, tpf, H, Dh]
             if self.sink_filled[row] < self.sink_frames:
-                dst = self.sink_offset + self.sink_filled[row] * tpf
-                self.k[:, row, dst : dst + tpf] = k_new
-                self.v[:, row, dst : dst + tpf] = v_new
+                dst = self.frame_slice(self.sink_offset_frames + self.sink_filled[row])
                 self.sink_filled[row] += 1
-                continue
-            slot = self.ring_head[row]
-            dst = slice(self.ring_offset + slot * tpf, self.ring_offset + (slot + 1) * tpf)
-            if self.window_filled[row] == self.window_frames:
-                self._evict(row, self.k[:, row, dst], self.v[:, row, dst])
             else:
-                self.window_filled[row] += 1
+                slot = self.ring_head[row]
+                dst = self.frame_slice(self.ring_offset_frames + slot)
+                if self.window_filled[row] == self.window_frames:
+                    self.policy.evict(row, self.k[:, row, dst], self.v[:, row, dst])
+                else:
+                    self.window_filled[row] += 1
+                self.ring_head[row] = (slot + 1) % self.window_frames
             self.k[:, row, dst] = k_new
             self.v[:, row, dst] = v_new
-            self.ring_head[row] = (slot + 1) % self.window_frames
         self.current_frames[row] = 0
-        self._positions.pop(row, None)
-
-    def _evict(self, row: int, k_old: torch.Tensor, v_old: torch.Tensor) -> None:
-        """k_old, v_old: [L, tpf, H, Dh] of the frame leaving the window."""
-        if self.policy == "ema_sink":
-            # Reward Forcing's EMA sink: sink <- a * sink + (1 - a) * evicted, frame-aligned.
-            a = self.ema_decay
-            dst = slice(self.sink_offset + self.ema_slot[row] * self.tpf,
-                        self.sink_offset + (self.ema_slot[row] + 1) * self.tpf)
-            self.k[:, row, dst].mul_(a).add_(k_old, alpha=1 - a)
-            self.v[:, row, dst].mul_(a).add_(v_old, alpha=1 - a)
-            self.ema_slot[row] = (self.ema_slot[row] + 1) % self.sink_frames
-        elif self.policy == "linear_state":
-            # Hybrid Forcing's linear temporal state: S += phi(k)^T v, z += sum phi(k).
-            phi = linear_features(k_old)  # [L, tpf, H, Dh]
-            self.state_kv[:, row] += torch.einsum("lnhd,lnhe->lhde", phi, v_old.float())
-            self.state_k[:, row] += phi.sum(dim=1)
-
-    def linear_state(self, layer: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.state_kv[layer, row : row + 1], self.state_k[layer, row : row + 1]
+        self._layouts.pop(row, None)

@@ -63,6 +63,11 @@ class AttentionConfig(_Config):
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
     backend: str = "native"  # a diffusers attention backend name: native (torch SDPA), xformers, flash ...
 
+    @property
+    def streaming(self) -> bool:
+        """Chunks attend through a KV cache (every policy but the teacher's 'full')."""
+        return self.policy != "full"
+
     @model_validator(mode="after")
     def _check(self) -> "AttentionConfig":
         if self.policy == "ema_sink" and self.sink_frames < 1:

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .cache import KVCache, policy_class
 from .components import build_decoder, build_text_encoder
 from .config import AttentionConfig, LatentConfig, ModelConfig, TextEncoderConfig, TransformerConfig
 from .errors import CheckpointError, InvalidInput, ModelNotFound
 from .runtime import RuntimeOptions, attach_runtime
 from .session import Forward, StreamSession, check_prompt
-from .transformer import CausalWanTransformer, build_transformer, make_cache
+from .step import Stepper
+from .transformer import CausalWanTransformer, build_transformer
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,9 @@ class StreamModel:
         self.model_dir = model_dir
         self._contexts: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._contexts_lock = threading.Lock()
-        # (cache, rows, latents, timestep, context) -> flow: one denoising step of a chunk.
-        # A runtime backend (engine/runtime) replaces it; eager_step stays its fallback.
-        self.step_fn: Callable[..., torch.Tensor] = self.eager_step
+        # (cache, rows, latents, timestep, context, commit) -> flow: one forward of a chunk
+        # (engine/step.py). A runtime backend (engine/runtime) gives it a compiled runner.
+        self.step_fn = Stepper(transformer, policy_class(config.attention), config.attention.backend)
 
     # --- facts ---------------------------------------------------------------------
     @property
@@ -96,16 +98,11 @@ class StreamModel:
         return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
 
     def session_memory_bytes(self) -> int:
-        """KV cache (+ linear state) of one stream, from the config, without allocating."""
-        cfg, t, att = self.config, self.config.transformer, self.config.attention
-        slots = (att.chunk_frames + att.sink_frames + att.window_frames) * cfg.tokens_per_frame
-        kv = 2 * t.num_layers * slots * t.inner_dim * torch.finfo(self.dtype).bits // 8
-        state = 0
-        if att.policy == "linear_state":
-            state = t.num_layers * t.num_attention_heads * t.attention_head_dim * (t.attention_head_dim + 1) * 4
+        """One stream's KV cache, policy state and kept latents, from the config, without allocating."""
+        cfg, att = self.config, self.config.attention
         latents = (att.sink_frames + att.window_frames) * cfg.latent.channels * \
             cfg.latent.latent_height * cfg.latent.latent_width * 4
-        return kv + state + latents
+        return KVCache.bytes_per_row(cfg, self.dtype) + latents
 
     # --- prompts ---------------------------------------------------------------------
     @torch.no_grad()
@@ -124,8 +121,8 @@ class StreamModel:
         return context
 
     # --- sessions ----------------------------------------------------------------------
-    def new_cache(self, rows: int = 1):
-        return make_cache(self.transformer, self.config, rows)
+    def new_cache(self, rows: int = 1) -> KVCache:
+        return KVCache.for_model(self.config, self.transformer.rope_tables, rows, self.device, self.dtype)
 
     def open_session(self, prompt: str, seed: int | None = None) -> StreamSession:
         return StreamSession(self, prompt, seed)
@@ -145,18 +142,10 @@ class StreamModel:
             latents = torch.cat([r.latents for r in batch])  # [B, C, F, h, w]
             timestep = torch.tensor([r.timestep for r in batch], device=self.device)
             context = torch.cat([r.context for r in batch])
-            flow = self.step_fn(cache, rows, latents, timestep, context)
-            for j, (i, req) in enumerate(zip(idx, batch)):
+            flow = self.step_fn(cache, rows, latents, timestep, context, [r.commit for r in batch])
+            for j, i in enumerate(idx):
                 outputs[i] = flow[j : j + 1]
-                if req.commit:
-                    cache.commit(req.session.row)
         return outputs  # type: ignore[return-value]
-
-    def eager_step(self, cache, rows: list[int], latents: torch.Tensor, timestep: torch.Tensor,
-                   context: torch.Tensor) -> torch.Tensor:
-        """The reference step: CachedAttention writes the chunk's K/V into the cache in place."""
-        attention = self.transformer.cached_attention(cache, rows, latents.shape[2])
-        return self.transformer.denoise(latents, timestep, context, attention)
 
     def generate_clip(self, prompt: str, seconds: float, seed: int | None = None,
                       progress: Callable[[float], None] | None = None) -> np.ndarray:

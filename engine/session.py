@@ -6,10 +6,11 @@ after a prompt switch) and receives each forward's output through `send`. Runnin
 session alone (`next_chunk`) and batching many sessions into one forward (the
 scheduler) therefore share every line of the sampling logic.
 
-Per chunk (Self-Forcing inference):
+Per chunk (Self-Forcing inference, engine/step.py's chunk_steps):
     x ~ N(0, I);  for each step i: v = f(x, t_i, ctx, cache); x, x0 = sampler.step(v, x)
     refresh: f(x0, 0, ctx, cache) writes the clean chunk's K/V (or the last step's)
     frames = decoder.decode_chunk(x0, decoder_state)
+A prompt switch replays the kept frames under the new prompt first (LongLive's re-cache).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from .cache import KVCache
 from .errors import InvalidPrompt, InvalidSeed, SessionClosed
-from .sampler import FewStepSampler, steps_for_chunk
+from .step import StepRequest, chunk_steps
 
 if TYPE_CHECKING:
     from .model import StreamModel
@@ -88,10 +89,10 @@ class StreamSession:
         self.row = row
         self.cache.reset(row)
         att = model.config.attention
-        self.sink_latents: list[torch.Tensor] = []  # the first sink_frames clean frames [C, h, w]
-        self.window_latents: deque[torch.Tensor] = deque(maxlen=att.window_frames)
+        # What the cache's frames were computed from: ([C, h, w] latents, timestep) per frame.
+        self.sink_latents: list[tuple[torch.Tensor, float]] = []
+        self.window_latents: deque[tuple[torch.Tensor, float]] = deque(maxlen=att.window_frames)
         self.decoder_state = model.decoder.init_decoder_state(1)
-        self.sampler = FewStepSampler(model.config.sampler)
         self.chunk_index = 0
         self.closed = False
         self._lock = threading.Lock()
@@ -131,7 +132,7 @@ class StreamSession:
 
     # --- the work of one chunk ----------------------------------------------------
     def chunk_work(self) -> Generator[Forward, torch.Tensor, Chunk]:
-        """Yields the forwards of the next chunk; returns the Chunk."""
+        """Yields the forwards of the next chunk (engine/step.py's chunk_steps); returns the Chunk."""
         with self._lock:
             self._in_chunk = True
             pending, self._pending = self._pending, None
@@ -144,19 +145,16 @@ class StreamSession:
         cfg = self.model.config
         att, lat = cfg.attention, cfg.latent
         shape = (1, lat.channels, att.chunk_frames, lat.latent_height, lat.latent_width)
-        x = torch.randn(shape, generator=self.generator, device=self.model.device).to(self.model.dtype)
-        self.sampler.set_timesteps(steps_for_chunk(cfg.sampler, self.chunk_index))
-        refresh = cfg.sampler.refresh_context
-        while True:
-            t = float(self.sampler.timesteps[self.sampler.step_index])
-            last = self.sampler.is_last
-            v = yield Forward(self, x, t, self.context, commit=last and not refresh)
-            x, x0 = self.sampler.step(v, x, self.generator)
-            if last:
-                break
-        if refresh:
-            yield Forward(self, x0, 0.0, self.context, commit=True)
-        self._keep(x0)
+        noise = torch.randn(shape, generator=self.generator, device=self.model.device).to(self.model.dtype)
+        steps = chunk_steps(cfg.sampler, self.chunk_index, noise, self.generator)
+        request = next(steps)
+        try:
+            while True:
+                v = yield Forward(self, request.latents, request.timestep, self.context, request.commit)
+                request = steps.send(v)
+        except StopIteration as done:
+            x0, committed = done.value
+        self._keep(committed)
 
         with torch.no_grad():  # decoding never trains: no autograd graph per streamed chunk
             video, self.decoder_state = self.model.decoder.decode_chunk(x0, self.decoder_state)
@@ -167,22 +165,27 @@ class StreamSession:
             self._in_chunk = False
         return chunk
 
-    def _keep(self, x0: torch.Tensor) -> None:
-        """Remember clean latent frames for re-caching: the sink's and the window's."""
+    def _keep(self, committed: StepRequest) -> None:
+        """Remember what the cache's frames were computed from (the clean chunk at t=0, or
+        without a refresh the last step's input at its timestep), for re-caching."""
         sink_frames = self.model.config.attention.sink_frames
-        for f in range(x0.shape[2]):
-            frame = x0[0, :, f]
+        for f in range(committed.latents.shape[2]):
+            frame = (committed.latents[0, :, f], committed.timestep)
             if len(self.sink_latents) < sink_frames:
                 self.sink_latents.append(frame)
             else:
                 self.window_latents.append(frame)
 
     def _recache(self) -> Generator[Forward, torch.Tensor, None]:
-        """LongLive's KV re-cache: rebuild the cache from the kept clean latents under the
-        new prompt, so the scene carries on but follows the new text."""
-        self.cache.reset(self.row)
-        frames = self.sink_latents + list(self.window_latents)
+        """LongLive's KV re-cache: recompute the kept frames' K/V under the new prompt, so the
+        scene carries on but follows the new text. The policy's long-range memory (an EMA
+        sink, a linear state) is kept as it is: the kept latents cannot rebuild it."""
+        self.cache.restart_window(self.row)
+        kept = list(self.window_latents)
+        if not self.cache.policy.keeps_sink_on_recache:
+            kept = self.sink_latents + kept
         step = self.model.config.attention.chunk_frames
-        for i in range(0, len(frames), step):
-            group = torch.stack(frames[i : i + step], dim=1).unsqueeze(0)  # [1, C, F, h, w]
-            yield Forward(self, group, 0.0, self.context, commit=True)
+        for i in range(0, len(kept), step):
+            group = kept[i : i + step]
+            latents = torch.stack([frame for frame, _ in group], dim=1).unsqueeze(0)  # [1, C, F, h, w]
+            yield Forward(self, latents, group[0][1], self.context, commit=True)

@@ -3,7 +3,7 @@
 `CausalWanTransformer` *is* diffusers' `WanTransformer3DModel` (same modules, same
 parameter names, so a Wan2.1 checkpoint in diffusers format loads as is). What it adds:
 - `SelfAttnProcessor` on every block's `attn1`, which hands pre-RoPE q/k/v to an
-  attention mode (bidirectional, masked, or KV-cached streaming);
+  attention mode (bidirectional, masked, or KV-cached streaming: engine/step.py);
 - `denoise()`, one forward for training and inference: per-frame timesteps, a
   pre-projected text context (projected once per prompt, not per chunk), any mode;
 - an optional zero-initialised `temporal_state_out` projection per block for the linear
@@ -18,15 +18,19 @@ import torch
 import torch.nn as nn
 from diffusers import WanTransformer3DModel
 
-from .attention import AttentionMode, FullAttention, RopeTables, apply_rope, attend, linear_features
-from .cache import KVCache
+from .attention import AttentionMode, FullAttention, RopeTables
+from .cache import POLICIES
 from .config import ModelConfig
 from .errors import ShapeMismatch
 
 
 class SelfAttnProcessor:
-    """Replaces diffusers' WanAttnProcessor on `attn1`. The block passes our attention
-    mode through its `rotary_emb` argument."""
+    """Replaces diffusers' WanAttnProcessor on `attn1`.
+
+    The attention mode arrives through the block's `rotary_emb` argument: diffusers'
+    WanTransformerBlock passes that one object straight to `attn1`, so using it keeps the
+    block's own forward (norms, modulation, cross-attention, FFN) and parameter names as
+    diffusers has them, rather than a second copy of the block written here."""
 
     def __init__(self, layer: int):
         self.layer = layer
@@ -39,88 +43,10 @@ class SelfAttnProcessor:
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
         out = mode(self.layer, q, k, v).flatten(2).type_as(q)  # [B, N, D]
         out = attn.to_out[1](attn.to_out[0](out))
-        readout = mode.linear_readout(self.layer, q)
+        readout = mode.readout(self.layer, q)  # a cache policy's long-range state, if it has one
         if readout is not None:
             out = out + attn.temporal_state_out(readout.flatten(2).type_as(out))
         return out
-
-
-@dataclass
-class CachedAttention(AttentionMode):
-    """Streaming attention of the current chunk of `rows` over their KV cache.
-
-    Without gradients the chunk's K/V are written into the cache's current slot and
-    attention reads one contiguous view. With gradients (self-forcing training) they are
-    concatenated instead, so autograd sees them and the buffer is never overwritten
-    under a pending backward."""
-
-    cache: KVCache
-    rows: list[int]
-    frames: int
-    backend: str = "native"
-    q_cos: torch.Tensor = field(init=False)
-    q_sin: torch.Tensor = field(init=False)
-    k_cos: torch.Tensor = field(init=False)
-    k_sin: torch.Tensor = field(init=False)
-    mask: torch.Tensor | None = field(init=False, default=None)
-
-    def __post_init__(self):
-        cache, rope = self.cache, self.cache.rope
-        for row in self.rows:
-            if cache.current_frames[row] != self.frames:
-                cache.begin_chunk(row, self.frames)
-        k_pos = [cache.frame_positions(r) for r in self.rows]
-        q_pos = torch.stack([p[: self.frames] for p in k_pos])  # [B, F]
-        self.q_cos, self.q_sin = rope.for_frames(q_pos)  # [B, F*T, 1, Dh/2]
-        longest = max(len(p) for p in k_pos)
-        padded = torch.stack([nn.functional.pad(p, (0, longest - len(p))) for p in k_pos])
-        self.k_cos, self.k_sin = rope.for_frames(padded)  # [B, Fk*T, 1, Dh/2]
-        if len(self.rows) > 1 and any(len(p) != longest for p in k_pos):
-            tpf = cache.tpf
-            lengths = torch.tensor([len(p) * tpf for p in k_pos], device=padded.device)
-            self.mask = (torch.arange(longest * tpf, device=padded.device)[None] < lengths[:, None])[:, None, None]
-
-    def _rows_index(self):
-        """A slice when the rows are contiguous (a view, no gather), else an index tensor."""
-        r0 = self.rows[0]
-        if self.rows == list(range(r0, r0 + len(self.rows))):
-            return slice(r0, r0 + len(self.rows))
-        return torch.tensor(self.rows, device=self.cache.k.device)
-
-    def _keys(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cache = self.cache
-        rows = self._rows_index()
-        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
-            # Training rollouts advance their rows in lockstep, so every row has the same fill.
-            if self.mask is not None:
-                raise NotImplementedError("gradient forwards need rows at the same cache fill")
-            _, end = cache.valid_range(self.rows[0])
-            kc, vc = cache.k[layer, rows, cache.sink_offset : end], cache.v[layer, rows, cache.sink_offset : end]
-            return torch.cat([k, kc.to(k.dtype)], dim=1), torch.cat([v, vc.to(v.dtype)], dim=1)
-        if len(self.rows) == 1:
-            cache.write_current(layer, self.rows[0], k, v)
-            return cache.view(layer, self.rows[0])
-        for i, row in enumerate(self.rows):
-            cache.write_current(layer, row, k[i : i + 1], v[i : i + 1])
-        start = cache.valid_range(self.rows[0])[0]
-        end = start + self.k_cos.shape[1]
-        return cache.k[layer, rows, start:end], cache.v[layer, rows, start:end]
-
-    def __call__(self, layer, q, k, v):
-        keys, values = self._keys(layer, k, v)
-        q = apply_rope(q, self.q_cos, self.q_sin)
-        keys = apply_rope(keys, self.k_cos, self.k_sin)
-        return attend(q, keys.to(q.dtype), values.to(q.dtype), self.mask, self.backend)
-
-    def linear_readout(self, layer, q):
-        if self.cache.policy != "linear_state":
-            return None
-        rows = self._rows_index()
-        s_kv, s_k = self.cache.state_kv[layer, rows], self.cache.state_k[layer, rows]  # [B,H,D,D], [B,H,D]
-        phi = linear_features(q)  # [B, N, H, D]
-        num = torch.einsum("bnhd,bhde->bnhe", phi, s_kv)
-        den = torch.einsum("bnhd,bhd->bnh", phi, s_k).unsqueeze(-1)
-        return num / (den + 1e-6)
 
 
 class CausalWanTransformer(WanTransformer3DModel):
@@ -136,7 +62,8 @@ class CausalWanTransformer(WanTransformer3DModel):
         self.attention_backend = config.attention.backend
         for i, block in enumerate(self.blocks):
             block.attn1.set_processor(SelfAttnProcessor(i))
-            if config.attention.policy == "linear_state" and not hasattr(block.attn1, "temporal_state_out"):
+            policy = POLICIES.get(config.attention.policy)  # None: 'full' attention keeps no cache
+            if policy is not None and policy.has_readout and not hasattr(block.attn1, "temporal_state_out"):
                 proj = nn.Linear(t.inner_dim, t.inner_dim)
                 nn.init.zeros_(proj.weight)
                 nn.init.zeros_(proj.bias)
@@ -171,9 +98,6 @@ class CausalWanTransformer(WanTransformer3DModel):
         pos = torch.arange(frames, device=self.rope_tables.t_cos.device) if positions is None else positions
         cos, sin = self.rope_tables.for_frames(pos)
         return FullAttention(cos[None], sin[None], mask, self.attention_backend)
-
-    def cached_attention(self, cache: KVCache, rows: list[int], frames: int) -> CachedAttention:
-        return CachedAttention(cache, rows, frames, self.attention_backend)
 
     def embed_patches(self, latents: torch.Tensor) -> torch.Tensor:
         """The Conv3d patch embedding as one matmul over non-overlapping patches: the same
@@ -232,12 +156,4 @@ def build_transformer(config: ModelConfig, device: str | torch.device = "cpu",
     return model.enable_streaming(config)
 
 
-def make_cache(model: CausalWanTransformer, config: ModelConfig, rows: int = 1) -> KVCache:
-    t = config.transformer
-    return KVCache(rows=rows, layers=t.num_layers, heads=t.num_attention_heads, head_dim=t.attention_head_dim,
-                   tokens_per_frame=config.tokens_per_frame, attention=config.attention, rope=model.rope_tables,
-                   device=model.device, dtype=model.dtype)
-
-
-__all__ = ["CausalWanTransformer", "CachedAttention", "SelfAttnProcessor", "build_transformer", "make_cache",
-           "apply_rope", "attend"]
+__all__ = ["CausalWanTransformer", "SelfAttnProcessor", "build_transformer"]

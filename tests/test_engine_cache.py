@@ -2,7 +2,7 @@
 
 import torch
 
-from engine.attention import linear_features
+from engine.cache import LinearState, linear_features
 from tests.engine_helpers import tiny_model
 
 
@@ -13,8 +13,7 @@ def fill(cache, row, frames, tpf, layers, heads, dim, gen):
         k = torch.randn(layers, tpf, heads, dim, generator=gen)
         v = torch.randn(layers, tpf, heads, dim, generator=gen)
         cache.begin_chunk(row, 1)
-        for layer in range(layers):
-            cache.write_current(layer, row, k[layer][None], v[layer][None])
+        cache.store_current([row], k[:, None], v[:, None])  # [L, 1, tpf, H, D]
         cache.commit(row)
         ks.append(k)
         vs.append(v)
@@ -33,15 +32,17 @@ def test_ema_sink_matches_formula():
     ks, vs = fill(cache, 1, 9, tpf, layers, heads, dim, torch.Generator().manual_seed(0))
     # frames 0,1 -> sink; 2,3,4 -> ring; 5..8 each evict the oldest ring frame (2,3,4,5)
     # into sink slots 0,1,0,1 in turn.
-    sink_k = [ks[0].clone(), ks[1].clone()]
-    for i, evicted in enumerate([2, 3, 4, 5]):
-        slot = i % 2
-        sink_k[slot] = 0.9 * sink_k[slot] + 0.1 * ks[evicted]
-    got = cache.k[:, 1, cache.sink_offset : cache.ring_offset].unflatten(1, (2, tpf))  # [L, 2, tpf, H, D]
-    torch.testing.assert_close(got[:, 0], sink_k[0], atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(got[:, 1], sink_k[1], atol=1e-6, rtol=1e-6)
+    sink = slice(cache.sink_offset_frames * tpf, cache.ring_offset_frames * tpf)
+    for buffer, frames in ((cache.k, ks), (cache.v, vs)):  # keys and values alike
+        expected = [frames[0].clone(), frames[1].clone()]
+        for i, evicted in enumerate([2, 3, 4, 5]):
+            slot = i % 2
+            expected[slot] = 0.9 * expected[slot] + 0.1 * frames[evicted]
+        got = buffer[:, 1, sink].unflatten(1, (2, tpf))  # [L, 2, tpf, H, D]
+        torch.testing.assert_close(got[:, 0], expected[0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(got[:, 1], expected[1], atol=1e-6, rtol=1e-6)
     # the ring holds the last 3 frames, and row 0 was never touched
-    ring = cache.k[:, 1, cache.ring_offset :].unflatten(1, (3, tpf))
+    ring = cache.k[:, 1, cache.ring_offset_frames * tpf :].unflatten(1, (3, tpf))
     assert {int(torch.argmin(torch.stack([(ring[:, j] - ks[f]).abs().max() for f in range(9)]))) for j in range(3)} \
         == {6, 7, 8}
     assert cache.k[:, 0].abs().max() == 0
@@ -56,13 +57,12 @@ def test_linear_state_matches_direct_computation():
     phi = linear_features(ks[evicted])  # [E, L, tpf, H, D]
     expected_kv = torch.einsum("xlnhd,xlnhe->lhde", phi, vs[evicted])
     expected_k = phi.sum(dim=(0, 2))
-    torch.testing.assert_close(cache.state_kv[:, 0], expected_kv, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(cache.state_k[:, 0], expected_k, atol=1e-4, rtol=1e-5)
+    state = cache.policy.state(slice(0, 1))
+    torch.testing.assert_close(state["state_kv"][:, 0], expected_kv, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(state["state_k"][:, 0], expected_k, atol=1e-4, rtol=1e-5)
     # readout: phi(q) S / (phi(q) z)
     q = torch.randn(1, 5, heads, dim)
-    from engine.transformer import CachedAttention
-    cache.begin_chunk(0, 1)
-    readout = CachedAttention(cache, [0], 1).linear_readout(0, q)
+    readout = LinearState.readout(0, q, state)
     phq = linear_features(q)
     direct = torch.einsum("bnhd,hde->bnhe", phq, expected_kv[0]) / \
         (torch.einsum("bnhd,hd->bnh", phq, expected_k[0])[..., None] + 1e-6)

@@ -217,3 +217,57 @@ def test_closing_a_handle_wakes_its_blocked_reader():
                     raise item
     finally:
         scheduler.shutdown()
+
+
+def no_refresh(model: StreamModel) -> StreamModel:
+    cfg = model.config.model_copy(update={"sampler": model.config.sampler.model_copy(
+        update={"refresh_context": False})})
+    return StreamModel(cfg, model.transformer, model.text_encoder, model.decoder)
+
+
+@pytest.mark.parametrize("policy", ["ema_sink", "linear_state"])
+def test_prompt_switch_keeps_the_long_range_memory(policy):
+    """A re-cache recomputes the kept frames under the new prompt but keeps what they cannot
+    rebuild: the EMA-folded sink and the linear state hold every evicted frame."""
+    model = tiny_model(policy=policy, sink_frames=2, window_frames=2)
+    session = model.open_session("a red ball moving left", seed=2)
+    frames_of(session, 5)  # chunk 2 x 5 = 10 frames: 6 evicted
+    cache = session.cache
+    sink = slice(cache.sink_offset_frames * cache.tpf, cache.ring_offset_frames * cache.tpf)
+    before = {"sink_k": cache.k[:, 0, sink].clone(), "sink_v": cache.v[:, 0, sink].clone(),
+              **{k: v.clone() for k, v in cache.policy.state(slice(0, 1)).items()}}
+    if policy == "linear_state":
+        assert before["state_k"].abs().max() > 0  # evicted frames are in the state
+    session.update_prompt("a blue square moving up")
+    work = session.chunk_work()
+    request = next(work)
+    while request.timestep == 0.0 and request.commit:
+        request = work.send(model.run_forwards([request])[0])
+    after = {"sink_k": cache.k[:, 0, sink], "sink_v": cache.v[:, 0, sink], **cache.policy.state(slice(0, 1))}
+    for name, value in before.items():
+        if name.startswith("sink") and policy == "linear_state":
+            assert (after[name] - value).abs().max() > 1e-6, name  # a plain sink is recomputed
+        else:
+            torch.testing.assert_close(after[name], value, atol=0, rtol=0)
+    assert cache.context_frames(0) == 4  # sink + window full again
+
+
+def test_prompt_switch_without_refresh_replays_at_the_committed_timestep():
+    """Without the t=0 refresh the cache holds K/V of the last step's (noisy) input; a
+    re-cache must replay those latents at that timestep, not clean ones at t=0, which the
+    model never saw as context."""
+    model = no_refresh(tiny_model())
+    session = model.open_session("a red ball", seed=0)
+    frames_of(session, 3)
+    sampler = FewStepSampler(model.config.sampler)
+    sampler.set_timesteps(4)
+    last_t = float(sampler.timesteps[-1])
+    assert all(t == last_t for _, t in session.sink_latents + list(session.window_latents))
+    session.update_prompt("a blue square")
+    replay = []
+    work = session.chunk_work()
+    request = next(work)
+    while request.commit:
+        replay.append(request.timestep)
+        request = work.send(model.run_forwards([request])[0])
+    assert replay and all(t == last_t for t in replay)

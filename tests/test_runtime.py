@@ -23,7 +23,8 @@ from engine import PRESETS, load_model, save_model
 from engine.model import StreamModel, build_decoder, build_text_encoder, build_transformer
 from engine.runtime import (EngineCache, RuntimeOptions, RuntimeUnavailable, TorchStepRunner, attach_runtime,
                             step_key)
-from engine.runtime.backends import RuntimeStep
+from engine.cache import policy_class
+from engine.step import Stepper
 from engine.scheduler import BatchScheduler
 from tests.engine_helpers import tiny_model
 
@@ -42,6 +43,14 @@ def stream(model: StreamModel, chunks: int = CHUNKS, seed: int = 3, prompt: str 
 def with_weights_of(model: StreamModel, source: StreamModel) -> StreamModel:
     model.transformer.load_state_dict(source.transformer.state_dict())
     return model
+
+
+def static_stepper(model: StreamModel, attention_backend: str = "native") -> Stepper:
+    """The model's forwards through the static-shape step in eager torch (what compiled
+    backends run), with the eager in-place step as its fallback."""
+    policy = policy_class(model.config.attention)
+    return Stepper(model.transformer, policy, attention_backend,
+                   TorchStepRunner(model.transformer, policy, attention_backend), max_batch=8)
 
 
 def randomise_linear_state(model: StreamModel) -> None:
@@ -86,7 +95,7 @@ def test_static_step_equals_cached_attention(policy):
     if policy == "linear_state":
         randomise_linear_state(eager)
     with_weights_of(static, eager)
-    static.step_fn = RuntimeStep(static, TorchStepRunner(static.transformer), max_batch=8)
+    static.step_fn = static_stepper(static)
     a, b = stream(eager), stream(static)
     assert static.step_fn.calls == CHUNKS * 5  # 4 steps + refresh per chunk, none fell back
     assert a.abs().mean() > 0.1
@@ -106,7 +115,7 @@ def test_partial_chunks_fall_back_to_eager_and_still_match():
     shape = dict(chunk_frames=2, sink_frames=3, window_frames=4)
     eager = tiny_model(**shape)
     static = with_weights_of(tiny_model(**shape), eager)
-    static.step_fn = RuntimeStep(static, TorchStepRunner(static.transformer), max_batch=8)
+    static.step_fn = static_stepper(static)
     outs = []
     for model in (eager, static):
         session = model.open_session(PROMPT, seed=1)
@@ -227,7 +236,7 @@ def test_runtime_from_model_config(tmp_path, engine_dir):
     model = load_model(str(tmp_path / "m"), engine_cache_dir=engine_dir)
     assert model.step_fn.backend == "onnxruntime"
     forced = load_model(str(tmp_path / "m"), backend="eager")
-    assert forced.step_fn == forced.eager_step
+    assert forced.step_fn.backend == "eager" and forced.step_fn.runner is None
 
 
 # --- torch.compile ---------------------------------------------------------------------------
@@ -381,7 +390,7 @@ def test_attention_backend_choice_reaches_dispatch(monkeypatch):
     model.open_session(PROMPT, seed=0).next_chunk()
     assert seen and set(seen) == {"xformers"}
     seen.clear()
-    model.step_fn = RuntimeStep(model, TorchStepRunner(model.transformer, "xformers"), max_batch=8)
+    model.step_fn = static_stepper(model, "xformers")
     model.open_session(PROMPT, seed=0).next_chunk()
     assert seen and set(seen) == {"xformers"}
     seen.clear()
@@ -418,7 +427,7 @@ def test_xformers_equals_sdpa():
     with_weights_of(xf, sdpa)
     assert (stream(sdpa, 5).float() - stream(xf, 5).float()).abs().max() < 2e-2
     for model in (sdpa, xf):  # the static step with a [B, S] key mask
-        model.step_fn = RuntimeStep(model, TorchStepRunner(model.transformer, model.config.attention.backend), 8)
+        model.step_fn = static_stepper(model, model.config.attention.backend)
     assert (stream(sdpa, 5).float() - stream(xf, 5).float()).abs().max() < 2e-2
 
 

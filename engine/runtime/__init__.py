@@ -4,7 +4,7 @@
     build_engines(model, RuntimeOptions("tensorrt", cache_dir))  # ahead of serving
 
 eager (reference), compile (torch.compile), onnxruntime (CPU/CUDA providers) and
-tensorrt; see build.py for what each needs, step.py for the static-shape step they run,
+tensorrt; see build.py for what each needs, engine/step.py for the step they run,
 and docs/backends.md for figures.
 """
 
@@ -14,7 +14,6 @@ from ..lazy import lazy_attributes
 _LAZY = {
     "GraphStepRunner": ".backends",
     "RuntimeDecoder": ".backends",
-    "RuntimeStep": ".backends",
     "TorchStepRunner": ".backends",
     "BACKENDS": ".build",
     "DEFAULT_MAX_BATCH": ".build",
@@ -31,16 +30,11 @@ _LAZY = {
     "EngineBuildFailed": ".errors",
     "EngineNotBuilt": ".errors",
     "RuntimeUnavailable": ".errors",
-    "CachedStep": ".step",
-    "example_inputs": ".step",
-    "step_inputs": ".step",
-    "store_new_kv": ".step",
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = ["BACKENDS", "DEFAULT_MAX_BATCH", "RuntimeOptions", "attach_runtime", "build_engines",
            "check_attention_backend", "step_key", "decoder_key", "EngineCache", "EngineKey", "default_cache_dir",
-           "weights_hash", "RuntimeUnavailable", "EngineNotBuilt", "EngineBuildFailed", "CachedStep",
-           "example_inputs", "step_inputs", "store_new_kv", "RuntimeStep", "RuntimeDecoder", "TorchStepRunner",
-           "GraphStepRunner"]
+           "weights_hash", "RuntimeUnavailable", "EngineNotBuilt", "EngineBuildFailed", "RuntimeDecoder",
+           "TorchStepRunner", "GraphStepRunner"]

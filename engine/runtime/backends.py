@@ -1,9 +1,8 @@
-"""Step runners (one per backend) and the two objects a loaded model uses them through:
-`RuntimeStep`, installed as `StreamModel.step_fn`, and `RuntimeDecoder`, which stands in
-for `StreamModel.decoder`. Both keep the eager code as their exact fallback for the
-shapes a static graph does not cover.
+"""Step runners (one per backend), which a model's `Stepper` (engine/step.py) runs its
+forwards through, and `RuntimeDecoder`, which stands in for `StreamModel.decoder`. Both
+keep the eager code as their exact fallback for the shapes a static graph does not cover.
 
-A step runner takes the named inputs of engine/runtime/step.py and returns
+A step runner takes the named inputs of engine/step.py and returns
 (flow [B, C, F, h, w], new_k, new_v [layers, B, N, H, Dh]).
 """
 
@@ -11,16 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn as nn
 
-from ..cache import KVCache
-from .step import CachedStep, step_inputs, store_new_kv
-
-if TYPE_CHECKING:
-    from ..model import StreamModel
+from ..cache import SinkWindow
+from ..step import CachedStep
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +43,18 @@ class TorchStepRunner:
     kernel). `warm_up` compiles the given batch sizes in both variants at load time, so
     no stream meets a compile stall halfway; other batch sizes compile on first use."""
 
-    def __init__(self, transformer: nn.Module, attention_backend: str = "native", compile: bool = False,
-                 **compile_options):
+    def __init__(self, transformer: nn.Module, policy: type[SinkWindow], attention_backend: str = "native",
+                 compile: bool = False, **compile_options):
         self.name = "compile" if compile else "eager-static"
         self.takes_no_mask = True
-        self.module = CachedStep(transformer, attention_backend).eval()
+        self.module = CachedStep(transformer, policy, attention_backend).eval()
         self.fn = torch.compile(self.module, **compile_options) if compile else self.module
         self.compile_seconds = 0.0
 
     def warm_up(self, config, batches: tuple[int, ...] = (1,)) -> float:
         """Run the step on example inputs of each batch size, masked and unmasked; returns
         the seconds it took (the compile time, for a compiled step)."""
-        from .step import example_inputs
+        from ..step import example_inputs
 
         device, dtype = self.module.transformer.device, self.module.transformer.dtype
         started = time.perf_counter()
@@ -95,34 +91,6 @@ class GraphStepRunner:
         }
         self.runner.run(inputs, outputs)
         return outputs["flow"], outputs["new_k"], outputs["new_v"]
-
-
-class RuntimeStep:
-    """`StreamModel.step_fn` for a compiled backend: (cache, rows, latents, timestep,
-    context) -> flow [B, C, F, h, w], writing the chunk's K/V into the cache as the eager
-    step does. Batches larger than the graph's `max_batch` run in slices; forwards of
-    partial chunks (a re-cache of an odd number of frames) and forwards with gradients
-    run the eager step, which is exact and shares the cache layout."""
-
-    def __init__(self, model: "StreamModel", runner: StepRunner, max_batch: int):
-        self.model, self.runner, self.max_batch = model, runner, max_batch
-        self.backend = runner.name
-        self.calls = 0  # forwards the runner served (the rest went to the eager fallback)
-
-    def __call__(self, cache: KVCache, rows: list[int], latents: torch.Tensor, timestep: torch.Tensor,
-                 context: torch.Tensor) -> torch.Tensor:
-        if latents.shape[2] != cache.chunk_frames or torch.is_grad_enabled():
-            return self.model.eager_step(cache, rows, latents, timestep, context)
-        flows = []
-        for i in range(0, len(rows), self.max_batch):
-            part = slice(i, i + self.max_batch)
-            inputs = step_inputs(cache, rows[part], latents[part], timestep[part], context[part],
-                                 drop_full_mask=self.runner.takes_no_mask)
-            flow, new_k, new_v = self.runner(inputs)
-            store_new_kv(cache, rows[part], new_k, new_v)
-            flows.append(flow)
-        self.calls += 1
-        return flows[0] if len(flows) == 1 else torch.cat(flows)
 
 
 class RuntimeDecoder(nn.Module):

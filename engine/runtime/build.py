@@ -3,7 +3,7 @@
     attach_runtime(model, "onnxruntime", cache_dir)   # what load_model(..., backend=) does
     build_engines(model, "tensorrt", cache_dir)       # what `framecast build-engines` does
 
-eager        the reference: CachedAttention writes the cache in place. Nothing to build.
+eager        the reference (engine/step.py, writing the cache in place). Nothing to build.
 compile      torch.compile of the static step, compiled at load for single streams
              (`compile_batches`; other batch sizes compile on first use). Nothing to
              build ahead: inductor's own cache (~/.cache or /tmp) makes restarts faster.
@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..cache import KVCache, policy_class
 from ..config import Runtime
 from ..errors import InvalidConfig
+from ..step import Stepper
 from . import onnxrt
-from .backends import GraphStepRunner, RuntimeDecoder, RuntimeStep, TorchStepRunner
+from .backends import GraphStepRunner, RuntimeDecoder, TorchStepRunner
 from .engine_cache import EngineCache, EngineKey, device_name, weights_hash
 from .errors import EngineNotBuilt, RuntimeUnavailable
 
@@ -118,9 +120,9 @@ def step_key(model: "StreamModel", options: RuntimeOptions, transformer_hash: st
         "batch": _batch_shape(options),
         "latent": [cfg.latent.channels, att.chunk_frames, cfg.latent.latent_height, cfg.latent.latent_width],
         "context_tokens": cfg.text_encoder.max_tokens,
-        "slots": (att.chunk_frames + att.sink_frames + att.window_frames) * cfg.tokens_per_frame,
+        "slots": KVCache.slot_frames(att) * cfg.tokens_per_frame,
         "layers_heads_head_dim": [t.num_layers, t.num_attention_heads, t.attention_head_dim],
-        "linear_state": att.policy == "linear_state",
+        "state_inputs": list(policy_class(att).state_names),
     }
     weights = transformer_hash or weights_hash(model.transformer)
     model_hash = hashlib.sha256(f"{weights}|{_config_hash(model)}".encode()).hexdigest()
@@ -180,8 +182,8 @@ def _require_backend(options: RuntimeOptions, device: torch.device) -> None:
 
 
 def build_step(model: "StreamModel", options: RuntimeOptions, key: EngineKey) -> Path:
+    from ..step import example_inputs
     from .export import export_step
-    from .step import example_inputs
 
     cache = EngineCache(options.cache_dir)
     found = cache.find(key)
@@ -256,18 +258,21 @@ def attach_runtime(model: "StreamModel", options: RuntimeOptions) -> "StreamMode
     check_attention_backend(model.config.attention.backend)
     if backend == "eager":
         return model
-    if model.config.attention.policy == "full":
+    att = model.config.attention
+    if not att.streaming:
         raise InvalidConfig("runtime backends run streaming students; a 'full' attention model runs eager")
-    chunk_tokens = model.config.attention.chunk_frames * model.config.tokens_per_frame
+    policy = policy_class(att)
+    chunk_tokens = att.chunk_frames * model.config.tokens_per_frame
     if backend == "compile":
-        runner = TorchStepRunner(model.transformer, model.config.attention.backend, compile=True)
+        runner = TorchStepRunner(model.transformer, policy, att.backend, compile=True)
         runner.warm_up(model.config, options.compile_batches)  # at load, not on a stream's chunk
-        model.step_fn = RuntimeStep(model, runner, options.max_batch)
+    else:
+        _require_backend(options, model.device)
+        directory = _find_or_build(model, options, step_key(model, options), build_step)
+        runner = GraphStepRunner(backend, _graph_runner(options, directory, model.device), chunk_tokens)
+    model.step_fn = Stepper(model.transformer, policy, att.backend, runner, options.max_batch)
+    if backend == "compile":
         return model
-    _require_backend(options, model.device)
-    directory = _find_or_build(model, options, step_key(model, options), build_step)
-    runner = GraphStepRunner(backend, _graph_runner(options, directory, model.device), chunk_tokens)
-    model.step_fn = RuntimeStep(model, runner, options.max_batch)
     decoder = exportable_decoder(model)
     if decoder is not None:
         from .export import decoder_past_shapes

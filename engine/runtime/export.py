@@ -1,4 +1,4 @@
-"""ONNX export of the step function (engine/runtime/step.py) and the streaming decoder.
+"""ONNX export of the step function (engine/step.py) and the streaming decoder.
 
 torch's dynamo exporter (torch.export, then ONNX opset 18 with onnxscript's optimiser):
 the TorchScript exporter cannot translate `aten::rms_norm`, which diffusers' Wan
@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..cache import policy_class
 from ..config import ModelConfig
+from ..step import STEP_OUTPUTS, CachedStep, example_inputs
 from ..transformer import CausalWanTransformer
-from .step import STEP_OUTPUTS, CachedStep, example_inputs
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def _export(module: nn.Module, kwargs: dict, input_names: list[str], output_name
 
 def export_step(transformer: CausalWanTransformer, config: ModelConfig, path: Path, batch: int = 2) -> Path:
     """Write the step graph for `transformer` (on its device and in its dtype) to `path`."""
-    step = CachedStep(transformer, attention_backend="native").eval()
+    step = CachedStep(transformer, policy_class(config.attention), attention_backend="native").eval()
     inputs = example_inputs(config, batch, transformer.device, transformer.dtype)
     _export(step, inputs, list(inputs), list(STEP_OUTPUTS), path)
     return path

@@ -1,0 +1,44 @@
+"""Training rollouts go through the engine's own chunk loop and step: a rollout's cache is
+exactly what a stream's cache holds for the same noise."""
+
+import pytest
+import torch
+
+from distill.rollout import rollout
+from engine.model import StreamModel
+from tests.engine_helpers import tiny_model
+
+PROMPT = "a red ball moving left"
+
+
+@pytest.mark.parametrize("refresh", [True, False])
+@pytest.mark.parametrize("policy", ["sink_window", "ema_sink"])
+def test_rollout_and_session_build_the_same_cache(refresh, policy):
+    base = tiny_model(policy=policy, sink_frames=2, window_frames=2)
+    cfg = base.config.model_copy(update={"sampler": base.config.sampler.model_copy(
+        update={"refresh_context": refresh, "steps_per_chunk": (4, 2)})})
+    model = StreamModel(cfg, base.transformer, base.text_encoder, base.decoder)
+    chunks, seed = 4, 11
+    session = model.open_session(PROMPT, seed=seed)
+    streamed = torch.cat([session.next_chunk().latents for _ in range(chunks)], dim=2)
+    last = [3, 1, 1, 1]  # every step run, as at inference (4 steps, then 2: the diagonal schedule)
+    with torch.no_grad():
+        rolled = rollout(model.transformer, cfg, model.context_for(PROMPT), chunks,
+                         torch.Generator().manual_seed(seed), grad=False, exit_steps=last)
+    torch.testing.assert_close(rolled.latents, streamed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rolled.cache.k[:, 0], session.cache.k[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rolled.cache.v[:, 0], session.cache.v[:, 0], atol=1e-5, rtol=1e-5)
+    assert rolled.cache.context_frames(0) == session.cache.context_frames(0) == 4
+    expected_t = 0.0 if refresh else float(rolled.context_timesteps[0])
+    assert all(t == expected_t for t in rolled.context_timesteps) and (refresh or expected_t > 0)
+
+
+def test_rollout_gradient_flows_through_the_exit_steps_only():
+    model = tiny_model()
+    student = model.transformer.train()
+    out = rollout(student, model.config, model.context_for(PROMPT), 2, torch.Generator().manual_seed(0),
+                  grad=True, exit_steps=[1, 2])
+    out.latents.square().mean().backward()
+    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert grads and sum(g.abs().sum() for g in grads) > 0
+    assert not out.cache.k.requires_grad
