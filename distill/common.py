@@ -4,11 +4,14 @@ resume by re-running, weight EMA, cached caption embeddings, and Shapes latent b
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +19,26 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 CKPT_RE = re.compile(r"checkpoint-(\d+)\.safetensors$")
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    """What every trainer returns (train_autoencoder, train_teacher, train_student, train_reward)."""
+
+    out_dir: Path | None  # the exported model; None on ranks other than 0
+    step: int  # the run's last step
+    seconds: float  # this invocation's wall time
+    losses: list[float] = field(default_factory=list)  # per step of this invocation (rank 0)
+    figures: dict[str, float] = field(default_factory=dict)  # held-out figures measured at the end
+
+
+def run_to_json(run: Any) -> dict[str, Any]:
+    """A run config (a dataclass holding a pydantic model config) as plain JSON data."""
+    data = {f.name: getattr(run, f.name) for f in dataclasses.fields(run)}
+    return json.loads(json.dumps(data, default=lambda v: v.model_dump(mode="json") if hasattr(v, "model_dump")
+                                 else str(v)))
 
 
 # --- checkpoints -------------------------------------------------------------------------

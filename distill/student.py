@@ -29,7 +29,7 @@ from engine.model import load_transformer_weights
 from engine.sampler import FewStepSampler
 from engine.transformer import build_transformer
 
-from .common import EMA, CaptionCache, Checkpointer, MetricsLog, step_generator
+from .common import EMA, CaptionCache, Checkpointer, MetricsLog, TrainResult, run_to_json, step_generator
 from .losses import add_noise, dmd_loss, flow_matching_loss, ode_regression_loss, sample_sigmas
 from .rollout import rollout, teacher_forcing_forward
 from .teacher import SHAPES_MODEL, TINY_MODEL, build_text_encoder_for, export_model, sample_teacher
@@ -247,13 +247,15 @@ def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma:
 
 # --- the run ----------------------------------------------------------------------------------
 
-def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0) -> Path | None:
+def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0,
+                  progress: bool = True) -> TrainResult:
+    """Train (or resume) the student; rank 0 writes the EMA weights as a model dir (default run_dir/model)."""
     if threads:
         torch.set_num_threads(threads)
     rank, world_size = world()
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        (run_dir / "run.json").write_text(json.dumps(dataclasses.asdict(run), indent=2, default=str))
+        (run_dir / "run.json").write_text(json.dumps(run_to_json(run), indent=2) + "\n")
 
     # --- build: teacher (frozen), student and critic initialised from it ---------------------
     from engine.config import ModelConfig as _MC
@@ -299,8 +301,9 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
 
     # --- loop -------------------------------------------------------------------------------------
     total = run.ode_iters + run.dmd_iters
-    bar = tqdm(total=total, initial=step, desc="student", unit="step", dynamic_ncols=True, disable=rank != 0)
-    start, logs = time.time(), {}
+    bar = tqdm(total=total, initial=step, desc="student", unit="step", dynamic_ncols=True,
+               disable=rank != 0 or not progress)
+    start, logs, all_losses = time.time(), {}, []
     while step < total:
         gen = step_generator(run.seed, step, rank)
         if step < run.ode_iters:
@@ -308,6 +311,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
             loss = ode_step_loss(run, student, pairs, gen)
             optimiser_step(loss, student, opt_ode, run.grad_clip, world_size)
             logs.setdefault("loss/ode", []).append(loss.item())
+            all_losses.append(logs["loss/ode"][-1])
         else:
             # Critic: flow matching on the student's own (detached) rollouts.
             for _ in range(run.critic_ratio):
@@ -335,6 +339,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
             loss = dmd_loss(x, x0_real, x0_fake, weight)
             optimiser_step(loss, student, opt_gen, run.grad_clip, world_size)
             logs.setdefault("loss/dmd", []).append(loss.item())
+            all_losses.append(logs["loss/dmd"][-1])
         ema.update(student)
         step += 1
         bar.update(1)
@@ -353,8 +358,8 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
         dist.all_gather(gathered, checksum)
         metrics.log(step, {"ranks_in_sync": float(all(torch.equal(g, gathered[0]) for g in gathered))})
     if rank != 0:
-        return None
+        return TrainResult(None, step, time.time() - start, all_losses)
     metrics.close()
     out_dir = out_dir or run_dir / "model"
     export_model(run, run.teacher, ema.shadow, out_dir, seconds=time.time() - start, stage="student")
-    return out_dir
+    return TrainResult(out_dir, step, time.time() - start, all_losses)

@@ -2,12 +2,11 @@
 matching on Shapes latents with caption dropout (for classifier-free guidance), and its
 50-step guided sampler.
 
-    framecast distill teacher --preset shapes --out runs/teacher
+    framecast distill teacher --preset shapes --autoencoder DIR --run-dir runs/teacher
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import sys
@@ -23,7 +22,7 @@ from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelCo
                            TextEncoderConfig, TransformerConfig)
 from engine.transformer import CausalWanTransformer, build_transformer
 
-from .common import EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, step_generator
+from .common import EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, run_to_json, step_generator
 from .losses import add_noise, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 4 layers of 2 x 64 heads over 16x16x16 latents
@@ -109,12 +108,13 @@ def lr_at(run: TeacherRun, step: int) -> float:
     return run.lr * scale
 
 
-def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0) -> Path:
-    """Train (or resume) the teacher; writes the EMA weights as a model dir. Returns it."""
+def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0,
+                  progress: bool = True) -> TrainResult:
+    """Train (or resume) the teacher; writes the EMA weights as a model dir (default run_dir/model)."""
     if threads:
         torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(dataclasses.asdict(run), indent=2, default=str))
+    (run_dir / "run.json").write_text(json.dumps(run_to_json(run), indent=2) + "\n")
 
     # --- build -------------------------------------------------------------------------
     model = build_transformer(run.model, seed=run.seed).train()
@@ -124,7 +124,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     captions = CaptionCache(build_text_encoder_for(run.model))
     lat = run.model.latent
     data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
-                         int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir)
+                         int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
     attention = model.full_attention(run.latent_frames)
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir)
@@ -136,8 +136,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         print(f"resumed from {latest} at step {step}", file=sys.stderr)
 
     # --- loop: sample, loss, step, EMA, log, checkpoint ---------------------------------
-    bar = tqdm(total=run.steps, initial=step, desc="teacher", unit="step", dynamic_ncols=True)
-    start, losses = time.time(), []
+    bar = tqdm(total=run.steps, initial=step, desc="teacher", unit="step", dynamic_ncols=True, disable=not progress)
+    start, losses, all_losses = time.time(), [], []
     while step < run.steps:
         gen = step_generator(run.seed, step)
         x0, texts = data.batch(step)  # [B, C, F, h, w]
@@ -159,6 +159,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         step += 1
 
         losses.append(loss.item())
+        all_losses.append(losses[-1])
         if step % run.log_every == 0 or step == run.steps:
             mean = sum(losses) / len(losses)
             metrics.log(step, {"loss/flow": mean, "grad_norm": float(grad_norm), "lr": lr_at(run, step)})
@@ -172,7 +173,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
 
     out_dir = out_dir or run_dir / "model"
     export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher")
-    return out_dir
+    return TrainResult(out_dir, step, time.time() - start, all_losses)
 
 
 def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module, out_dir: Path, seconds: float,
@@ -180,10 +181,10 @@ def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module,
     """A self-contained model dir: model.json (config + provenance), transformer, autoencoder."""
     from engine.model import save_model
 
-    run_fields = {k: v for k, v in dataclasses.asdict(run).items() if k != "model"}
+    run_fields = {k: v for k, v in run_to_json(run).items() if k != "model"}
     provenance = {"stage": stage, "command": " ".join(["framecast"] + sys.argv[1:]),
                   "data": "Shapes world (distill/data/shapes.py), generated on the fly",
-                  "run": json.loads(json.dumps(run_fields, default=str)),
+                  "run": run_fields,
                   "train_seconds_last_invocation": round(seconds)}
     config = run.model.model_copy(update={"provenance": provenance})
     save_model(out_dir, config, transformer)

@@ -1,37 +1,70 @@
-"""`framecast distill teacher|student|autoencoder`: training commands with presets,
-`--dry-run`, progress bars, TensorBoard logs and resume by re-running the same command.
-Registration is light: torch loads inside the handlers."""
+"""`framecast distill autoencoder|teacher|student|reward|ablate|default`: the training
+commands, one convention for every stage.
+
+Each stage's module holds a frozen run dataclass (with its model's typed config), a
+`PRESETS` table, and one `train_<stage>(run, run_dir, out_dir, threads, progress) ->
+TrainResult` loop; this module is their command line: `--preset`, `--set FIELD=VALUE`
+overrides (dotted into the model config: `--set model.transformer.num_layers=6`),
+`--dry-run`, `--run-dir` (re-running the same command resumes), `--out`, `--threads`.
+Registration is light: a stage's module (and torch) loads in its handler.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
+import typing
 from pathlib import Path
+
+from clients.cli import CommandError
+
+# stage -> (module, trainer, default run dir, help)
+STAGES: dict[str, tuple[str, str, str, str]] = {
+    "autoencoder": ("distill.train_autoencoder", "train_autoencoder", "runs/autoencoder",
+                    "train the default model's video autoencoder on the Shapes world"),
+    "teacher": ("distill.teacher", "train_teacher", "runs/teacher",
+                "train the bidirectional teacher by flow matching on Shapes latents"),
+    "student": ("distill.student", "train_student", "runs/student",
+                "distil the teacher into the causal few-step student (ODE init, then DMD)"),
+    "reward": ("distill.rewards.train", "train_reward", "runs/reward",
+               "train (or --evaluate) the Shapes video reward model: visual, motion, text scores"),
+}
+# What `framecast distill default` chains, into one run dir per stage.
+DEFAULT_CHAIN = ("autoencoder", "teacher", "student")
 
 
 def _common(p: argparse.ArgumentParser, default_run_dir: str) -> None:
-    p.add_argument("--preset", default="shapes", help="preset from the table in the module (shapes, tiny)")
-    p.add_argument("--run-dir", default=default_run_dir,
-                   help="checkpoints, TensorBoard logs and run.json; re-running with the same dir resumes")
-    p.add_argument("--out", default=None, help="model directory to write at the end (default: RUN_DIR/model)")
+    p.add_argument("--preset", default="shapes", help="preset from the stage's PRESETS table (shapes, tiny)")
+    p.add_argument("--run-dir", type=Path, default=Path(default_run_dir),
+                   help="checkpoints, TensorBoard logs, metrics.jsonl and run.json; re-running with the same "
+                        "dir resumes")
+    p.add_argument("--out", type=Path, default=None, help="where the trained model goes (default: inside RUN_DIR)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a field of the preset (JSON value), e.g. --set steps=200 --set lr=1e-4")
+                   help="override a field of the preset, e.g. --set steps=200 --set lr=1e-4 or "
+                        "--set model.latent_channels=32 (JSON values; plain text for text fields)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics/TensorBoard)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved run config as JSON and exit")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    distill = sub.add_parser("distill", help="offline training: teacher, student, autoencoder")
+    distill = sub.add_parser("distill", help="offline training: autoencoder, teacher, student, reward, ablation")
     dsub = distill.add_subparsers(dest="stage", metavar="STAGE")
-    teacher = dsub.add_parser("teacher", help="train the bidirectional teacher by flow matching on Shapes")
-    _common(teacher, "runs/teacher")
-    teacher.add_argument("--autoencoder", default=None, help="autoencoder directory (overrides the preset's)")
-    teacher.set_defaults(func=run_teacher)
-    student = dsub.add_parser("student", help="distil the teacher into the causal few-step student")
-    _common(student, "runs/student")
-    student.add_argument("--teacher", default=None, help="teacher model directory (overrides the preset's)")
-    student.set_defaults(func=run_student)
+    for stage, (_, _, run_dir, text) in STAGES.items():
+        parser = dsub.add_parser(stage, help=text, description=text)
+        _common(parser, run_dir)
+        parser.set_defaults(func=run_stage)
+        if stage == "teacher":
+            parser.add_argument("--autoencoder", default=None, help="autoencoder directory (overrides the preset's)")
+        if stage == "student":
+            parser.add_argument("--teacher", default=None, help="teacher model directory (overrides the preset's)")
+        if stage == "reward":
+            parser.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
+                                help="do not train: print the held-out pairwise accuracies of the reward model in DIR")
+            parser.add_argument("--eval-clips", type=int, default=64,
+                                help="with --evaluate: held-out clips to judge (each against every negative kind)")
     ablate = dsub.add_parser("ablate", help="DMD, Re-DMD (+EMA sink), Stream-R1, each +diagonal: same budget, "
                                             "evaluated side by side; writes report.md, report.json, drift.png")
     _common(ablate, "runs/ablate")
@@ -45,120 +78,160 @@ def register(sub: argparse._SubParsersAction) -> None:
     ablate.set_defaults(func=run_ablate)
     default = dsub.add_parser(
         "default", help="reproduce the embedded default model: autoencoder, teacher, student, in one command")
-    default.add_argument("--run-dir", default="runs/default",
+    default.add_argument("--run-dir", type=Path, default=Path("runs/default"),
                          help="one folder per stage inside; re-running resumes whichever stage is unfinished")
-    default.add_argument("--out", default="engine/models/shapes-default", help="where the finished model goes")
+    default.add_argument("--out", type=Path, default=Path("engine/models/shapes-default"),
+                         help="where the finished model goes")
     default.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    default.add_argument("--no-progress", action="store_true", help="no progress bars")
     default.add_argument("--dry-run", action="store_true", help="print the three stages' configs and exit")
     default.set_defaults(func=run_default)
-    from distill.rewards.train import add_subcommand as add_reward
-    from distill.train_autoencoder import add_subcommand as add_autoencoder
-
-    add_autoencoder(dsub)
-    add_reward(dsub)  # framecast distill reward
     distill.set_defaults(func=lambda args: distill.print_help() or 2)
 
 
-def resolve(presets: dict, args: argparse.Namespace, **paths):
-    from clients.cli import CommandError
+# --- resolving a run config ------------------------------------------------------------------
 
-    if args.preset not in presets:
-        raise CommandError(f"unknown preset {args.preset!r}; choose from {', '.join(presets)}")
-    run = presets[args.preset]
-    fields = {f.name for f in dataclasses.fields(run)}
+def _parse_value(item: str, value: str, kind) -> object:
+    """JSON, except that a text field also takes plain text (a path, a method name)."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        if kind is str or typing.get_origin(kind) is typing.Union and str in typing.get_args(kind):
+            return value
+        raise CommandError(f"--set {item!r}: VALUE must be JSON for this field ({exc})") from None
+
+
+def _model_update(model, path: list[str], item: str, value: str):
+    """The model config with `path` (dotted field names inside it) set, validated again."""
+    head, rest = path[0], path[1:]
+    fields = type(model).model_fields
+    if head not in fields:
+        raise CommandError(f"--set {item!r}: the model config has no field {head!r}; "
+                           f"fields: {', '.join(sorted(fields))}")
+    if rest:
+        new = _model_update(getattr(model, head), rest, item, value)
+    else:
+        new = _parse_value(item, value, fields[head].annotation)
+    try:
+        return model.updated(**{head: new})
+    except ValueError as exc:
+        raise CommandError(f"--set {item!r}: {exc}".replace("\n", " ")) from None
+
+
+def resolve(presets: dict, preset: str, sets: list[str], **paths):
+    """The preset's run with `sets` and the non-None `paths` applied."""
+    if preset not in presets:
+        raise CommandError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
+    run = presets[preset]
+    fields = {f.name: f for f in dataclasses.fields(run)}
+    hints = typing.get_type_hints(type(run))
     updates = {k: v for k, v in paths.items() if v is not None}
-    for item in args.set:
+    model = run.model
+    for item in sets:
         key, sep, value = item.partition("=")
-        if not sep or key not in fields or key == "model":
+        name, *path = key.split(".")
+        if not sep or name not in fields or (path and name != "model") or (name == "model" and not path):
             raise CommandError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
-                               f"{', '.join(sorted(fields - {'model'}))}")
-        try:
-            updates[key] = json.loads(value)
-        except json.JSONDecodeError:
-            updates[key] = value  # a bare string such as a path
-    return dataclasses.replace(run, **updates)
+                               f"{', '.join(sorted(set(fields) - {'model'}))} or model.<field>")
+        if name == "model":
+            model = _model_update(model, path, item, value)
+        else:
+            updates[name] = _parse_value(item, value, hints[name])
+    return dataclasses.replace(run, model=model, **updates)
 
 
-def _print(run) -> None:
-    data = dataclasses.asdict(run)
-    if hasattr(run.model, "model_dump"):  # a pydantic ModelConfig; dataclass configs are already dicts
-        data["model"] = run.model.model_dump(mode="json")
-    print(json.dumps(data, indent=2, default=str))
+def _print(run, **extra) -> None:
+    from distill.common import run_to_json
+
+    print(json.dumps({**{k: str(v) for k, v in extra.items()}, **run_to_json(run)}, indent=2))
 
 
-def run_teacher(args: argparse.Namespace) -> int:
-    from clients.cli import CommandError
+# --- handlers --------------------------------------------------------------------------------
 
-    from .teacher import PRESETS, train_teacher
+def _stage(stage: str):
+    module_name, trainer, _, _ = STAGES[stage]
+    module = importlib.import_module(module_name)
+    return module.PRESETS, getattr(module, trainer)
 
-    run = resolve(PRESETS, args, autoencoder=args.autoencoder)
-    if args.dry_run:
-        _print(run)
-        return 0
-    if not (Path(run.autoencoder) / "autoencoder.json").is_file():
+
+def _check_inputs(stage: str, run) -> None:
+    if stage == "teacher" and not (Path(run.autoencoder) / "autoencoder.json").is_file():
         raise CommandError(f"no autoencoder at {run.autoencoder}; train one with `framecast distill autoencoder` "
-                           f"or pass --autoencoder DIR")
-    out = train_teacher(run, Path(args.run_dir), Path(args.out) if args.out else None, args.threads)
-    print(f"teacher written to {out}")
+                           "or pass --autoencoder DIR")
+    if stage == "student" and not (Path(run.teacher) / "model.json").is_file():
+        raise CommandError(f"no teacher at {run.teacher}; train one with `framecast distill teacher` or pass --teacher")
+
+
+def _report(stage: str, result) -> None:
+    figures = "".join(f", {k} {v:.3f}" for k, v in result.figures.items() if "/" not in k)
+    where = f"; written to {result.out_dir}" if result.out_dir is not None else ""
+    print(f"{stage}: step {result.step} in {result.seconds:.0f} s{figures}{where}")
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    presets, train = _stage(args.stage)
+    paths = {"autoencoder": getattr(args, "autoencoder", None), "teacher": getattr(args, "teacher", None)}
+    run = resolve(presets, args.preset, args.set, **{k: v for k, v in paths.items() if hasattr(args, k)})
+    if args.stage == "reward" and args.evaluate is not None:
+        return evaluate_reward(args, run)
+    if args.dry_run:
+        _print(run, run_dir=args.run_dir, out=args.out or "inside the run dir", threads=args.threads)
+        return 0
+    _check_inputs(args.stage, run)
+    result = train(run, args.run_dir, args.out, args.threads, not args.no_progress)
+    _report(args.stage, result)
     return 0
 
 
-def run_student(args: argparse.Namespace) -> int:
-    from clients.cli import CommandError
+def evaluate_reward(args: argparse.Namespace, run) -> int:
+    import torch
 
-    from .student import PRESETS, train_student
+    from distill.rewards.shapes import ShapesVideoReward
+    from distill.rewards.train import heldout_accuracy
 
-    run = resolve(PRESETS, args, teacher=args.teacher)
-    if args.dry_run:
-        _print(run)
-        return 0
-    if not (Path(run.teacher) / "model.json").is_file():
-        raise CommandError(f"no teacher at {run.teacher}; train one with `framecast distill teacher` or pass --teacher")
-    out = train_student(run, Path(args.run_dir), Path(args.out) if args.out else None, args.threads)
-    if out is not None:
-        print(f"student written to {out}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not (args.evaluate / "reward.json").is_file():
+        raise CommandError(f"no reward model in {args.evaluate} (reward.json missing)")
+    model = ShapesVideoReward.load(args.evaluate)
+    accuracy = heldout_accuracy(model, dataclasses.replace(run, model=model.config), args.eval_clips)
+    print(f"held-out pairwise accuracy over {args.eval_clips} clips (real above negative):")
+    for dim in ("visual", "motion", "text"):
+        kinds = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in accuracy.items() if k.startswith(dim + "/"))
+        print(f"  {dim:<6} {accuracy.get(dim, float('nan')):.3f}  ({kinds})")
     return 0
 
 
 def run_default(args: argparse.Namespace) -> int:
-    """Autoencoder (preset default) -> teacher (preset shapes) -> student (preset shapes)."""
-    from distill.train_autoencoder import presets as autoencoder_presets, train as train_autoencoder
-
-    from .student import PRESETS as STUDENT, train_student
-    from .teacher import PRESETS as TEACHER, train_teacher
-
-    root = Path(args.run_dir)
-    ae_run = autoencoder_presets()["default"]
-    teacher_run = dataclasses.replace(TEACHER["shapes"], autoencoder=str(root / "autoencoder" / "autoencoder"))
-    student_run = dataclasses.replace(STUDENT["shapes"], teacher=str(root / "teacher" / "model"))
+    """Autoencoder -> teacher -> student, each with its `shapes` preset, into RUN_DIR/<stage>."""
+    root = args.run_dir
+    runs = {stage: _stage(stage)[0]["shapes"] for stage in DEFAULT_CHAIN}
+    runs["teacher"] = dataclasses.replace(runs["teacher"], autoencoder=str(root / "autoencoder" / "autoencoder"))
+    runs["student"] = dataclasses.replace(runs["student"], teacher=str(root / "teacher" / "model"))
     if args.dry_run:
-        for run in (ae_run, teacher_run, student_run):
-            _print(run)
+        for stage in DEFAULT_CHAIN:
+            _print(runs[stage], stage=stage, run_dir=root / stage)
         return 0
-    train_autoencoder(ae_run, root / "autoencoder", threads=args.threads)
-    train_teacher(teacher_run, root / "teacher", threads=args.threads)
-    out = train_student(student_run, root / "student", Path(args.out), threads=args.threads)
-    print(f"default model written to {out}")
+    for stage in DEFAULT_CHAIN:
+        out = args.out if stage == DEFAULT_CHAIN[-1] else None
+        result = _stage(stage)[1](runs[stage], root / stage, out, args.threads, not args.no_progress)
+        _report(stage, result)
+    print(f"default model written to {args.out}")
     return 0
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from clients.cli import CommandError
-
     from .ablate import VARIANTS, run_ablation
-    from .student import PRESETS
 
     variants = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise CommandError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    run = resolve(PRESETS, args, teacher=args.teacher)
+    run = resolve(_stage("student")[0], args.preset, args.set, teacher=args.teacher)
     if args.dry_run:
-        _print(run)
-        print(json.dumps({"variants": variants}))
+        _print(run, variants=",".join(variants))
         return 0
-    if not (Path(run.teacher) / "model.json").is_file():
-        raise CommandError(f"no teacher at {run.teacher}")
-    run_ablation(run, run.teacher, Path(args.run_dir), variants, args.prompts, args.seeds, args.seconds,
+    _check_inputs("student", run)
+    run_ablation(run, run.teacher, args.run_dir, variants, args.prompts, args.seeds, args.seconds,
                  args.drift_minutes, args.threads)
     return 0

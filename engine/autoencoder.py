@@ -37,22 +37,23 @@ after training and change nothing the network computes.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import ValidationError, model_validator
 
+from .config import FrozenConfig
 from .errors import CheckpointError, ShapeMismatch
 
 WEIGHTS_NAME = "autoencoder.safetensors"
 CONFIG_NAME = "autoencoder.json"
 
 
-@dataclass(frozen=True)
-class AutoencoderConfig:
+class AutoencoderConfig(FrozenConfig):
     """Everything needed to rebuild the network; what autoencoder.json holds."""
 
     latent_channels: int = 16
@@ -71,10 +72,12 @@ class AutoencoderConfig:
     width: int = 128
     fps: int = 16
 
-    temporal_compression: int = field(default=4, init=False)
-    spatial_compression: int = field(default=8, init=False)
+    # Wan's layout, which the network's strides and stages are built for.
+    temporal_compression: ClassVar[int] = 4
+    spatial_compression: ClassVar[int] = 8
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> "AutoencoderConfig":
         growth = 1
         for g in self.decoder_time_growth:
             growth *= g
@@ -86,19 +89,7 @@ class AutoencoderConfig:
                 raise ValueError(f"{name} has {len(stats)} values for {self.latent_channels} channels")
         if self.latents_std and min(self.latents_std) <= 0:
             raise ValueError("latents_std must be positive")
-
-    def to_json(self) -> str:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        return json.dumps(data, indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> "AutoencoderConfig":
-        data = json.loads(text)
-        known = {f.name: f for f in fields(cls) if f.init}
-        unknown = set(data) - set(known)
-        if unknown:
-            raise ValueError(f"unknown autoencoder config keys {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return self
 
 
 # --- building blocks ---------------------------------------------------------------------
@@ -282,7 +273,8 @@ class ShapesAutoencoder(nn.Module):
         """Set the per-channel normalisation ([C] each) in the buffers and the config alike."""
         self.latents_mean.copy_(mean.view_as(self.latents_mean))
         self.latents_std.copy_(std.view_as(self.latents_std))
-        self.config = replace(self.config, latents_mean=tuple(mean.tolist()), latents_std=tuple(std.tolist()))
+        self.config = self.config.model_copy(update={"latents_mean": tuple(mean.tolist()),
+                                                     "latents_std": tuple(std.tolist())})
 
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_file
@@ -291,7 +283,7 @@ class ShapesAutoencoder(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().float().contiguous() for k, v in self.state_dict().items()}
         save_file(tensors, str(directory / WEIGHTS_NAME))
-        (directory / CONFIG_NAME).write_text(self.config.to_json())
+        (directory / CONFIG_NAME).write_text(self.config.model_dump_json(indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: str | Path) -> "ShapesAutoencoder":
@@ -300,8 +292,8 @@ class ShapesAutoencoder(nn.Module):
 
         directory = Path(directory)
         try:
-            config = AutoencoderConfig.from_json((directory / CONFIG_NAME).read_text())
-        except (OSError, ValueError, TypeError) as exc:
+            config = AutoencoderConfig.model_validate_json((directory / CONFIG_NAME).read_text())
+        except (OSError, ValueError, ValidationError) as exc:
             raise CheckpointError(f"{directory / CONFIG_NAME}: cannot read autoencoder config: {exc}") from exc
         model = cls(config)
         try:

@@ -13,11 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .errors import InvalidConfig
 
 
-class _Config(BaseModel):
+class FrozenConfig(BaseModel):
+    """Base of every config here: unknown keys are errors, instances are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def updated(self, **changes: Any):
+        """A copy with `changes` applied and validated again (model_copy does not validate)."""
+        try:
+            return type(self).model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise InvalidConfig(str(exc)) from exc
 
-class TransformerConfig(_Config):
+
+class TransformerConfig(FrozenConfig):
     """Exactly the constructor arguments of diffusers' `WanTransformer3DModel`, so a real
     Wan2.1 config.json maps onto it one to one (Wan2.1-T2V-1.3B: heads 12, head dim 128,
     ffn 8960, layers 30, text_dim 4096)."""
@@ -44,7 +53,7 @@ class TransformerConfig(_Config):
 Policy = Literal["full", "sink_window", "ema_sink", "linear_state"]
 
 
-class AttentionConfig(_Config):
+class AttentionConfig(FrozenConfig):
     """How a chunk attends to the past (DESIGN.md, "Attention, positions and the cache").
 
     full          bidirectional over the whole clip (the teacher); no cache.
@@ -75,7 +84,7 @@ class AttentionConfig(_Config):
         return self
 
 
-class SamplerConfig(_Config):
+class SamplerConfig(FrozenConfig):
     """Few-step flow matching (Self-Forcing): timesteps in [0, 1000] before the shift."""
 
     timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
@@ -96,7 +105,7 @@ class SamplerConfig(_Config):
         return self
 
 
-class LatentConfig(_Config):
+class LatentConfig(FrozenConfig):
     """Wan latent layout: 4x temporal, 8x spatial compression."""
 
     channels: int = 16
@@ -115,7 +124,7 @@ class LatentConfig(_Config):
         return self.width // self.spatial_compression
 
 
-class TextEncoderConfig(_Config):
+class TextEncoderConfig(FrozenConfig):
     kind: Literal["hash", "minilm", "umt5"] = "hash"
     dim: int = 32
     max_tokens: int = 16
@@ -126,7 +135,7 @@ class TextEncoderConfig(_Config):
     feature_norm: Literal["none", "rms"] = "none"
 
 
-class DecoderConfig(_Config):
+class DecoderConfig(FrozenConfig):
     kind: Literal["standin", "shapes_ae", "wan_vae", "taehv"] = "standin"
     path: str | None = None
 
@@ -136,7 +145,7 @@ class DecoderConfig(_Config):
 Runtime = Literal["eager", "compile", "onnxruntime", "tensorrt"]
 
 
-class ModelConfig(_Config):
+class ModelConfig(FrozenConfig):
     name: str = "tiny-random"
     description: str = ""
     transformer: TransformerConfig = TransformerConfig()

@@ -11,12 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clients.cli import main as cli_main
 from distill import train_autoencoder as tae
 from engine.autoencoder import AutoencoderConfig, ShapesAutoencoder
 from engine.errors import CheckpointError, ShapeMismatch
 
 SHIPPED = Path(__file__).resolve().parents[1] / "engine" / "models" / "shapes-default"
-TINY = tae.presets()["tiny"]
+TINY = tae.PRESETS["tiny"]
 
 
 def random_model(config: AutoencoderConfig, seed: int = 0) -> ShapesAutoencoder:
@@ -70,13 +71,13 @@ def test_streaming_decode_equals_whole_decode(config):
 
 def test_config_json_round_trip_and_validation():
     config = AutoencoderConfig(latent_channels=2, latents_mean=(0.5, -1.0), latents_std=(2.0, 0.25))
-    assert AutoencoderConfig.from_json(config.to_json()) == config
+    assert AutoencoderConfig.model_validate_json(config.model_dump_json()) == config
     with pytest.raises(ValueError):
         AutoencoderConfig(decoder_time_growth=(2, 1))  # must make 4x in time
     with pytest.raises(ValueError):
         AutoencoderConfig(latent_channels=2, latents_mean=(0.0,))
     with pytest.raises(ValueError):
-        AutoencoderConfig.from_json(json.dumps({"latent_channels": 4, "bogus": 1}))
+        AutoencoderConfig.model_validate_json(json.dumps({"latent_channels": 4, "bogus": 1}))
 
 
 def test_latent_stats_normalise_encoder_output():
@@ -110,14 +111,14 @@ def test_load_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="autoencoder.json"):
         ShapesAutoencoder.load(tmp_path / "missing")
     random_model(TINY.model).save(tmp_path)
-    bigger = dataclasses.replace(TINY.model, latent_channels=8)
-    (tmp_path / "autoencoder.json").write_text(bigger.to_json())
+    bigger = TINY.model.updated(latent_channels=8)
+    (tmp_path / "autoencoder.json").write_text(bigger.model_dump_json())
     with pytest.raises(CheckpointError, match="does not match"):
         ShapesAutoencoder.load(tmp_path)
 
 
 def test_tiny_preset_trains_and_loss_decreases(tmp_path):
-    result = tae.train(TINY, tmp_path, progress=False)
+    result = tae.train_autoencoder(TINY, tmp_path, progress=False)
     assert result.step == TINY.steps and len(result.losses) == TINY.steps
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < 0.8 * first, (first, last)
@@ -130,13 +131,13 @@ def test_tiny_preset_trains_and_loss_decreases(tmp_path):
 
 def test_resume_continues_where_it_stopped(tmp_path):
     run = dataclasses.replace(TINY, steps=20, ckpt_every=5, eval_every=100)
-    tae.train(run, tmp_path, progress=False)
+    tae.train_autoencoder(run, tmp_path, progress=False)
     final = tmp_path / "checkpoint-0000020.safetensors"
     uninterrupted = load_file(final)
     # Simulate a run killed after step 15: drop the step-20 checkpoint, re-run the same command.
     shutil.move(final, tmp_path / "kept.safetensors")
     final.with_suffix(".json").unlink()
-    resumed = tae.train(run, tmp_path, progress=False)
+    resumed = tae.train_autoencoder(run, tmp_path, progress=False)
     assert resumed.step == 20 and len(resumed.losses) == 5  # only steps 16..20 ran again
     meta = json.loads(final.with_suffix(".json").read_text())
     assert meta["step"] == 20
@@ -149,15 +150,19 @@ def test_resume_continues_where_it_stopped(tmp_path):
 
 def test_dry_run_prints_resolved_config(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code = tae.main(["--preset", "tiny", "--run-dir", str(run_dir), "--steps", "7", "--latent-channels", "6",
-                     "--dry-run"])
+    code = cli_main(["distill", "autoencoder", "--preset", "tiny", "--run-dir", str(run_dir), "--set", "steps=7",
+                     "--set", "model.latent_channels=6", "--dry-run"])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["steps"] == 7 and printed["model"]["latent_channels"] == 6
     assert printed["batch_size"] == TINY.batch_size and printed["run_dir"] == str(run_dir)
     assert not run_dir.exists()
-    assert tae.main(["--preset", "nope", "--dry-run"]) == 2
+    assert cli_main(["distill", "autoencoder", "--preset", "nope", "--dry-run"]) == 2
     assert "unknown preset" in capsys.readouterr().err
+    # a model override is validated as the config validates it
+    assert cli_main(["distill", "autoencoder", "--preset", "tiny", "--set", "model.decoder_time_growth=[2,1]",
+                     "--dry-run"]) == 2
+    assert "multiply to 4" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (SHIPPED / "autoencoder.safetensors").is_file(), reason="shipped weights not trained yet")

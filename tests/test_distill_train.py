@@ -45,7 +45,7 @@ def tiny_autoencoder(tmp_path_factory) -> Path:
 def tiny_teacher(tiny_autoencoder, tmp_path_factory) -> Path:
     run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=40)
     run_dir = tmp_path_factory.mktemp("teacher")
-    return teacher_mod.train_teacher(run, run_dir)
+    return teacher_mod.train_teacher(run, run_dir).out_dir
 
 
 def test_teacher_loss_decreases_and_model_exports(tiny_teacher):
@@ -60,9 +60,9 @@ def test_teacher_loss_decreases_and_model_exports(tiny_teacher):
 
 def test_teacher_resume_continues_exactly(tiny_autoencoder, tmp_path):
     run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, ckpt_every=5)
-    straight = teacher_mod.train_teacher(run, tmp_path / "straight")
+    straight = teacher_mod.train_teacher(run, tmp_path / "straight").out_dir
     teacher_mod.train_teacher(replace(run, steps=5), tmp_path / "resumed")
-    resumed = teacher_mod.train_teacher(run, tmp_path / "resumed")  # same command, longer: resumes at 5
+    resumed = teacher_mod.train_teacher(run, tmp_path / "resumed").out_dir  # same command, longer: resumes at 5
     steps = [m["step"] for m in metrics(tmp_path / "resumed")]
     assert steps == [5, 10]
     a = load_model(str(straight)).transformer.state_dict()
@@ -104,7 +104,7 @@ def test_latent_pool_is_encoded_once_and_reused(tiny_autoencoder, tmp_path):
 
 def test_student_ode_then_dmd_exports_a_streaming_model(tiny_teacher, tmp_path):
     run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), ode_iters=16, dmd_iters=4)
-    out = student_mod.train_student(run, tmp_path / "student")
+    out = student_mod.train_student(run, tmp_path / "student").out_dir
     logged = metrics(tmp_path / "student")
     ode = [m["loss/ode"] for m in logged if "loss/ode" in m]
     assert np.mean(ode[-2:]) < np.mean(ode[:2]), ode
@@ -147,11 +147,11 @@ def test_two_process_data_parallel_on_gloo(tiny_teacher, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_reward(tmp_path_factory) -> Path:
     from distill.rewards.shapes import ShapesVideoReward
-    from distill.rewards.train import presets as reward_presets
+    from distill.rewards.train import PRESETS as reward_presets
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("reward")
-    ShapesVideoReward(reward_presets()["tiny"].model).save(path)
+    ShapesVideoReward(reward_presets["tiny"].model).save(path)
     return path
 
 
@@ -165,7 +165,7 @@ def test_reward_methods_and_diagonal_train_and_export(tiny_teacher, tiny_reward,
     assert run.ode_iters == 0 and run.method == method
     assert (run.model.attention.policy == "ema_sink") == (method == "re_dmd")
     assert (run.model.sampler.steps_per_chunk == (4, 3, 2)) == diagonal
-    out = student_mod.train_student(run, tmp_path / method)
+    out = student_mod.train_student(run, tmp_path / method).out_dir
     logged = metrics(tmp_path / method)
     assert [m["step"] for m in logged if "loss/dmd" in m] and all(np.isfinite(m.get("loss/dmd", 0)) for m in logged)
     assert load_model(str(out)).config.attention.policy == run.model.attention.policy

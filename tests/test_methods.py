@@ -255,10 +255,10 @@ def test_stream_r1_weights_from_the_shapes_reward_model():
     """The whole path on a real (tiny, untrained) reward model in eval mode: scores, rollout
     weights and pixel weights in the latent layout, with no gradient left on the reward."""
     from distill.rewards.shapes import ShapesVideoReward
-    from distill.rewards.train import presets
+    from distill.rewards.train import PRESETS
 
     torch.manual_seed(0)
-    reward = ShapesVideoReward(presets()["tiny"].model).eval().requires_grad_(False)
+    reward = ShapesVideoReward(PRESETS["tiny"].model).eval().requires_grad_(False)
     video = torch.rand(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(6)) * 2 - 1
     prompts = ["a red ball moving left", "a blue square growing on a white background"]
     balancer = AdaptiveBalancer(window=4)

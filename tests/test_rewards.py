@@ -5,7 +5,6 @@ a tiny stand-in written here (random Qwen2-VL, same layout as a converted VideoR
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import subprocess
@@ -25,10 +24,10 @@ from distill.rewards.corrupt import (
 )
 from distill.rewards.shapes import ATTRIBUTES, ShapesVideoReward
 from distill.rewards.batches import scene_attributes, shapes_world, training_batch
-from distill.rewards.train import add_subcommand, batch_scores, heldout_accuracy, presets, reward_loss, train
+from distill.rewards.train import PRESETS, batch_scores, heldout_accuracy, reward_loss, train_reward
 
 torch.set_num_threads(1)
-TINY = presets()["tiny"]
+TINY = PRESETS["tiny"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -167,7 +166,8 @@ def test_tiny_reward_trains_and_resumes_exactly(tmp_path):
     run = dataclasses.replace(TINY, steps=6, ckpt_every=3, ema_decay=0.0)  # EMA 0: the export is the model
     torch.manual_seed(run.seed)
     before = sum(batch_loss(ShapesVideoReward(run.model), run, s) for s in range(3))
-    model, accuracy = train(run, tmp_path / "a", progress=False)
+    result = train_reward(run, tmp_path / "a", progress=False)
+    model, accuracy = ShapesVideoReward.load(result.out_dir), result.figures
     after = sum(batch_loss(model, run, s) for s in range(3))
     assert after < before - 0.05, (before, after)
     assert set(accuracy) >= {"visual", "motion", "text"}
@@ -177,10 +177,10 @@ def test_tiny_reward_trains_and_resumes_exactly(tmp_path):
     assert manifest["kind"] == "shapes" and manifest["provenance"]["steps"] == 6
 
     # Interrupted after step 3 (the step-6 checkpoint never written), then re-run: the same weights.
-    train(run, tmp_path / "b", progress=False)
+    train_reward(run, tmp_path / "b", progress=False)
     for suffix in (".safetensors", ".json"):
         (tmp_path / "b" / f"checkpoint-0000006{suffix}").unlink()
-    resumed, _ = train(run, tmp_path / "b", progress=False)
+    resumed = ShapesVideoReward.load(train_reward(run, tmp_path / "b", progress=False).out_dir)
     for (name, a), (_, b) in zip(model.state_dict().items(), resumed.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name
 
@@ -203,18 +203,14 @@ def test_checkpoint_round_trip_and_loader(tmp_path):
 
 
 def test_cli_dry_run_and_errors(capsys):
-    from clients.cli import CommandError
+    from clients.cli import main as cli_main
 
-    parser = argparse.ArgumentParser()
-    add_subcommand(parser.add_subparsers())
-    args = parser.parse_args(["reward", "--preset", "tiny", "--set", "steps=3", "--dry-run"])
-    assert args.func(args) == 0
+    assert cli_main(["distill", "reward", "--preset", "tiny", "--set", "steps=3", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 3
-    for argv in (["reward", "--preset", "nope", "--dry-run"], ["reward", "--set", "model=1", "--dry-run"],
-                 ["reward", "--evaluate", "/nonexistent/reward"]):
-        args = parser.parse_args(argv)
-        with pytest.raises(CommandError):
-            args.func(args)
+    for argv in (["--preset", "nope", "--dry-run"], ["--set", "model=1", "--dry-run"],
+                 ["--set", "steps=three", "--dry-run"], ["--evaluate", "/nonexistent/reward"]):
+        assert cli_main(["distill", "reward", *argv]) == 2, argv
+        assert "error" in capsys.readouterr().err
 
 
 def test_reward_never_imports_the_evaluator_and_registers_without_torch():
@@ -222,7 +218,8 @@ def test_reward_never_imports_the_evaluator_and_registers_without_torch():
             "print([m for m in sys.modules if m.startswith('distill.eval')])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    code = "import sys, distill.rewards.train; print('torch' in sys.modules)"
+    code = ("import argparse, sys, distill.train_commands as t; t.register(argparse.ArgumentParser()"
+            ".add_subparsers()); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -237,7 +234,7 @@ def test_shipped_reward_ranks_heldout_clips():
     and motion swaps under 0.6, so those are not asserted); on these 8: 0.93, 1.0, 0.6
     (colour-like 0.75). The thresholds sit below both."""
     model = load_reward(SHAPES_REWARD_DIR)
-    run = dataclasses.replace(presets()["shapes"], model=model.config)
+    run = dataclasses.replace(PRESETS["shapes"], model=model.config)
     accuracy = heldout_accuracy(model, run, clips=8)
     assert accuracy["visual"] >= 0.85, accuracy
     assert accuracy["motion"] >= 0.9, accuracy

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from distill.data import vocab
+from engine.config import FrozenConfig
 
 from .base import DIMENSIONS, MANIFEST, check_video, motion_magnitude
 
@@ -60,8 +60,7 @@ def text_encoder(max_tokens: int):
     return MiniLMTextEncoder(max_tokens=max_tokens)
 
 
-@dataclass(frozen=True)
-class ShapesRewardConfig:
+class ShapesRewardConfig(FrozenConfig):
     height: int = 128  # frames are resized to this before the trunk (the default model's size)
     width: int = 128
     stem_channels: int = 16  # 4x4 patches, stride 4
@@ -72,16 +71,6 @@ class ShapesRewardConfig:
     text_dim: int = 384  # MiniLM's token feature width
     max_tokens: int = 32  # MiniLM tokens per caption
     attributes: tuple[str, ...] = ATTRIBUTES  # the attribute heads' slots, in order
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ShapesRewardConfig":
-        data = dict(data)
-        data["channels"] = tuple(data["channels"])
-        data["attributes"] = tuple(data["attributes"])
-        return cls(**data)
 
 
 # --- building blocks -------------------------------------------------------------------------
@@ -288,7 +277,7 @@ class ShapesVideoReward(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, directory / WEIGHTS)
-        manifest = {"kind": "shapes", "config": self.config.to_dict(), "provenance": provenance or {}}
+        manifest = {"kind": "shapes", "config": self.config.model_dump(mode="json"), "provenance": provenance or {}}
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
     @classmethod
@@ -297,6 +286,6 @@ class ShapesVideoReward(nn.Module):
         manifest = json.loads((directory / MANIFEST).read_text())
         if manifest.get("kind") != "shapes":
             raise ValueError(f"{directory / MANIFEST} is not a Shapes reward model (kind {manifest.get('kind')!r})")
-        model = cls(ShapesRewardConfig.from_dict(manifest["config"]))
+        model = cls(ShapesRewardConfig.model_validate(manifest["config"]))
         model.load_state_dict(load_file(directory / WEIGHTS))
         return model

@@ -2,7 +2,7 @@
 
     framecast distill reward --preset shapes --threads 1 --out distill/rewards/weights/shapes-reward
     framecast distill reward --evaluate distill/rewards/weights/shapes-reward --eval-clips 64
-    python -m distill.rewards.train --preset tiny --run-dir /tmp/reward --dry-run
+    framecast distill reward --preset tiny --run-dir /tmp/reward --dry-run
 
 Re-running the same command resumes from the run dir's last checkpoint; the EMA weights
 are exported to --out (default RUN_DIR/reward) with the held-out accuracies in reward.json.
@@ -13,30 +13,26 @@ Loss: a Bradley-Terry pairwise loss per dimension, softplus(s_negative - s_real)
 -log sigmoid of the margin, plus a small penalty on the squared scores so the logits
 stay near zero (only their differences are trained). Held-out accuracy is the fraction
 of such pairs ranked the right way round on scenes training never draws.
-
-This module imports no torch at import time: `add_subcommand` runs when the `framecast`
-command starts.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from clients.cli import CommandError  # light: argparse and importlib only
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
+from distill.common import EMA, CaptionCache, Checkpointer, MetricsLog, TrainResult, run_to_json, warmup_cosine_lr
+
+from .base import motion_magnitude
 from .batches import Batch, heldout_batch, shapes_world, training_batch
-
-if TYPE_CHECKING:
-    import torch
-
-    from .shapes import ShapesRewardConfig, ShapesVideoReward
+from .corrupt import CAPTION_KINDS, MOTION_KINDS, VISUAL_KINDS
+from .shapes import ShapesRewardConfig, ShapesVideoReward, text_encoder
 
 MOVING = 1e-3  # motion_magnitude below which a clip is still (re-timing it changes nothing)
 
@@ -45,7 +41,7 @@ MOVING = 1e-3  # motion_magnitude below which a clip is still (re-timing it chan
 class RewardRun:
     """One training run: the network's config plus how to train it."""
 
-    model: "ShapesRewardConfig"
+    model: ShapesRewardConfig
     steps: int = 450  # ~15 min on one CPU thread shared with other jobs (about 2 s a step)
     batch_size: int = 6  # real clips per step; each adds a visual and a motion negative
     num_frames: int = 8  # training clips: 0.5 s at 16 fps (half the cost of 1 s; the trunk pools over time)
@@ -64,34 +60,28 @@ class RewardRun:
     seed: int = 0
 
 
-def presets() -> dict[str, RewardRun]:
-    """The preset table (a function so that importing this module stays torch-free)."""
-    from .shapes import ShapesRewardConfig
-
-    return {
-        # The shipped model (about 150k parameters, ~0.6 MB).
-        "shapes": RewardRun(model=ShapesRewardConfig()),
-        # For tests: 32x32 frames, a few thousand parameters.
-        "tiny": RewardRun(
-            model=ShapesRewardConfig(height=32, width=32, stem_channels=8, colour_channels=4, channels=(8, 16),
-                                     heads_hidden=16, attention_heads=2),
-            steps=6, batch_size=2, num_frames=8, eval_frames=8, caption_negatives=1, lr=3e-3, warmup=1, log_every=2, eval_every=6,
-            eval_clips=2, ckpt_every=3, ema_decay=0.5),
-    }
+PRESETS: dict[str, RewardRun] = {
+    # The shipped model (about 150k parameters, ~0.6 MB).
+    "shapes": RewardRun(model=ShapesRewardConfig()),
+    # For tests: 32x32 frames, a few thousand parameters.
+    "tiny": RewardRun(
+        model=ShapesRewardConfig(height=32, width=32, stem_channels=8, colour_channels=4, channels=(8, 16),
+                                 heads_hidden=16, attention_heads=2),
+        steps=6, batch_size=2, num_frames=8, eval_frames=8, caption_negatives=1, lr=3e-3, warmup=1, log_every=2,
+        eval_every=6, eval_clips=2, ckpt_every=3, ema_decay=0.5),
+}
 
 
 # --- loss ------------------------------------------------------------------------------------------
 
 
-def batch_scores(model: "ShapesVideoReward", batch: Batch, text, in_batch: bool = True) -> dict[str, "torch.Tensor"]:
+def batch_scores(model: ShapesVideoReward, batch: Batch, text, in_batch: bool = True) -> dict[str, torch.Tensor]:
     """Scores of the real clips and their negatives. text: prompts -> [N, L, D] features.
     -> {"visual": [2, B] (real, corrupted), "motion": [2, B], "text": [1 + K, B] (true
     caption, K mismatched), with in_batch "text_batch": [B, B], clip i with caption j
     (every other clip's caption is a free negative: no extra trunk pass or text encoding),
     and the attribute heads' logits "shown": [3B, A] (real clips, then the visual and the
     motion negatives), "named": [(1 + K) B, A]}"""
-    import torch
-
     b = len(batch.captions)
     pooled, tokens = model.features(torch.cat([batch.video, batch.visual_negative, batch.motion_negative]))
     visual = model.visual_head(pooled).squeeze(-1).view(3, b)
@@ -119,14 +109,12 @@ def batch_scores(model: "ShapesVideoReward", batch: Batch, text, in_batch: bool 
     return scores
 
 
-def moving_mask(video: "torch.Tensor") -> "torch.Tensor":
+def moving_mask(video: torch.Tensor) -> torch.Tensor:
     """[B] 1.0 where the clip moves at all: a still clip re-timed is the same clip."""
-    from .base import motion_magnitude
-
     return (motion_magnitude(video) > MOVING).float()
 
 
-def reward_loss(scores: dict, batch: Batch, score_penalty: float) -> tuple["torch.Tensor", dict]:
+def reward_loss(scores: dict, batch: Batch, score_penalty: float) -> tuple[torch.Tensor, dict]:
     """Bradley-Terry pairwise loss, softplus(s_neg - s_real) = -log sigmoid(s_real - s_neg),
     per dimension, + score_penalty * mean squared score. Text: the mean over the
     attribute-swapped captions, plus (with "text_batch") the mean over the other clips'
@@ -134,9 +122,6 @@ def reward_loss(scores: dict, batch: Batch, score_penalty: float) -> tuple["torc
     attribute heads' binary cross-entropy against the scene labels (what each clip
     shows, what each caption names). Motion pairs of clips that do not move are skipped.
     -> (loss, {name: float})"""
-    import torch
-    import torch.nn.functional as F
-
     moving = moving_mask(batch.video)
     visual = F.softplus(scores["visual"][1] - scores["visual"][0]).mean()
     motion_pairs = F.softplus(scores["motion"][1] - scores["motion"][0])  # [B]
@@ -157,14 +142,11 @@ def reward_loss(scores: dict, batch: Batch, score_penalty: float) -> tuple["torc
     return loss, logs
 
 
-def shown_attribute_loss(logits: "torch.Tensor", batch: Batch) -> "torch.Tensor":
+def shown_attribute_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Binary cross-entropy of the clip attribute head [3B, A] against the scenes' labels.
     The negatives still show their scene (three times the examples for no extra trunk
     pass), except what their corruption changed: a colour-shifted clip's colours and a
     re-timed clip's motions are left out."""
-    import torch
-    import torch.nn.functional as F
-
     b = len(batch.captions)
     target = batch.shown.repeat(3, 1)  # [3B, A]
     keep = torch.ones_like(target)
@@ -177,23 +159,17 @@ def shown_attribute_loss(logits: "torch.Tensor", batch: Batch) -> "torch.Tensor"
 
 def lr_at(run: RewardRun, step: int) -> float:
     """Linear warm-up, then cosine decay to lr * final_lr_fraction at the last step."""
-    from distill.common import warmup_cosine_lr
-
     return warmup_cosine_lr(run.lr, step, run.warmup, run.steps, run.final_lr_fraction)
 
 
 # --- held-out accuracy ---------------------------------------------------------------------------------
 
 
-def heldout_accuracy(model: "ShapesVideoReward", run: RewardRun, clips: int, text=None) -> dict[str, float]:
+def heldout_accuracy(model: ShapesVideoReward, run: RewardRun, clips: int, text=None) -> dict[str, float]:
     """Pairwise accuracy on held-out clips 0..clips-1, each against every negative kind:
     "visual/<kind>": P(real ranked above it), "motion/<kind>" (moving clips only),
     "text/<kind>": P(true caption above the mismatched one); "visual", "motion", "text":
     the means over kinds."""
-    import torch
-
-    from .corrupt import CAPTION_KINDS, MOTION_KINDS, VISUAL_KINDS
-
     text = text or model.encode_prompts
     world = shapes_world(run)
     hits: dict[str, list[float]] = {}
@@ -222,22 +198,14 @@ def heldout_accuracy(model: "ShapesVideoReward", run: RewardRun, clips: int, tex
 # --- the training run ------------------------------------------------------------------------------------
 
 
-def train(run: RewardRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0,
-          progress: bool = True, command: str = "") -> tuple["ShapesVideoReward", dict]:
+def train_reward(run: RewardRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0,
+                 progress: bool = True) -> TrainResult:
     """Train (or resume) in run_dir; export the EMA model to out_dir (default run_dir/reward)
-    with `command` (how to reproduce it) in its provenance.
-    -> (the exported model, its held-out accuracies)"""
-    import torch
-    from tqdm import tqdm
-
-    from distill.common import EMA, CaptionCache, Checkpointer, MetricsLog
-
-    from .shapes import ShapesVideoReward, text_encoder
-
+    with the command that made it and its held-out accuracies (TrainResult.figures)."""
     if threads:
         torch.set_num_threads(threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "run.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+    (run_dir / "run.json").write_text(json.dumps(run_to_json(run), indent=2) + "\n")
 
     # --- build ------------------------------------------------------------------------------
     torch.manual_seed(run.seed)
@@ -260,6 +228,7 @@ def train(run: RewardRun, run_dir: Path, out_dir: Path | None = None, threads: i
     start = time.time() - spent
     bar = tqdm(total=run.steps, initial=step, desc="reward", unit="step", dynamic_ncols=True, disable=not progress)
     window: dict[str, list[float]] = {}
+    losses: list[float] = []
     while step < run.steps:
         batch = training_batch(world, run, step)
         loss, logs = reward_loss(batch_scores(model, batch, captions), batch, run.score_penalty)
@@ -271,6 +240,7 @@ def train(run: RewardRun, run_dir: Path, out_dir: Path | None = None, threads: i
         ema.update(model)
         step += 1
         bar.update(1)
+        losses.append(logs["loss/total"])
         for k, v in logs.items():
             window.setdefault(k, []).append(v)
         if step % run.log_every == 0 or step == run.steps:
@@ -293,108 +263,7 @@ def train(run: RewardRun, run_dir: Path, out_dir: Path | None = None, threads: i
     accuracy = heldout_accuracy(final, run, run.eval_clips, captions)
     out_dir = out_dir or run_dir / "reward"
     final.save(out_dir, provenance={
-        "command": command, "run": dataclasses.asdict(run), "steps": step,
+        "command": " ".join(["framecast"] + sys.argv[1:]), "run": run_to_json(run), "steps": step,
         "train_seconds": round(time.time() - start, 1), "heldout_clips": run.eval_clips,
         "heldout_accuracy": {k: round(v, 4) for k, v in accuracy.items()}})
-    return final, accuracy
-
-
-# --- command line --------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="shapes",
-                        help="training preset: 'shapes' (the shipped model) or 'tiny' (tests)")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/reward"),
-                        help="checkpoints, TensorBoard logs and metrics.jsonl; re-running with the same dir resumes")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where the trained reward model goes (default: RUN_DIR/reward)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a field of the preset (JSON value), e.g. --set steps=200 --set lr=1e-3")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: torch's default); the shipped model used 1")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to TensorBoard)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved run config as JSON and exit")
-    parser.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
-                        help="do not train: print the held-out pairwise accuracies of the reward model in DIR")
-    parser.add_argument("--eval-clips", type=int, default=64,
-                        help="with --evaluate: held-out clips to judge (each against every negative kind)")
-
-
-def resolve_run(args: argparse.Namespace) -> RewardRun:
-    table = presets()
-    if args.preset not in table:
-        raise CommandError(f"unknown preset {args.preset!r}; choose from {', '.join(table)}")
-    run = table[args.preset]
-    fields = {f.name for f in dataclasses.fields(run)} - {"model"}
-    updates = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise CommandError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {', '.join(sorted(fields))}")
-        try:
-            updates[key] = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise CommandError(f"--set {item!r}: VALUE must be JSON ({exc})") from exc
-    return dataclasses.replace(run, **updates)
-
-
-def print_accuracy(accuracy: dict[str, float], clips: int) -> None:
-    print(f"held-out pairwise accuracy over {clips} clips (real above negative):")
-    for dim in ("visual", "motion", "text"):
-        kinds = ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in accuracy.items() if k.startswith(dim + "/"))
-        print(f"  {dim:<6} {accuracy.get(dim, float('nan')):.3f}  ({kinds})")
-
-
-def handle(args: argparse.Namespace) -> int:
-    run = resolve_run(args)
-    if args.evaluate is not None:
-        import torch
-
-        from .shapes import ShapesVideoReward
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        if not (args.evaluate / "reward.json").is_file():
-            raise CommandError(f"no reward model in {args.evaluate} (reward.json missing)")
-        model = ShapesVideoReward.load(args.evaluate)
-        run = dataclasses.replace(run, model=model.config)
-        print_accuracy(heldout_accuracy(model, run, args.eval_clips), args.eval_clips)
-        return 0
-    if args.dry_run:
-        print(json.dumps({"run_dir": str(args.run_dir), "out": str(args.out or args.run_dir / "reward"),
-                          "threads": args.threads, **dataclasses.asdict(run)}, indent=2))
-        return 0
-    start = time.time()
-    command = " ".join(["framecast distill reward", f"--preset {args.preset}", *(f"--set {s}" for s in args.set),
-                        f"--run-dir {args.run_dir}", f"--threads {args.threads}", f"--out {args.out}" if args.out else ""])
-    _, accuracy = train(run, args.run_dir, args.out, threads=args.threads, progress=not args.no_progress,
-                        command=command.strip())
-    print(f"trained in {time.time() - start:.0f} s; reward model in {args.out or args.run_dir / 'reward'}")
-    print_accuracy(accuracy, run.eval_clips)
-    return 0
-
-
-def add_subcommand(distill_subparsers) -> argparse.ArgumentParser:
-    """Register `reward` under `framecast distill`."""
-    parser = distill_subparsers.add_parser(
-        "reward", help="train (or evaluate) the Shapes video reward model: visual, motion, text scores",
-        description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    parser.set_defaults(func=handle)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distill.rewards.train", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return handle(args)
-    except CommandError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return TrainResult(out_dir, step, time.time() - start, losses, accuracy)

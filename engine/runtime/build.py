@@ -148,7 +148,7 @@ def _latent_shape(model: "StreamModel", batch: int = 1) -> tuple[int, ...]:
 
 def decoder_key(model: "StreamModel", decoder, options: RuntimeOptions) -> EngineKey:
     weights = weights_hash(decoder)
-    config_text = decoder.config.to_json()
+    config_text = decoder.config.model_dump_json()
     model_hash = hashlib.sha256(f"{weights}|{config_text}".encode()).hexdigest()
     shapes = {"batch": _batch_shape(options), "latent": list(_latent_shape(model)[1:])}
     return EngineKey("decoder", options.backend, model.name, model_hash, shapes, "float32",
