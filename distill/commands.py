@@ -22,8 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--switch", action="append", default=[], metavar="SECONDS:PROMPT",
                     help="with --video: the prompt changed to PROMPT at SECONDS (repeatable)")
     ev.add_argument("--prompts", default="standard",
-                    help="with --model: a file of prompts (one per line, or a JSON list), or 'standard' for "
-                         "the built-in 48-prompt set")
+                    help="with --model: a file of prompts (one per line, or a JSON list), or a named set: "
+                         "'standard' (48 canonical captions) or 'heldout' (44 hand-written prompts)")
     ev.add_argument("--limit", type=int, default=None, help="with --model: use only the first N prompts")
     ev.add_argument("--seeds", type=int, default=1, help="with --model: seeds 0..N-1 per prompt")
     ev.add_argument("--seconds", type=float, default=4.0, help="with --model: seconds generated per sample")
@@ -66,14 +66,14 @@ def _switches(items: list[str]) -> list[tuple[float, str]]:
 
 def _read_prompts(spec: str, limit: int | None) -> list[str]:
     from clients.cli import CommandError
-    from distill.eval.prompts import standard_prompts
+    from distill.eval.prompts import PROMPT_SETS
 
-    if spec == "standard":
-        prompts = standard_prompts()
+    if spec in PROMPT_SETS:
+        prompts = PROMPT_SETS[spec]()
     else:
         path = Path(spec)
         if not path.is_file():
-            raise CommandError(f"--prompts: no such file {spec!r} (or use 'standard')")
+            raise CommandError(f"--prompts: no such file {spec!r} (or name a set: {', '.join(PROMPT_SETS)})")
         text = path.read_text()
         try:
             prompts = [str(p) for p in json.loads(text)] if text.lstrip().startswith("[") else \

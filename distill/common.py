@@ -206,7 +206,7 @@ class ShapesLatents:
 
         self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps))
         self.autoencoder = autoencoder
-        self.frames = latent_frames * 4
+        self.frames = latent_frames * autoencoder.config.temporal_compression
         self.batch_size, self.seed, self.max_start = batch_size, seed, max_start_frame
         self.pool: torch.Tensor | None = None  # [N, C, F, h, w]
         self.pool_captions: list[list[str]] = []

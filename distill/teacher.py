@@ -253,7 +253,7 @@ class TeacherGenerator:
         from engine.session import to_uint8_frames
 
         total = max(1, round(seconds * self.fps))
-        latent_frames = max(self.latent_frames, -(-total // 4))
+        latent_frames = max(self.latent_frames, -(-total // self.config.latent.temporal_compression))
         gen = torch.Generator().manual_seed(seed or 0)
         x0 = sample_teacher(self.transformer, self.config, self.text_encoder.encode([prompt]), latent_frames,
                             steps=self.steps, guidance=self.guidance, generator=gen)

@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -54,7 +55,10 @@ class AutoencoderRun:
     lr: float = 1e-3
     warmup: int = 100
     final_lr_fraction: float = 0.05  # cosine decay from lr down to lr * this
-    edge_weight: float = 0.5  # weight of the L1 loss on pixel differences
+    # "mse": squared error, which PSNR measures (learns sharp shapes ~3x faster here than L1:
+    # 29.7 vs 24.0 dB after 300 steps overfitting two clips); "l1": absolute error.
+    pixel_loss: Literal["mse", "l1"] = "l1"
+    edge_weight: float = 0.5  # weight of the same loss on horizontal and vertical pixel differences
     latent_noise: float = 0.1  # noise std relative to each channel's std (per clip U(0, this))
     stats_clips: int = 32  # full-frame training clips the exported latent statistics are measured on
     ema_decay: float = 0.998
@@ -143,12 +147,16 @@ def latent_statistics(ae: ShapesAutoencoder, world, run: AutoencoderRun) -> tupl
 # --- loss and schedule ------------------------------------------------------------------------
 
 
-def reconstruction_loss(rec: torch.Tensor, video: torch.Tensor, edge_weight: float) -> torch.Tensor:
-    """L1 + edge_weight * L1 of the x and y pixel differences. rec, video: [B, 3, T, H, W]"""
-    l1 = (rec - video).abs().mean()
-    dx = (rec.diff(dim=-1) - video.diff(dim=-1)).abs().mean()
-    dy = (rec.diff(dim=-2) - video.diff(dim=-2)).abs().mean()
-    return l1 + edge_weight * (dx + dy)
+def reconstruction_loss(rec: torch.Tensor, video: torch.Tensor, edge_weight: float,
+                        pixel_loss: str = "l1") -> torch.Tensor:
+    """d(rec, video) + edge_weight * d of the x and y pixel differences, d the mean absolute
+    or squared error. rec, video: [B, 3, T, H, W]"""
+    def d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).square().mean() if pixel_loss == "mse" else (a - b).abs().mean()
+
+    dx = d(rec.diff(dim=-1), video.diff(dim=-1))
+    dy = d(rec.diff(dim=-2), video.diff(dim=-2))
+    return d(rec, video) + edge_weight * (dx + dy)
 
 
 def lr_at(run: AutoencoderRun, step: int) -> float:
@@ -199,7 +207,7 @@ def train_autoencoder(run: AutoencoderRun, run_dir: Path, out_dir: Path | None =
             sigma = run.latent_noise * torch.rand(video.shape[0], 1, 1, 1, 1, generator=noise_gen)
             noisy = raw + sigma * scale * torch.randn(raw.shape, generator=noise_gen)
             rec = ae.decode(ae.normalise(noisy))  # [B, 3, T, crop, crop] (statistics are 0 / 1 until export)
-        loss = reconstruction_loss(rec.float(), video, run.edge_weight)
+        loss = reconstruction_loss(rec.float(), video, run.edge_weight, run.pixel_loss)
 
         for group in opt.param_groups:
             group["lr"] = lr_at(run, step)

@@ -86,6 +86,22 @@ def test_ground_truth_through_an_autoencoder_like_degradation_still_scores_high(
     assert mean(results, "shape_accuracy") >= 0.85
 
 
+def test_a_prompt_without_background_asks_for_contrast(clips):
+    """No background asked: the frames must still set the object off. Ground truth does;
+    a frame painted in the object's colour (what a model that ignores the missing
+    background does) scores zero contrast and loses prompt accuracy for it."""
+    clip = next(c for c in clips if len(c.scene.objects) == 1)
+    obj = clip.scene.objects[0]
+    prompt = f"a {obj.colour} {obj.shape}"
+    truth = evaluate_frames(clip.frames, prompt, 16)
+    assert truth["background_accuracy"] is None and truth["contrast_accuracy"] == 1.0
+    painted = np.broadcast_to(np.array(vocab.ALL_COLOURS[obj.colour], np.uint8), clip.frames.shape).copy()
+    flooded = evaluate_frames(painted, prompt, 16)
+    assert flooded["contrast_accuracy"] == 0.0 and flooded["prompt_accuracy"] == 0.0
+    with_bg = evaluate_frames(clip.frames, clip.captions[0], 16)
+    assert with_bg["contrast_accuracy"] is None  # a named background is scored by background_accuracy
+
+
 def true_contents(clip) -> tuple[list[TrackSummary], np.ndarray]:
     """What a perfect detector would report for a clip."""
     found = [TrackSummary(o.colour, 1.0, o.shape, o.motion, o.size, None) for o in clip.scene.objects]

@@ -78,8 +78,8 @@ def test_every_caption_parses_back_to_the_scene():
             got = parse_prompt(caption)
             assert len(got.objects) == len(truth.objects), caption
             for g, t in zip(got.objects, truth.objects):
-                assert (g.colour, g.shape, g.motion) == (t.colour, t.shape, t.motion), caption
-                assert g.size in (None, t.size), caption
+                assert (g.colour, g.shape) == (t.colour, t.shape), caption
+                assert g.motion in (None, t.motion) and g.size in (None, t.size), caption  # unsaid, or right
             assert got.background in (None, truth.background), caption
         # The canonical caption names everything, background and pattern included.
         assert parse_prompt(clip.captions[0]) == truth

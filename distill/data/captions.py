@@ -1,10 +1,12 @@
 """Captions for Shapes scenes, and the parser that reads a prompt back into intent.
 
 `scene_captions` writes paraphrases of one scene ("a small red circle moves left on
-a blue background", "red ball rolling to the left, blue background", ...). The first
+a blue background", "crimson ball rolling to the left, azure backdrop", ...). The first
 is canonical: it names every object's size, colour, shape and motion and the
-background's colour and pattern. Every paraphrase names each object's colour, shape
-and motion; some leave out sizes or the background.
+background's colour and pattern, in the canonical words. The others draw colour, shape,
+size and motion words from their synonyms, and some leave out sizes, the background or
+an object's motion, as people's prompts do. Every caption names each object's colour
+and shape.
 
 `parse_prompt` turns any prompt (a caption, or text a person typed) into a
 `PromptIntent`: the objects asked for and the background, each attribute None when
@@ -32,12 +34,19 @@ def _pick(options, rng: np.random.Generator | None):
     return options[0] if rng is None else options[int(rng.integers(len(options)))]
 
 
+def colour_word(colour: str, rng: np.random.Generator | None) -> str:
+    """The canonical name half of the time, else any of its synonyms ("crimson", "azure")."""
+    if rng is None or rng.random() < 0.5:
+        return colour
+    return _pick(vocab.COLOUR_SYNONYMS[colour], rng)
+
+
 def noun_phrase(obj: ObjectSpec, rng: np.random.Generator | None, with_size: bool, article: bool = True) -> str:
     """"a small red ball"; the size is left out for objects whose size changes."""
     words = []
     if with_size and obj.motion not in ("grow", "shrink"):
         words.append(_pick(vocab.SIZE_WORDS[obj.size], rng))
-    words.append(obj.colour)  # canonical colour names only: the model learns one word per colour
+    words.append(colour_word(obj.colour, rng))
     words.append(_pick(vocab.SHAPE_NOUNS[obj.shape], rng))
     text = " ".join(words)
     return f"{_article(text)} {text}" if article else text
@@ -60,7 +69,7 @@ def verb_phrase(obj: ObjectSpec, rng: np.random.Generator | None, participle: bo
 
 def background_phrase(bg: Background, rng: np.random.Generator | None) -> str:
     """"blue striped background" (no article)."""
-    words = [bg.colour]
+    words = [colour_word(bg.colour, rng)]
     if bg.pattern != "solid":
         words.append(_pick(vocab.PATTERN_WORDS[bg.pattern], rng))
     words.append(_pick(vocab.BACKGROUND_NOUNS, rng))
@@ -71,13 +80,21 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def scene_caption(scene: Scene, rng: np.random.Generator | None = None, template: int = 0) -> str:
-    """One caption; rng None gives canonical words, `template` picks the sentence form."""
+def scene_caption(scene: Scene, rng: np.random.Generator | None = None, template: int = 0,
+                  motion_dropout: float = 0.0) -> str:
+    """One caption; rng None gives canonical words, `template` picks the sentence form (the
+    last three name no background), `motion_dropout` the chance of leaving an object's
+    motion unsaid."""
     objs = scene.objects
     with_size = rng is None or bool(rng.integers(2))
-    finite = _join([f"{noun_phrase(o, rng, with_size)} {verb_phrase(o, rng, False)}" for o in objs])
-    participle = _join([f"{noun_phrase(o, rng, with_size)} {verb_phrase(o, rng, True)}" for o in objs])
-    bare = ", ".join(f"{noun_phrase(o, rng, with_size, article=False)} {verb_phrase(o, rng, True)}" for o in objs)
+    says_motion = [rng is None or rng.random() >= motion_dropout for _ in objs]
+
+    def verb(o: ObjectSpec, i: int, participle: bool) -> str:
+        return f" {verb_phrase(o, rng, participle)}" if says_motion[i] else ""
+
+    finite = _join([f"{noun_phrase(o, rng, with_size)}{verb(o, i, False)}" for i, o in enumerate(objs)])
+    participle = _join([f"{noun_phrase(o, rng, with_size)}{verb(o, i, True)}" for i, o in enumerate(objs)])
+    bare = ", ".join(f"{noun_phrase(o, rng, with_size, article=False)}{verb(o, i, True)}" for i, o in enumerate(objs))
     bg = background_phrase(scene.background, rng)
     templates = (
         f"{finite} on {_article(bg)} {bg}",
@@ -85,22 +102,44 @@ def scene_caption(scene: Scene, rng: np.random.Generator | None = None, template
         f"on {_article(bg)} {bg}, {finite}",
         f"{bg} with {participle}",
         f"{finite} over {_article(bg)} {bg}",
+        f"{participle} against {_article(bg)} {bg}",
+        f"{finite} in front of {_article(bg)} {bg}",
         finite,
         bare,
+        participle,
     )
     return templates[template]
 
 
-NUM_TEMPLATES = 7
+NUM_TEMPLATES = 10
+# The words the templates above add around the phrases (kept beside them: the prompt-set
+# test checks that sampled captions use no other word).
+TEMPLATE_WORDS: tuple[str, ...] = ("a", "an", "on", "over", "with", "against", "in", "front", "of", "and")
 
 
-def scene_captions(scene: Scene, rng: np.random.Generator, count: int = 6) -> list[str]:
+def caption_vocabulary() -> frozenset[str]:
+    """Every word a training caption can contain, lower-cased (punctuation dropped). A
+    prompt with a word outside it is one no template can produce."""
+    phrases = [*TEMPLATE_WORDS, *vocab.BACKGROUND_NOUNS, *(w for ws in vocab.COLOUR_SYNONYMS.values() for w in ws),
+               *(w for ws in vocab.SHAPE_NOUNS.values() for w in ws), *(w for ws in vocab.SIZE_WORDS.values() for w in ws),
+               *(w for ws in vocab.PATTERN_WORDS.values() for w in ws),
+               *(w for ws in vocab.DIRECTION_PHRASES.values() for w in ws),
+               *(v for pairs in vocab.MOTION_PHRASES.values() for pair in pairs for v in pair),
+               *(v for pair in vocab.UP_VERBS + vocab.DOWN_VERBS + (vocab.ROLL_VERB,) for v in pair)]
+    return frozenset(w for p in phrases for w in caption_words(p.replace("{dir}", "")))
+
+
+def caption_words(text: str) -> list[str]:
+    return re.findall(r"[a-z'-]+", text.lower())
+
+
+def scene_captions(scene: Scene, rng: np.random.Generator, count: int = 6, motion_dropout: float = 0.15) -> list[str]:
     """`count` distinct paraphrases (fewer if the scene allows fewer); [0] is canonical."""
     captions = [scene_caption(scene)]
     for _ in range(4 * count):
         if len(captions) >= count:
             break
-        text = scene_caption(scene, rng, int(rng.integers(NUM_TEMPLATES)))
+        text = scene_caption(scene, rng, int(rng.integers(NUM_TEMPLATES)), motion_dropout)
         if text not in captions:
             captions.append(text)
     return captions
@@ -162,8 +201,9 @@ def _lexicon() -> dict[tuple[str, ...], tuple[str, str]]:
     add(vocab.BACKGROUND_NOUNS + ("bg", "backgrounds"), "bgnoun", "background")
     add(("left", "leftward", "leftwards", "west"), "dir", "left")
     add(("right", "rightward", "rightwards", "east"), "dir", "right")
-    add(("up", "upward", "upwards", "top", "rises", "rising", "rise", "climbs", "climbing", "ascends", "north"), "dir", "up")
-    add(("down", "downward", "downwards", "bottom", "falls", "falling", "fall", "sinks", "sinking",
+    add(("up", "upward", "upwards", "top", "upper", "rises", "rising", "rise", "climbs", "climbing", "ascends",
+         "north"), "dir", "up")
+    add(("down", "downward", "downwards", "bottom", "lower", "falls", "falling", "fall", "sinks", "sinking",
          "drops", "dropping", "descends", "south"), "dir", "down")
     add(("bounce", "bounces", "bouncing", "bouncy", "hops", "hopping", "jumps", "jumping"), "motion", "bounce")
     add(("in a circle", "in circles", "in a loop", "circles", "circling", "orbits", "orbiting", "orbit",
@@ -172,12 +212,18 @@ def _lexicon() -> dict[tuple[str, ...], tuple[str, str]]:
         "motion", "grow")
     add(("shrink", "shrinks", "shrinking", "smaller", "contracts", "contracting"), "motion", "shrink")
     add(("still", "stationary", "motionless", "static", "not move", "not moving", "doesnt move", "stops",
-         "stopped", "stays", "rests", "resting", "standing still", "stands still"), "motion", "stop")
+         "stopped", "stays", "rests", "resting", "standing still", "stands still", "sits", "sitting", "unmoving",
+         "frozen", "idle"), "motion", "stop")
     return lex
 
 
 _LEXICON = _lexicon()
 _MAX_PHRASE = max(len(k) for k in _LEXICON)
+
+
+# "on gray", "against black": a colour right after one of these, with no shape after it,
+# is the background's even when the prompt does not say "background".
+BACKGROUND_PREPOSITIONS = ("on", "against", "over")
 
 
 def _lex_items(tokens: list[str]) -> list[tuple[int, str, str]]:
@@ -212,7 +258,8 @@ def parse_prompt(text: str) -> PromptIntent:
     Objects are anchored on shape nouns: colour and size words just before a noun
     describe it, motion words after it (up to the next object's adjectives) say how
     it moves. A colour next to "background"/"backdrop" is the background's."""
-    items = _lex_items(_tokens(text))
+    tokens = _tokens(text)
+    items = _lex_items(tokens)
     used: set[int] = set()
     background = None
     for n, (pos, kind, _) in enumerate(items):
@@ -225,6 +272,13 @@ def parse_prompt(text: str) -> PromptIntent:
         if pick and background is None:
             background = items[pick[0]][2]
             used.add(pick[0])
+    if background is None:
+        for n, (pos, kind, value) in enumerate(items):
+            follows = items[n + 1][1] if n + 1 < len(items) else None
+            if kind == "colour" and pos and tokens[pos - 1] in BACKGROUND_PREPOSITIONS and follows not in ("shape", "size"):
+                background = value
+                used.add(n)
+                break
     pattern = next((v for _, k, v in items if k == "pattern"), None)
     free = [(m, it) for m, it in enumerate(items) if m not in used and it[1] != "bgnoun" and it[1] != "pattern"]
     anchors = [j for j, (_, it) in enumerate(free) if it[1] == "shape"]

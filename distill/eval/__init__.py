@@ -12,10 +12,10 @@ See distill.eval.evaluate for the metrics and distill.eval.report for the files.
 
 from distill.eval.config import EvalConfig
 from distill.eval.evaluate import METRICS, evaluate_frames, evaluate_video
-from distill.eval.prompts import standard_prompts, standard_scenes
+from distill.eval.prompts import PROMPT_SETS, heldout_prompts, standard_prompts, standard_scenes
 from distill.eval.report import evaluate_generator
 
 __all__ = [
     "EvalConfig", "METRICS", "evaluate_frames", "evaluate_generator", "evaluate_video",
-    "standard_prompts", "standard_scenes",
+    "standard_prompts", "standard_scenes", "heldout_prompts", "PROMPT_SETS",
 ]

@@ -8,6 +8,8 @@ prompt does not ask for it):
   colour_accuracy, shape_accuracy, motion_accuracy, size_accuracy: per attribute,
       over the prompt's objects (each matched to the found object agreeing most)
   background_accuracy: share of frames whose background has the asked colour
+  contrast_accuracy: when the prompt names no background, share of frames whose
+      background is a named colour that no asked object wears
   count_accuracy: as many objects found as asked
   prompt_accuracy: share of all asked attributes shown, the object count and the
       background included (the headline number)
@@ -36,7 +38,7 @@ from distill.eval.judge import score_window
 
 METRICS: tuple[str, ...] = (
     "colour_accuracy", "shape_accuracy", "motion_accuracy", "size_accuracy", "background_accuracy",
-    "count_accuracy", "prompt_accuracy", "all_correct", "smoothness", "flicker", "stability", "background_stability",
+    "contrast_accuracy", "count_accuracy", "prompt_accuracy", "all_correct", "smoothness", "flicker", "stability", "background_stability",
 )
 DRIFT_METRICS: tuple[str, ...] = ("prompt_accuracy", "smoothness", "stability", "background_stability")
 

@@ -231,13 +231,18 @@ def prompt_scores(intent: PromptIntent, found: list[TrackSummary], background_na
         for attr, ok in agree.items():
             per_attr[attr].append(float(ok))
         objects.append({"asked": dict(want.__dict__), "found": got.as_dict() if got else None})
-    background_accuracy = None
+    background_accuracy = contrast_accuracy = None
     if intent.background and len(background_names):
         background_accuracy = float(np.mean(background_names == intent.background))
+    elif intent.objects and len(background_names):
+        # No background asked: any will do that sets the objects off, a named colour none of
+        # them wears (a frame painted in the object's colour has no object to see).
+        asked = {o.colour for o in intent.objects if o.colour}
+        contrast_accuracy = float(np.mean([name != "unknown" and name not in asked for name in background_names]))
     count_ok = len(found) == len(intent.objects)
     # "a red ball" is one object: clutter of every colour must not pass as the ball.
     all_attrs = [v for vs in per_attr.values() for v in vs] + \
-        ([background_accuracy] if background_accuracy is not None else []) + \
+        [v for v in (background_accuracy, contrast_accuracy) if v is not None] + \
         ([float(count_ok)] if intent.objects else [])
     return {
         "colour_accuracy": mean_or_none(per_attr["colour"]),
@@ -245,6 +250,7 @@ def prompt_scores(intent: PromptIntent, found: list[TrackSummary], background_na
         "motion_accuracy": mean_or_none(per_attr["motion"]),
         "size_accuracy": mean_or_none(per_attr["size"]),
         "background_accuracy": background_accuracy,
+        "contrast_accuracy": contrast_accuracy,
         "count_accuracy": float(count_ok) if intent.objects else None,
         "prompt_accuracy": mean_or_none(all_attrs),
         "all_correct": float(all(v == 1.0 for v in all_attrs)) if all_attrs else None,

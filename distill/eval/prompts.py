@@ -1,10 +1,17 @@
-"""The standard prompt set: 48 prompts that cover every colour, shape, motion, size
-and background pattern, built by a fixed arithmetic rule (no random generator), so
-the set is identical on every machine and numpy version. Training, evaluation and
-benchmarks use the same list; `standard_scenes` gives the scenes they describe, for
-ground-truth checks."""
+"""The named prompt sets of the evaluator.
+
+standard  48 canonical captions that cover every colour, shape, motion, size and
+          background pattern, built by a fixed arithmetic rule (no random generator), so
+          the set is identical on every machine and numpy version; `standard_scenes`
+          gives the scenes they describe, for ground-truth checks.
+heldout   44 prompts written by hand the way people type them (synonyms, other word
+          orders, no background, no motion, two objects), which no training caption can
+          produce (heldout_prompts.txt).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from distill.data import vocab
 from distill.data.captions import scene_caption
@@ -50,3 +57,14 @@ def standard_scenes(count: int = NUM_STANDARD) -> list[Scene]:
 def standard_prompts(count: int = NUM_STANDARD) -> list[str]:
     """The canonical captions of `standard_scenes(count)`."""
     return [scene_caption(s) for s in standard_scenes(count)]
+
+
+HELDOUT_FILE = Path(__file__).with_name("heldout_prompts.txt")
+
+
+def heldout_prompts() -> list[str]:
+    lines = (line.strip() for line in HELDOUT_FILE.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+PROMPT_SETS = {"standard": standard_prompts, "heldout": heldout_prompts}

@@ -116,9 +116,10 @@ class RuntimeDecoder(nn.Module):
 
         state = state or self.init_decoder_state(latents.shape[0])
         b, _, f, h, w = latents.shape
+        t, s = self.eager.config.temporal_compression, self.eager.config.spatial_compression
         device = latents.device
         inputs = {"latents": latents.float()}
-        outputs = {"frames": torch.empty(b, 3, 4 * f, 8 * h, 8 * w, device=device,
+        outputs = {"frames": torch.empty(b, 3, t * f, s * h, s * w, device=device,
                                          dtype=self.runner.output_dtype("frames"))}
         for i, shape in enumerate(self.past_shapes):
             past = state.past[i]
@@ -127,4 +128,4 @@ class RuntimeDecoder(nn.Module):
                                                    dtype=self.runner.output_dtype(f"new_past_{i}"))
         self.runner.run(inputs, outputs)
         past = [outputs[f"new_past_{i}"] for i in range(len(self.past_shapes))]
-        return outputs["frames"], DecoderState(past, state.frames_decoded + 4 * f)
+        return outputs["frames"], DecoderState(past, state.frames_decoded + t * f)
