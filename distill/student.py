@@ -29,7 +29,7 @@ from engine.model import load_transformer_weights
 from engine.sampler import FewStepSampler
 from engine.transformer import build_transformer
 
-from .common import EMA, CaptionCache, Checkpointer, MetricsLog, TrainResult, run_to_json, step_generator
+from .common import EMA, CaptionCache, Checkpointer, MetricsLog, TrainResult, autocast, run_to_json, step_generator
 from .losses import add_noise, dmd_loss, flow_matching_loss, ode_regression_loss, sample_sigmas
 from .rollout import rollout, teacher_forcing_forward
 from .teacher import SHAPES_MODEL, TINY_MODEL, build_text_encoder_for, export_model, sample_teacher
@@ -73,6 +73,7 @@ class StudentRun:
     reward_beta: float = 2.0  # rollout weights exp(beta * normalised reward)
     balance_window: int = 50  # Stream-R1's adaptive balancing looks this many steps back
     grad_clip: float = 1.0
+    autocast: bool = False  # bf16 autocast for every forward (distill.common.autocast)
     ema_decay: float = 0.99
     log_every: int = 10
     ckpt_every: int = 50
@@ -153,9 +154,11 @@ def make_ode_pairs(run: StudentRun, teacher, captions: CaptionCache, path: Path,
     batch = 8
     for i in tqdm(range(0, run.ode_pairs, batch), desc="teacher ODE pairs", unit="batch", dynamic_ncols=True):
         feats = captions(shapes_captions(i, min(batch, run.ode_pairs - i), run.seed + 1, rank))
-        x0, traj = sample_teacher(teacher, run.model, feats, run.latent_frames, steps=run.ode_teacher_steps,
-                                  guidance=teacher_guidance(run, teacher), generator=gen,
-                                  return_trajectory_at=sigmas)
+        with autocast(teacher, run.autocast):
+            x0, traj = sample_teacher(teacher, run.model, feats, run.latent_frames, steps=run.ode_teacher_steps,
+                                      guidance=teacher_guidance(run, teacher), generator=gen,
+                                      return_trajectory_at=sigmas)
+        x0, traj = x0.float(), [t.float() for t in traj]
         xs.append(torch.stack(traj, dim=1))
         x0s.append(x0)
         feats_all.append(feats)
@@ -308,7 +311,8 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
         gen = step_generator(run.seed, step, rank)
         if step < run.ode_iters:
             # ODE initialisation: regress onto teacher trajectories.
-            loss = ode_step_loss(run, student, pairs, gen)
+            with autocast(student, run.autocast):
+                loss = ode_step_loss(run, student, pairs, gen)
             optimiser_step(loss, student, opt_ode, run.grad_clip, world_size)
             logs.setdefault("loss/ode", []).append(loss.item())
             all_losses.append(logs["loss/ode"][-1])
@@ -316,25 +320,27 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
             # Critic: flow matching on the student's own (detached) rollouts.
             for _ in range(run.critic_ratio):
                 feats = captions(shapes_captions(step * 31 + _, run.batch_size, run.seed, rank))
-                with torch.no_grad():
+                with torch.no_grad(), autocast(student, run.autocast):
                     x = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=False).latents
-                    x = judged_window(x, run, gen)
+                    x = judged_window(x, run, gen).float()
                 noise = torch.randn(x.shape, generator=gen)
                 sigma = sample_sigmas(len(x), run.model.sampler.shift, gen)
-                v = critic.denoise(add_noise(x, noise, sigma), sigma * 1000, critic.embed_text(feats),
-                                   critic.full_attention(x.shape[2]))
+                with autocast(critic, run.autocast):
+                    v = critic.denoise(add_noise(x, noise, sigma), sigma * 1000, critic.embed_text(feats),
+                                       critic.full_attention(x.shape[2]))
                 loss_c = flow_matching_loss(v, x, noise)
                 optimiser_step(loss_c, critic, opt_critic, run.grad_clip, world_size)
                 logs.setdefault("loss/critic", []).append(loss_c.item())
             # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
             prompts = shapes_captions(step, run.batch_size, run.seed, rank)
             feats = captions(prompts)
-            x = judged_window(rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=True).latents,
-                              run, gen)
+            with autocast(student, run.autocast):
+                x = judged_window(rollout(student, run.model, student.embed_text(feats), chunks, gen,
+                                          grad=True).latents, run, gen).float()
             sigma = sample_sigmas(len(x), run.model.sampler.shift, gen, run.dmd_sigma_low, run.dmd_sigma_high)
             x_t = add_noise(x.detach(), torch.randn(x.shape, generator=gen), sigma)
-            with torch.no_grad():
-                x0_real, x0_fake = real_and_fake_x0(run, teacher, critic, x_t, sigma, feats)
+            with torch.no_grad(), autocast(teacher, run.autocast):
+                x0_real, x0_fake = (x0.float() for x0 in real_and_fake_x0(run, teacher, critic, x_t, sigma, feats))
             weight = weighting(x, prompts) if weighting is not None else None
             loss = dmd_loss(x, x0_real, x0_fake, weight)
             optimiser_step(loss, student, opt_gen, run.grad_clip, world_size)

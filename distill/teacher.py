@@ -22,7 +22,8 @@ from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelCo
                            TextEncoderConfig, TransformerConfig)
 from engine.transformer import CausalWanTransformer, build_transformer
 
-from .common import EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, run_to_json, step_generator
+from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, autocast, run_to_json,
+                     step_generator)
 from .losses import add_noise, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 4 layers of 2 x 64 heads over 16x16x16 latents
@@ -71,6 +72,7 @@ class TeacherRun:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     caption_dropout: float = 0.1
+    autocast: bool = False  # bf16 autocast for the forwards (distill.common.autocast)
     ema_decay: float = 0.99
     log_every: int = 10
     ckpt_every: int = 50
@@ -146,7 +148,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         feats = torch.where(drop[:, None, None], torch.zeros_like(feats), feats)  # unconditional = zeros
         noise = torch.randn(x0.shape, generator=gen)
         sigma = sample_sigmas(len(texts), run.model.sampler.shift, gen)
-        v = model.denoise(add_noise(x0, noise, sigma), sigma * 1000, model.embed_text(feats), attention)
+        with autocast(model, run.autocast):
+            v = model.denoise(add_noise(x0, noise, sigma), sigma * 1000, model.embed_text(feats), attention)
         loss = flow_matching_loss(v, x0, noise)
 
         for group in opt.param_groups:
