@@ -23,6 +23,7 @@ device sync happens in attention or cache code. Memory never grows with stream l
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -61,6 +62,13 @@ class SinkWindow:
     def reset(self, row: int) -> None:
         pass
 
+    def position(self, row: int) -> int:
+        """The policy's own host-side bookkeeping of a row (for rewinding)."""
+        return 0
+
+    def set_position(self, row: int, position: int) -> None:
+        pass
+
     def evict(self, row: int, k_old: torch.Tensor, v_old: torch.Tensor) -> None:
         """k_old, v_old: [L, tpf, H, Dh] of the frame leaving the window."""
 
@@ -89,9 +97,16 @@ class EmaSink(SinkWindow):
     def reset(self, row: int) -> None:
         self.next_slot[row] = 0
 
+    def position(self, row):
+        return self.next_slot[row]
+
+    def set_position(self, row, position):
+        self.next_slot[row] = position
+
     def evict(self, row, k_old, v_old):
         cache, a = self.cache, self.decay
         dst = cache.frame_slice(cache.sink_offset_frames + self.next_slot[row])
+        cache.journal_write(row, (slice(None), row, dst))
         cache.k[:, row, dst].mul_(a).add_(k_old, alpha=1 - a)
         cache.v[:, row, dst].mul_(a).add_(v_old, alpha=1 - a)
         self.next_slot[row] = (self.next_slot[row] + 1) % cache.sink_frames
@@ -120,6 +135,7 @@ class LinearState(SinkWindow):
         self.state_k[:, row].zero_()
 
     def evict(self, row, k_old, v_old):
+        self.cache.journal_write(row, (slice(None), row), (self.state_kv, self.state_k))
         phi = linear_features(k_old)  # [L, tpf, H, Dh]
         self.state_kv[:, row] += torch.einsum("lnhd,lnhe->lhde", phi, v_old.float())
         self.state_k[:, row] += phi.sum(dim=1)
@@ -166,6 +182,9 @@ class KVCache:
         self.ring_head = [0] * rows  # next ring slot to write (the oldest frame once full)
         self.current_frames = [0] * rows
         self._layouts: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]] = {}
+        # Per row, while someone holds a mark: the previous contents of every region a commit
+        # overwrites, so the row can be rewound to a mark (None: not journaling).
+        self._journals: list[Journal | None] = [None] * rows
 
     @classmethod
     def for_model(cls, config: "ModelConfig", rope: "RopeTables", rows: int, device: torch.device | str,
@@ -211,6 +230,7 @@ class KVCache:
         self.sink_filled[row] = self.window_filled[row] = self.ring_head[row] = self.current_frames[row] = 0
         self.policy.reset(row)
         self._layouts.pop(row, None)
+        self._journals[row] = None
 
     def restart_window(self, row: int) -> None:
         """Empty the window (and the sink, unless the policy keeps it) for a re-cache after a
@@ -295,7 +315,73 @@ class KVCache:
                 else:
                     self.window_filled[row] += 1
                 self.ring_head[row] = (slot + 1) % self.window_frames
+            self.journal_write(row, (slice(None), row, dst))
             self.k[:, row, dst] = k_new
             self.v[:, row, dst] = v_new
         self.current_frames[row] = 0
         self._layouts.pop(row, None)
+
+    # --- rewinding (a prompt switch discards video generated ahead) ----------------------------
+    def mark(self, row: int) -> "CacheMark":
+        """A point the row can be rewound to. Cheap: host ints now, and from here on a copy of
+        each region a commit overwrites (the frame slots written, an EMA-folded sink frame,
+        the linear state): never a copy of the whole cache."""
+        if self._journals[row] is None:
+            self._journals[row] = Journal()
+        bookkeeping = (self.sink_filled[row], self.window_filled[row], self.ring_head[row],
+                       self.policy.position(row))
+        return CacheMark(row, self._journals[row].end, bookkeeping)
+
+    def journal_write(self, row: int, index: tuple, tensors: tuple[torch.Tensor, ...] | None = None) -> None:
+        """Before writing tensors[index] (default: the K/V buffers), keep what is there."""
+        journal = self._journals[row]
+        if journal is not None:
+            tensors = tensors or (self.k, self.v)
+            journal.entries.append((index, tensors, tuple(t[index].clone() for t in tensors)))
+
+    def rewind(self, mark: "CacheMark") -> None:
+        """Restore the row as it was at `mark` (taken since the row's last reset and not forgotten)."""
+        journal, row = self._journals[mark.row], mark.row
+        if journal is None or not journal.start <= mark.position <= journal.end:
+            raise ValueError("that cache mark is no longer held")
+        while journal.end > mark.position:
+            index, tensors, saved = journal.entries.pop()
+            for t, old in zip(tensors, saved):
+                t[index] = old
+        self.sink_filled[row], self.window_filled[row], self.ring_head[row], position = mark.bookkeeping
+        self.policy.set_position(row, position)
+        self.current_frames[row] = 0
+        self._layouts.pop(row, None)
+
+    def forget(self, row: int, before: "CacheMark | None") -> None:
+        """Marks older than `before` will not be rewound to: free what was kept for them
+        (before=None: no mark at all; journaling stops)."""
+        journal = self._journals[row]
+        if before is None or journal is None:
+            self._journals[row] = None
+            return
+        drop = before.position - journal.start
+        if drop > 0:
+            del journal.entries[:drop]
+            journal.start = before.position
+
+    def journal_bytes(self, row: int) -> int:
+        journal = self._journals[row]
+        return sum(t.nbytes for _, _, saved in (journal.entries if journal else ()) for t in saved)
+
+
+@dataclass
+class Journal:
+    start: int = 0  # position of entries[0]
+    entries: list = field(default_factory=list)  # (index, tensors, saved copies), oldest first
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.entries)
+
+
+@dataclass(frozen=True)
+class CacheMark:
+    row: int
+    position: int  # the journal's end when taken
+    bookkeeping: tuple[int, int, int, int]  # sink_filled, window_filled, ring_head, policy position

@@ -13,10 +13,11 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from .errors import CapacityError, SessionClosed
-from .session import Chunk, Forward, StreamSession
+from .session import Chunk, Forward, StreamSession, check_prompt
 
 if TYPE_CHECKING:
     from .model import StreamModel
@@ -34,6 +35,7 @@ class SessionHandle:
         self.closed = False
         self.work = None  # the session's current chunk generator
         self.request: Forward | None = None
+        self.switch: tuple[str, str | None, int | None, Future] | None = None  # applied by the worker
 
     @property
     def seed(self) -> int:
@@ -53,6 +55,20 @@ class SessionHandle:
     def update_prompt(self, prompt: str, event_id: str | None = None) -> int:
         return self.session.update_prompt(prompt, event_id)
 
+    def switch_prompt(self, prompt: str, event_id: str | None = None, resume_after: int | None = None) -> Future:
+        """Switch prompts; the future gives the index of the first chunk under the new prompt.
+
+        resume_after=None: at the next chunk boundary; what was generated stays queued.
+        resume_after=k: the consumer has delivered chunks up to k. Chunks generated after it
+        (queued, or in progress) are discarded and the session is rewound to just after k
+        (StreamSession.rewind), so the new prompt applies from chunk k + 1 and no video
+        made ahead under the old prompt is shown. If that boundary is no longer held, the
+        switch applies at the next boundary instead."""
+        prompt = check_prompt(prompt)  # bad input fails here, in the caller's thread
+        future: Future = Future()
+        self._scheduler.request_switch(self, (prompt, event_id, resume_after, future))
+        return future
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
@@ -65,11 +81,14 @@ class SessionHandle:
 
 class BatchScheduler:
     def __init__(self, model: "StreamModel", max_sessions: int = 8, queue_chunks: int = 2,
-                 max_batch: int | None = None):
+                 max_batch: int | None = None, rewind_chunks: int | None = None):
+        """rewind_chunks: chunk boundaries each session keeps for a switch to rewind to
+        (default: the queue, the chunk in progress and one the consumer may hold unsent)."""
         self.model = model
         self.max_sessions = max_sessions
         self.max_batch = max_batch or max_sessions
         self.queue_chunks = queue_chunks
+        self.rewind_chunks = queue_chunks + 2 if rewind_chunks is None else rewind_chunks
         self.cache = model.new_cache(rows=max_sessions)
         self._free_rows = list(range(max_sessions))
         self._handles: list[SessionHandle] = []
@@ -115,7 +134,8 @@ class BatchScheduler:
                 raise CapacityError(f"all {self.max_sessions} stream slots are in use")
             row = self._free_rows.pop(0)
         try:
-            session = StreamSession(self.model, prompt, seed, cache=self.cache, row=row)
+            session = StreamSession(self.model, prompt, seed, cache=self.cache, row=row,
+                                    rewind_chunks=self.rewind_chunks)
         except Exception:
             with self._cv:
                 self._free_rows.append(row)
@@ -126,7 +146,51 @@ class BatchScheduler:
             self._cv.notify_all()
         return handle
 
+    def request_switch(self, handle: SessionHandle, switch: tuple) -> None:
+        with self._cv:
+            if handle.switch is not None:  # superseded before the worker got to it
+                handle.switch[3].set_exception(SessionClosed("superseded by a later prompt switch"))
+            handle.switch = switch
+            self._cv.notify_all()
+
     # --- the worker --------------------------------------------------------------------
+    def _apply_switches(self) -> None:
+        """Worker thread, lock held, no forward running: rewind and switch the sessions that asked."""
+        for h in self._handles:
+            if h.switch is None:
+                continue
+            (prompt, event_id, resume_after, future), h.switch = h.switch, None
+            if h.closed:
+                future.set_exception(SessionClosed("session is closed"))
+                continue
+            try:
+                if resume_after is not None:
+                    self._rewind(h, resume_after + 1)
+                future.set_result(h.session.update_prompt(prompt, event_id))
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+    def _rewind(self, h: SessionHandle, target: int) -> None:
+        """Discard the session's chunks from `target` on (queued or in progress) and rewind it."""
+        if h.work is None and h.session.chunk_index == target:
+            return  # nothing was generated past the delivered boundary
+        if not h.session.can_rewind(target):
+            return  # not held: the switch applies at the next boundary
+        if h.work is not None:
+            h.work.close()
+            h.work, h.request = None, None
+        kept = []
+        while True:
+            try:
+                item = h.chunks.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(item, Chunk) or item.index < target:
+                kept.append(item)
+        for item in kept:
+            h.chunks.put_nowait(item)
+        h.session.rewind(target)
+
     def _reap(self) -> None:
         """Release the rows of closed sessions (worker thread, lock held, no forward running)."""
         closed = [h for h in self._handles if h.closed]
@@ -144,10 +208,12 @@ class BatchScheduler:
         while True:
             with self._cv:
                 self._reap()
+                self._apply_switches()
                 ready = self._ready()
                 while not ready and not self._stop:
                     self._cv.wait(timeout=0.5)
                     self._reap()
+                    self._apply_switches()
                     ready = self._ready()
                 if self._stop:
                     return
@@ -174,8 +240,9 @@ class BatchScheduler:
                     self._deliver(h, done.value)
 
     def _deliver(self, handle: SessionHandle, item) -> None:
-        # The queue had room when the session was picked and only this thread puts.
+        # The queue had room when the session was picked. close() may have put its wake-up
+        # since: then the session is closed and the chunk is not wanted.
         try:
             handle.chunks.put_nowait(item)
         except queue.Full:
-            time.sleep(0)  # unreachable in practice; never block the worker on one client
+            pass

@@ -19,12 +19,12 @@ import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generator
+from typing import TYPE_CHECKING, Any, Generator
 
 import numpy as np
 import torch
 
-from .cache import KVCache
+from .cache import CacheMark, KVCache
 from .errors import InvalidPrompt, InvalidSeed, SessionClosed
 from .step import StepRequest, chunk_steps
 
@@ -42,6 +42,22 @@ class Chunk:
     pts: float  # stream time of the first frame, seconds
     prompt_event_id: str | None = None
     latents: torch.Tensor | None = None  # [1, C, F, h, w] clean latents of this chunk
+
+
+@dataclass
+class Checkpoint:
+    """A session as it was before generating chunk `chunk_index`: what a rewind restores.
+    Cheap: references to tensors that are never written in place, the RNG state, and a
+    cache mark (engine/cache.py journals what commits overwrite from there on)."""
+
+    chunk_index: int
+    cache: CacheMark
+    sink_latents: list
+    window_latents: list
+    decoder_state: Any
+    generator_state: torch.Tensor
+    prompt: str
+    context: torch.Tensor
 
 
 @dataclass
@@ -79,7 +95,9 @@ def to_uint8_frames(video: torch.Tensor) -> np.ndarray:
 
 class StreamSession:
     def __init__(self, model: "StreamModel", prompt: str, seed: int | None = None, *,
-                 cache: KVCache | None = None, row: int = 0):
+                 cache: KVCache | None = None, row: int = 0, rewind_chunks: int = 0):
+        """rewind_chunks: how many chunk boundaries back `rewind` may go (0: none, and no
+        journal is kept). A server that generates ahead sets it to what it holds unsent."""
         self.model = model
         self.prompt = check_prompt(prompt)
         self.seed = check_seed(seed)
@@ -99,7 +117,8 @@ class StreamSession:
         self._pending: tuple[str, str] | None = None
         self._event_counter = 0
         self._in_chunk = False
-        self._work: Generator[Forward, torch.Tensor, Chunk] | None = None
+        self.rewind_chunks = rewind_chunks
+        self._checkpoints: deque[Checkpoint] = deque()
 
     # --- public API ---------------------------------------------------------------
     def update_prompt(self, prompt: str, event_id: str | None = None) -> int:
@@ -130,9 +149,45 @@ class StreamSession:
     def close(self) -> None:
         self.closed = True
 
+    # --- rewinding ------------------------------------------------------------------
+    def rewind(self, chunk_index: int) -> bool:
+        """Go back to just before chunk `chunk_index` was generated, as if the chunks from it
+        on never were: the cache, kept latents, decoder state, RNG and prompt as they were.
+        Not during a chunk's work (abandon it first). False when that boundary is not held
+        (older than `rewind_chunks`, or not reached yet); the session is then unchanged."""
+        found = next((cp for cp in self._checkpoints if cp.chunk_index == chunk_index), None)
+        if found is None:
+            return False
+        self.cache.rewind(found.cache)
+        self.sink_latents = list(found.sink_latents)
+        self.window_latents = deque(found.window_latents, maxlen=self.window_latents.maxlen)
+        self.decoder_state = found.decoder_state
+        self.generator.set_state(found.generator_state)
+        while self._checkpoints and self._checkpoints[-1].chunk_index >= chunk_index:
+            self._checkpoints.pop()
+        with self._lock:
+            self.prompt, self.context, self.chunk_index = found.prompt, found.context, chunk_index
+            self._in_chunk = False
+        return True
+
+    def can_rewind(self, chunk_index: int) -> bool:
+        return any(cp.chunk_index == chunk_index for cp in self._checkpoints)
+
+    def _checkpoint(self) -> None:
+        """Keep the state before the chunk about to be generated; forget the ones too old."""
+        if not self.rewind_chunks:
+            return
+        self._checkpoints.append(Checkpoint(
+            self.chunk_index, self.cache.mark(self.row), list(self.sink_latents), list(self.window_latents),
+            self.decoder_state, self.generator.get_state(), self.prompt, self.context))
+        while len(self._checkpoints) > self.rewind_chunks:
+            self._checkpoints.popleft()
+        self.cache.forget(self.row, self._checkpoints[0].cache)
+
     # --- the work of one chunk ----------------------------------------------------
     def chunk_work(self) -> Generator[Forward, torch.Tensor, Chunk]:
         """Yields the forwards of the next chunk (engine/step.py's chunk_steps); returns the Chunk."""
+        self._checkpoint()
         with self._lock:
             self._in_chunk = True
             pending, self._pending = self._pending, None

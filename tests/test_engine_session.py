@@ -1,5 +1,7 @@
 """StreamSession behaviour: determinism, prompt switches, step schedules, bad input."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -271,3 +273,78 @@ def test_prompt_switch_without_refresh_replays_at_the_committed_timestep():
         replay.append(request.timestep)
         request = work.send(model.run_forwards([request])[0])
     assert replay and all(t == last_t for t in replay)
+
+
+@pytest.mark.parametrize("policy", ["sink_window", "ema_sink", "linear_state"])
+def test_rewind_and_switch_equals_switching_without_generating_ahead(policy):
+    """A server that generated chunks 4 and 5 ahead, then got a prompt switch while only 0..3
+    were delivered, rewinds to before chunk 4 and switches there: the stream is then exactly
+    the one that switched at chunk 4 having never generated ahead (cache, kept latents,
+    decoder state and RNG all restored; eviction, EMA folding and the linear state included)."""
+    from engine.session import StreamSession
+
+    model = tiny_model(policy=policy, sink_frames=2, window_frames=2)
+    if policy == "linear_state":
+        with torch.no_grad():
+            for block in model.transformer.blocks:
+                block.attn1.temporal_state_out.weight.normal_(0, 0.3)
+    reference = model.open_session("a red ball moving left", seed=3)
+    expected = frames_of(reference, 4)
+    reference.update_prompt("a blue square moving up")
+    expected += frames_of(reference, 2)
+
+    ahead = StreamSession(model, "a red ball moving left", seed=3, rewind_chunks=3)
+    got = frames_of(ahead, 6)  # chunks 4 and 5 generated ahead under the old prompt
+    assert all(np.array_equal(x.frames, y.frames) for x, y in zip(got[:4], expected[:4]))
+    assert ahead.rewind(4) and ahead.chunk_index == 4
+    assert ahead.update_prompt("a blue square moving up") == 4
+    got = got[:4] + frames_of(ahead, 2)
+    for x, y in zip(got, expected):
+        assert x.index == y.index
+        torch.testing.assert_close(x.latents, y.latents, atol=1e-5, rtol=1e-5)
+    assert ahead.rewind(1) is False  # older than rewind_chunks: refused, nothing changed
+    assert ahead.chunk_index == 6
+
+
+def test_rewind_keeps_its_memory_bounded():
+    from engine.session import StreamSession
+
+    model = tiny_model(policy="ema_sink", sink_frames=2, window_frames=2)
+    session = StreamSession(model, "a red ball", seed=0, rewind_chunks=2)
+    sizes = []
+    for _ in range(12):
+        session.next_chunk()
+        sizes.append(session.cache.journal_bytes(0))
+    assert sizes[-1] == sizes[-4] > 0  # the journal holds the last two chunks' writes, no more
+    plain = model.open_session("a red ball", seed=0)
+    frames_of(plain, 3)
+    assert plain.cache.journal_bytes(0) == 0  # a session that never rewinds keeps no journal
+
+
+def test_scheduled_switch_discards_what_was_made_ahead_and_resumes_after_the_delivered_chunk():
+    """The consumer takes chunks 0..2 while the scheduler generates ahead (its queue and the
+    chunk in progress); a switch with resume_after=2 throws those away, rewinds, and the
+    next chunk the consumer gets is chunk 3 under the new prompt, equal to a stream that
+    switched at chunk 3 without ever generating ahead."""
+    model = tiny_model(policy="ema_sink", sink_frames=2, window_frames=2)
+    reference = model.open_session("a red ball moving left", seed=5)
+    expected = frames_of(reference, 3)
+    reference.update_prompt("a blue square moving up", event_id="e9")
+    expected += frames_of(reference, 2)
+    scheduler = BatchScheduler(model, max_sessions=2, queue_chunks=2).start()
+    try:
+        handle = scheduler.open("a red ball moving left", seed=5)
+        got = [handle.next_chunk(timeout=30) for _ in range(3)]
+        deadline = time.monotonic() + 30
+        while not handle.chunks.full() and time.monotonic() < deadline:  # let it generate ahead
+            time.sleep(0.01)
+        assert handle.chunks.full() and handle.session.chunk_index >= 5
+        first = handle.switch_prompt("a blue square moving up", "e9", resume_after=2).result(timeout=30)
+        assert first == 3
+        got += [handle.next_chunk(timeout=30) for _ in range(2)]
+    finally:
+        scheduler.shutdown()
+    assert [c.index for c in got] == [0, 1, 2, 3, 4]
+    assert got[3].prompt_event_id == "e9"
+    for x, y in zip(got, expected):
+        torch.testing.assert_close(x.latents, y.latents, atol=1e-5, rtol=1e-5)
