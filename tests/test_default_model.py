@@ -50,3 +50,28 @@ def test_default_model_paints_the_background_the_prompt_asks_for():
         assert evaluate_frames(videos[colour], prompt, fps=model.fps)["background_accuracy"] >= 0.9, colour
     swapped = evaluate_frames(videos["blue"], prompts["green"], fps=model.fps)
     assert swapped["background_accuracy"] <= 0.1
+
+
+def test_framecast_demo_streams_the_default_model_and_switches(tmp_path, capsys):
+    """`framecast demo` as the README shows it: the embedded model, a switch mid-stream; the
+    PNG grid's rows are chunks, and the background follows the prompt."""
+    from PIL import Image
+
+    from clients.cli import main
+    from distill.eval.colour import COLOUR_NAMES, classify_pixels
+
+    out = tmp_path / "demo.png"
+    assert main(["demo", "a red ball bouncing on a blue background", "--seconds", "3", "--seed", "1",
+                 "--switch", "1.5:a red ball bouncing on a yellow background", "-o", str(out)]) == 0
+    assert "shapes-default" in capsys.readouterr().out
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    model = load_model()
+    rows = grid.reshape(-1, model.height, grid.shape[1], 3)
+    assert len(rows) == 4 and grid.shape[1] == model.frames_per_chunk * model.width  # 3 s of 0.75 s chunks
+
+    def main_colour(image):
+        counts = np.bincount(classify_pixels(image).ravel(), minlength=len(COLOUR_NAMES) + 1)
+        return COLOUR_NAMES[int(counts[: len(COLOUR_NAMES)].argmax())]
+
+    assert main_colour(rows[0]) == "blue"
+    assert main(["demo", "a red ball", "--seconds", "0", "-o", str(out)]) == 2  # bad input: a clear error

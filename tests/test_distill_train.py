@@ -116,6 +116,23 @@ def test_student_ode_then_dmd_exports_a_streaming_model(tiny_teacher, tmp_path):
     assert chunk.frames.shape == (model.frames_per_chunk, 32, 32, 3) and chunk.latents.std() > 0.1
 
 
+def test_student_resume_through_ode_and_dmd_continues_exactly(tiny_teacher, tmp_path):
+    """Killed after step 5 (of 4 ODE + 4 DMD steps: inside DMD, critic and both optimisers
+    in flight), the same command resumes and ends with the uninterrupted run's weights."""
+    run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), ode_iters=4, dmd_iters=4, ckpt_every=5,
+                  log_every=1)
+    straight = student_mod.train_student(run, tmp_path / "straight", progress=False)
+    student_mod.train_student(replace(run, dmd_iters=1), tmp_path / "resumed", progress=False)
+    resumed = student_mod.train_student(run, tmp_path / "resumed", progress=False)
+    assert resumed.step == 8 and len(resumed.losses) == 3  # only steps 6..8 ran again
+    a = load_model(str(straight.out_dir)).transformer.state_dict()
+    b = load_model(str(resumed.out_dir)).transformer.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    assert [m["loss/dmd"] for m in metrics(tmp_path / "straight") if m["step"] > 5] == \
+        pytest.approx([m["loss/dmd"] for m in metrics(tmp_path / "resumed") if m["step"] > 5], abs=1e-6)
+
+
 def test_dry_run_prints_the_resolved_config(capsys):
     from clients.cli import main
 

@@ -280,7 +280,6 @@ def test_cli_switch_flag_is_validated():
 
 
 def test_cli_samples_a_model_through_the_engine(tmp_path, capsys):
-    pytest.importorskip("engine")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red ball rolls to the left on a blue background\n")
     assert main(["eval", "--model", "tiny-random", "--prompts", str(prompts), "--seeds", "1", "--seconds", "0.5",
