@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention import block_causal_mask
-from engine.cache import KVCache, policy_class
+from engine.cache import KVCache
 from engine.config import ModelConfig
 from engine.sampler import steps_for_chunk
-from engine.step import Stepper, chunk_steps
+from engine.step import KeptFrames, Stepper, chunk_steps
 from engine.transformer import CausalWanTransformer
 
 
@@ -34,17 +34,30 @@ class Rollout:
 
 
 def rollout(student: CausalWanTransformer, config: ModelConfig, context: torch.Tensor, chunks: int,
-            generator: torch.Generator, grad: bool = True, exit_steps: list[int] | None = None) -> Rollout:
+            generator: torch.Generator, grad: bool = True, exit_steps: list[int] | None = None,
+            switch: tuple[int, torch.Tensor] | None = None) -> Rollout:
     """context [B, L, D] projected text; returns `chunks` chunks of clean latents. The chunk
-    loop and the step are the engine's own (engine/step.py): what the cache holds after a
-    rollout is what a stream's cache would hold for the same noise."""
+    loop, the step and the re-cache are the engine's own (engine/step.py): what the cache
+    holds after a rollout is what a stream's cache would hold for the same noise.
+
+    switch (chunk index, new context [B, L, D]): the prompt changes before that chunk, as a
+    viewer's switch does (LongLive): the kept frames are re-cached under the new context and
+    the chunks from there on follow it."""
     att, lat, samp = config.attention, config.latent, config.sampler
     b = context.shape[0]
     cache = KVCache.for_model(config, student.rope_tables, b, student.device, student.dtype)
-    stepper = Stepper(student, policy_class(att), att.backend)
+    stepper = Stepper(student, type(cache.policy), att.backend)
+    kept = KeptFrames(att.sink_frames, att.window_frames)
     rows = list(range(b))
     out, exits, steps_used, written, written_t = [], [], [], [], []
     for j in range(chunks):
+        if switch is not None and j == switch[0]:
+            context = switch[1]
+            with torch.no_grad():
+                for r in rows:
+                    cache.restart_window(r)
+                for request in kept.recache(cache.policy, att.chunk_frames):
+                    stepper(cache, rows, request.latents, torch.full((b,), request.timestep), context, [True] * b)
         shape = (b, lat.channels, att.chunk_frames, lat.latent_height, lat.latent_width)
         noise = torch.randn(shape, generator=generator)
         steps = steps_for_chunk(samp, j)
@@ -60,6 +73,7 @@ def rollout(student: CausalWanTransformer, config: ModelConfig, context: torch.T
             except StopIteration as done:
                 x0, committed = done.value
                 break
+        kept.keep(committed)
         out.append(x0)
         exits.append(exit_step)
         steps_used.append(steps)

@@ -51,6 +51,8 @@ class StudentRun:
     latent_frames: int = 6  # clip length the teacher judges, in latent frames (the teacher's training length)
     rollout_frames: int = 0  # self-forcing rollout length; longer than latent_frames exercises cache
     #                          eviction (EMA sink) in training, DMD then judges a random window (0: = latent_frames)
+    switch_prob: float = 0.0  # share of DMD rollouts that switch prompts halfway (re-cache, then judged
+    #                           under the new prompt: the student learns to follow a viewer's switch)
     init_from: str | None = None  # a student model dir to start from instead of the teacher (skips nothing:
     #                               set ode_iters=0 to start DMD from an ODE-initialised student)
     # ODE initialisation (budgeted for 2 CPU cores, like the teacher: ~15 min)
@@ -187,15 +189,42 @@ def ode_step_loss(run: StudentRun, student, pairs: dict, gen: torch.Generator) -
     return ode_regression_loss(pred, x0)
 
 
-def judged_window(latents: torch.Tensor, run: StudentRun, gen: torch.Generator) -> torch.Tensor:
-    """A random chunk-aligned window of the teacher's clip length from a longer rollout
-    (Self-Forcing++-style: the teacher and critic only ever see clips of their length)."""
+def judged_window(latents: torch.Tensor, run: StudentRun, gen: torch.Generator, first_chunk: int = 0) -> torch.Tensor:
+    """A random chunk-aligned window of the teacher's clip length from a longer rollout,
+    starting at `first_chunk` or later (Self-Forcing++-style: the teacher and critic only
+    ever see clips of their length; after a switch, only what follows it)."""
     chunk, frames = run.model.attention.chunk_frames, latents.shape[2]
     if frames <= run.latent_frames:
         return latents
-    starts = (frames - run.latent_frames) // chunk + 1
-    start = int(torch.randint(starts, (1,), generator=gen)) * chunk
+    starts = (frames - run.latent_frames) // chunk + 1 - first_chunk
+    start = (first_chunk + int(torch.randint(starts, (1,), generator=gen))) * chunk
     return latents[:, :, start : start + run.latent_frames]
+
+
+def draw_switch(run: StudentRun, chunks: int, gen: torch.Generator) -> int | None:
+    """The chunk before which a rollout switches prompts (with probability switch_prob, when
+    a judged window fits after it), or None."""
+    latest = chunks - run.latent_frames // run.model.attention.chunk_frames
+    if latest < 1 or float(torch.rand(1, generator=gen)) >= run.switch_prob:
+        return None
+    return int(torch.randint(1, latest + 1, (1,), generator=gen))
+
+
+def student_rollout(run: StudentRun, student, prompts: list[str], chunks: int, gen: torch.Generator,
+                    captions: CaptionCache, caption_seed: tuple[int, int], rank: int, grad: bool):
+    """A self-forcing rollout for DMD, with a prompt switch part of the time, and the window
+    of it that the teacher and critic judge.
+    -> (window [B, C, F, h, w], the prompts that window was generated under, their features)"""
+    feats = captions(prompts)
+    switch_at = draw_switch(run, chunks, gen)
+    if switch_at is None:
+        out = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=grad)
+        return judged_window(out.latents, run, gen), prompts, feats
+    after = shapes_captions(caption_seed[0], len(prompts), run.seed + 2 + caption_seed[1], rank)
+    after_feats = captions(after)
+    out = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=grad,
+                  switch=(switch_at, student.embed_text(after_feats)))
+    return judged_window(out.latents, run, gen, first_chunk=switch_at), after, after_feats
 
 
 class RewardWeighting:
@@ -318,11 +347,12 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
             all_losses.append(logs["loss/ode"][-1])
         else:
             # Critic: flow matching on the student's own (detached) rollouts.
-            for _ in range(run.critic_ratio):
-                feats = captions(shapes_captions(step * 31 + _, run.batch_size, run.seed, rank))
+            for k in range(run.critic_ratio):
+                prompts = shapes_captions(step * 31 + k, run.batch_size, run.seed, rank)
                 with torch.no_grad(), autocast(student, run.autocast):
-                    x = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=False).latents
-                    x = judged_window(x, run, gen).float()
+                    x, _, feats = student_rollout(run, student, prompts, chunks, gen, captions, (step * 31 + k, 1),
+                                                  rank, grad=False)
+                    x = x.float()
                 noise = torch.randn(x.shape, generator=gen)
                 sigma = sample_sigmas(len(x), run.model.sampler.shift, gen)
                 with autocast(critic, run.autocast):
@@ -332,11 +362,10 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
                 optimiser_step(loss_c, critic, opt_critic, run.grad_clip, world_size)
                 logs.setdefault("loss/critic", []).append(loss_c.item())
             # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
-            prompts = shapes_captions(step, run.batch_size, run.seed, rank)
-            feats = captions(prompts)
             with autocast(student, run.autocast):
-                x = judged_window(rollout(student, run.model, student.embed_text(feats), chunks, gen,
-                                          grad=True).latents, run, gen).float()
+                x, prompts, feats = student_rollout(run, student, shapes_captions(step, run.batch_size, run.seed, rank),
+                                                    chunks, gen, captions, (step, 0), rank, grad=True)
+                x = x.float()
             sigma = sample_sigmas(len(x), run.model.sampler.shift, gen, run.dmd_sigma_low, run.dmd_sigma_high)
             x_t = add_noise(x.detach(), torch.randn(x.shape, generator=gen), sigma)
             with torch.no_grad(), autocast(teacher, run.autocast):

@@ -26,7 +26,7 @@ import torch
 
 from .cache import CacheMark, KVCache
 from .errors import InvalidPrompt, InvalidSeed, SessionClosed
-from .step import StepRequest, chunk_steps
+from .step import KeptFrames, chunk_steps
 
 if TYPE_CHECKING:
     from .model import StreamModel
@@ -52,8 +52,7 @@ class Checkpoint:
 
     chunk_index: int
     cache: CacheMark
-    sink_latents: list
-    window_latents: list
+    kept: KeptFrames
     decoder_state: Any
     generator_state: torch.Tensor
     prompt: str
@@ -107,9 +106,7 @@ class StreamSession:
         self.row = row
         self.cache.reset(row)
         att = model.config.attention
-        # What the cache's frames were computed from: ([C, h, w] latents, timestep) per frame.
-        self.sink_latents: list[tuple[torch.Tensor, float]] = []
-        self.window_latents: deque[tuple[torch.Tensor, float]] = deque(maxlen=att.window_frames)
+        self.kept = KeptFrames(att.sink_frames, att.window_frames)  # what a re-cache replays
         self.decoder_state = model.decoder.init_decoder_state(1)
         self.chunk_index = 0
         self.closed = False
@@ -159,8 +156,7 @@ class StreamSession:
         if found is None:
             return False
         self.cache.rewind(found.cache)
-        self.sink_latents = list(found.sink_latents)
-        self.window_latents = deque(found.window_latents, maxlen=self.window_latents.maxlen)
+        self.kept = found.kept.copy()
         self.decoder_state = found.decoder_state
         self.generator.set_state(found.generator_state)
         while self._checkpoints and self._checkpoints[-1].chunk_index >= chunk_index:
@@ -178,8 +174,7 @@ class StreamSession:
         if not self.rewind_chunks:
             return
         self._checkpoints.append(Checkpoint(
-            self.chunk_index, self.cache.mark(self.row), list(self.sink_latents), list(self.window_latents),
-            self.decoder_state, self.generator.get_state(), self.prompt, self.context))
+            self.chunk_index, self.cache.mark(self.row), self.kept.copy(), self.decoder_state, self.generator.get_state(), self.prompt, self.context))
         while len(self._checkpoints) > self.rewind_chunks:
             self._checkpoints.popleft()
         self.cache.forget(self.row, self._checkpoints[0].cache)
@@ -209,7 +204,7 @@ class StreamSession:
                 request = steps.send(v)
         except StopIteration as done:
             x0, committed = done.value
-        self._keep(committed)
+        self.kept.keep(committed)
 
         with torch.no_grad():  # decoding never trains: no autograd graph per streamed chunk
             video, self.decoder_state = self.model.decoder.decode_chunk(x0, self.decoder_state)
@@ -220,27 +215,10 @@ class StreamSession:
             self._in_chunk = False
         return chunk
 
-    def _keep(self, committed: StepRequest) -> None:
-        """Remember what the cache's frames were computed from (the clean chunk at t=0, or
-        without a refresh the last step's input at its timestep), for re-caching."""
-        sink_frames = self.model.config.attention.sink_frames
-        for f in range(committed.latents.shape[2]):
-            frame = (committed.latents[0, :, f], committed.timestep)
-            if len(self.sink_latents) < sink_frames:
-                self.sink_latents.append(frame)
-            else:
-                self.window_latents.append(frame)
-
     def _recache(self) -> Generator[Forward, torch.Tensor, None]:
         """LongLive's KV re-cache: recompute the kept frames' K/V under the new prompt, so the
         scene carries on but follows the new text. The policy's long-range memory (an EMA
         sink, a linear state) is kept as it is: the kept latents cannot rebuild it."""
         self.cache.restart_window(self.row)
-        kept = list(self.window_latents)
-        if not self.cache.policy.keeps_sink_on_recache:
-            kept = self.sink_latents + kept
-        step = self.model.config.attention.chunk_frames
-        for i in range(0, len(kept), step):
-            group = kept[i : i + step]
-            latents = torch.stack([frame for frame, _ in group], dim=1).unsqueeze(0)  # [1, C, F, h, w]
-            yield Forward(self, latents, group[0][1], self.context, commit=True)
+        for request in self.kept.recache(self.cache.policy, self.model.config.attention.chunk_frames):
+            yield Forward(self, request.latents, request.timestep, self.context, commit=True)

@@ -25,6 +25,7 @@ its own K/V followed by the buffer's other slots.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Generator
 
@@ -230,3 +231,40 @@ def chunk_steps(config: SamplerConfig, chunk_index: int, noise: torch.Tensor, ge
         request = StepRequest(x0.detach(), 0.0, commit=True, grad=False)
         yield request
     return x0, request
+
+
+class KeptFrames:
+    """What the cache's frames were computed from, frame by frame ([B, C, h, w] latents and
+    the timestep of the forward that committed them): the first `sink_frames` and the last
+    `window_frames`. A prompt switch replays them (LongLive's KV re-cache)."""
+
+    def __init__(self, sink_frames: int, window_frames: int):
+        self.sink_frames = sink_frames
+        self.sink: list[tuple[torch.Tensor, float]] = []
+        self.window: deque[tuple[torch.Tensor, float]] = deque(maxlen=window_frames)
+
+    def __len__(self) -> int:
+        return len(self.sink) + len(self.window)
+
+    def keep(self, committed: StepRequest) -> None:
+        for f in range(committed.latents.shape[2]):
+            frame = (committed.latents[:, :, f].detach(), committed.timestep)
+            if len(self.sink) < self.sink_frames:
+                self.sink.append(frame)
+            else:
+                self.window.append(frame)
+
+    def copy(self) -> "KeptFrames":
+        """A copy that later keeps do not change (the frames themselves are never written)."""
+        other = KeptFrames(self.sink_frames, self.window.maxlen or 0)
+        other.sink, other.window = list(self.sink), deque(self.window, maxlen=self.window.maxlen)
+        return other
+
+    def recache(self, policy: type[SinkWindow], chunk_frames: int) -> list[StepRequest]:
+        """The forwards of a re-cache: the kept frames in chunk-sized groups, each committing
+        its K/V at the timestep it was first committed at. A policy whose sink holds what
+        the kept frames cannot rebuild (an EMA fold) keeps its sink: only the window replays."""
+        kept = list(self.window) if policy.keeps_sink_on_recache else [*self.sink, *self.window]
+        return [StepRequest(torch.stack([frame for frame, _ in kept[i : i + chunk_frames]], dim=2),
+                            kept[i][1], commit=True, grad=False)
+                for i in range(0, len(kept), chunk_frames)]

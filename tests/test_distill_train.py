@@ -231,3 +231,33 @@ def test_ablation_writes_a_report_with_every_column(tiny_teacher, tiny_reward, t
     assert "| re_dmd+diag |" in table and "| ode init only |" in table and (tmp_path / "drift.png").stat().st_size > 1000
     # both variants started from the one shared ODE-initialised student
     assert json.loads((tmp_path / "re_dmd+diag" / "run.json").read_text())["init_from"].endswith("ode_init/model")
+
+
+def test_switch_rollouts_judge_the_window_after_the_switch_under_the_new_prompt(tiny_teacher, tmp_path, monkeypatch):
+    """With switch_prob 1 every DMD rollout switches prompts; the teacher and critic are then
+    asked about the window after the switch, under the new prompt's features."""
+    seen = []
+    real = student_mod.real_and_fake_x0
+
+    def recording(run, teacher, critic, x_t, sigma, feats):
+        seen.append(feats)
+        return real(run, teacher, critic, x_t, sigma, feats)
+
+    switches = []
+    real_rollout = student_mod.rollout
+
+    def recording_rollout(*args, switch=None, **kwargs):
+        switches.append(switch)
+        return real_rollout(*args, switch=switch, **kwargs)
+
+    monkeypatch.setattr(student_mod, "real_and_fake_x0", recording)
+    monkeypatch.setattr(student_mod, "rollout", recording_rollout)
+    run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), ode_iters=0, dmd_iters=2, latent_frames=2,
+                  rollout_frames=4, switch_prob=1.0)
+    student_mod.train_student(run, tmp_path / "s", progress=False)
+    # 4 one-frame chunks, a judged window of 2: the switch comes before chunk 1 or 2
+    assert switches and all(s is not None and s[0] in (1, 2) for s in switches)
+    encoder = teacher_mod.build_text_encoder_for(run.model)
+    before = encoder.encode(student_mod.shapes_captions(0, run.batch_size, run.seed, 0))
+    after = encoder.encode(student_mod.shapes_captions(0, run.batch_size, run.seed + 2, 0))
+    assert torch.equal(seen[0], after) and not torch.equal(seen[0], before)  # step 0: judged under the new prompts

@@ -98,11 +98,11 @@ def test_memory_is_flat_over_a_long_stream():
     cache_bytes = session.cache.nbytes()
     for _ in range(50):
         session.next_chunk()
-    rss_50, keep_50 = rss_bytes(), len(session.window_latents) + len(session.sink_latents)
+    rss_50, keep_50 = rss_bytes(), len(session.kept)
     for _ in range(450):
         session.next_chunk()
     rss_500 = rss_bytes()
     assert session.chunk_index == 500
     assert session.cache.nbytes() == cache_bytes
-    assert len(session.window_latents) + len(session.sink_latents) == keep_50
+    assert len(session.kept) == keep_50
     assert rss_500 <= rss_50 * 1.05, (rss_50, rss_500)

@@ -264,7 +264,7 @@ def test_prompt_switch_without_refresh_replays_at_the_committed_timestep():
     sampler = FewStepSampler(model.config.sampler)
     sampler.set_timesteps(4)
     last_t = float(sampler.timesteps[-1])
-    assert all(t == last_t for _, t in session.sink_latents + list(session.window_latents))
+    assert all(t == last_t for _, t in session.kept.sink + list(session.kept.window))
     session.update_prompt("a blue square")
     replay = []
     work = session.chunk_work()

@@ -42,3 +42,21 @@ def test_rollout_gradient_flows_through_the_exit_steps_only():
     grads = [p.grad for p in student.parameters() if p.grad is not None]
     assert grads and sum(g.abs().sum() for g in grads) > 0
     assert not out.cache.k.requires_grad
+
+
+@pytest.mark.parametrize("policy", ["sink_window", "ema_sink"])
+def test_rollout_with_a_switch_equals_a_stream_that_switched(policy):
+    """A training rollout that switches prompts before chunk 3 re-caches exactly as a
+    stream does (the same kept frames, the same policy rule), so the student trains on the
+    context it will see after a viewer's switch."""
+    model = tiny_model(policy=policy, sink_frames=2, window_frames=2)
+    session = model.open_session(PROMPT, seed=4)
+    streamed = [session.next_chunk().latents for _ in range(3)]
+    session.update_prompt("a blue square moving up")
+    streamed += [session.next_chunk().latents for _ in range(2)]
+    with torch.no_grad():
+        rolled = rollout(model.transformer, model.config, model.context_for(PROMPT), 5,
+                         torch.Generator().manual_seed(4), grad=False, exit_steps=[3] * 5,
+                         switch=(3, model.context_for("a blue square moving up")))
+    torch.testing.assert_close(rolled.latents, torch.cat(streamed, dim=2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rolled.cache.k[:, 0], session.cache.k[:, 0], atol=1e-5, rtol=1e-5)
