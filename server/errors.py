@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from clients.protocol import CloseCode, ErrorBody, ErrorDetail
 
@@ -33,8 +33,9 @@ ERROR_CODES: dict[str, tuple[int, int]] = {
     "internal_error": (500, CloseCode.INTERNAL),
 }
 STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "unauthorized", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 413: "message_too_large", 429: "rate_limited",
-                503: "server_full"}
+                405: "method_not_allowed", 409: "conflict", 413: "request_too_large", 415: "unsupported_media_type",
+                429: "rate_limited", 503: "server_full"}
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class ApiError(Exception):
@@ -90,14 +91,14 @@ def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JS
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's own 405 names only the
-    first route that matched the path, e.g. GET but not DELETE on /v1/videos/{id})."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= set(route.methods)
-    return sorted(methods)
+    """Every method some route serves at this path, found by asking each route whether it
+    would take the request under that method (FastAPI wraps included routers, so reading
+    `.methods` off `app.routes` finds nothing). The static mount at `/` takes any path and
+    method, so it counts only where no API route has the path (then its own GET, HEAD)."""
+    routes = [route for route in request.app.routes if not isinstance(route, Mount)]
+    methods = [method for method in HTTP_METHODS
+               if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
+    return methods or ["GET", "HEAD"]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -114,11 +115,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        error = ApiError(code, message)
-        body = ErrorBody(error=error.detail()).model_dump(mode="json")
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(request))
+            allowed = ", ".join(allowed_methods(request))
+            headers["Allow"] = allowed
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        body = ErrorBody(error=ApiError(code, message).detail()).model_dump(mode="json")
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)

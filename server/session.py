@@ -198,6 +198,8 @@ class StreamConnection:
             data = json.loads(text)
         except ValueError:
             raise ApiError("invalid_json", "the message is not valid JSON") from None
+        except RecursionError:  # e.g. "[" * 30000: deeper than the parser goes
+            raise ApiError("invalid_json", "the message nests too deeply to be parsed") from None
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             raise ApiError("invalid_message", "a message is a JSON object with a string `type`")
         if data["type"] not in CLIENT_MESSAGE_TYPES:
