@@ -20,6 +20,8 @@ HTTP: ``POST /v1/videos`` -> :class:`VideoJob`; errors are :class:`ErrorBody`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -30,6 +32,29 @@ START_TIMEOUT_S = 10.0
 MAX_PROMPT_CHARS = 1000
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SEED = 2**63 - 1
+# Browsers cannot set headers on a WebSocket, and a key in the URL ends up in logs and
+# history: a browser offers both subprotocols, `new WebSocket(url, [SUBPROTOCOL,
+# api_key_subprotocol(key)])`, and the server selects SUBPROTOCOL (never echoing the key).
+SUBPROTOCOL = "framecast.v1"
+API_KEY_SUBPROTOCOL_PREFIX = "framecast.key."
+
+
+def api_key_subprotocol(key: str) -> str:
+    """The subprotocol that carries `key`: base64url without padding, so that any key is a
+    valid header token (RFC 6455 subprotocols are RFC 7230 tokens)."""
+    return API_KEY_SUBPROTOCOL_PREFIX + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def api_key_from_subprotocols(offered: list[str]) -> str | None:
+    """The key a client offered as a subprotocol; None when it offered none (or a malformed one)."""
+    for protocol in offered:
+        if protocol.startswith(API_KEY_SUBPROTOCOL_PREFIX):
+            encoded = protocol[len(API_KEY_SUBPROTOCOL_PREFIX):]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                return None
+    return None
 
 
 class _Message(BaseModel):

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from clients.protocol import PROTOCOL_VERSION
 
 from .errors import install_error_handlers
+from .logs import install_redaction
 from .routes import health, models, stream, videos
 from .settings import Settings
 from .state import ServerState
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, model: Any = None) -> FastAPI:
     path); None loads `settings.model` in the lifespan."""
     settings = settings or Settings()
     logging.getLogger("framecast").setLevel(settings.log_level.upper())
+    install_redaction(settings.api_keys)
     app = FastAPI(title="Framecast", version=f"protocol {PROTOCOL_VERSION}", lifespan=lifespan,
                   description="Real-time streaming video generation: live streams over WebSocket "
                               "(/v1/realtime/video), clips as jobs shaped like OpenAI's Videos API.")

@@ -1,5 +1,7 @@
-"""API keys: `Authorization: Bearer <key>` on HTTP and WebSocket, or `?api_key=` on a
-WebSocket (browsers cannot set headers on one). No keys configured = no authentication."""
+"""API keys: `Authorization: Bearer <key>` on HTTP and WebSocket. Browsers cannot set
+headers on a WebSocket: they offer the key as a subprotocol (clients.protocol.
+api_key_subprotocol), which stays out of URLs, logs and history; `?api_key=` still works.
+No keys configured = no authentication."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import secrets
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.websockets import WebSocket
+
+from clients.protocol import api_key_from_subprotocols
 
 from .errors import ApiError
 
@@ -39,5 +43,8 @@ async def require_api_key(request: Request,
 
 
 def websocket_key(websocket: WebSocket, accepted: list[str]) -> str | None:
-    key = bearer_token(websocket.headers.get("authorization")) or websocket.query_params.get("api_key")
+    key = (bearer_token(websocket.headers.get("authorization"))
+           or api_key_from_subprotocols(websocket.scope.get("subprotocols", []))
+           or websocket.query_params.get("api_key"))
     return check_key(accepted, key)
+

@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from clients.protocol import (CLIENT_MESSAGE_TYPES, MAX_MESSAGE_BYTES, Error, SessionDone, SessionPause,
                               SessionPaused, SessionPing, SessionPong, SessionResume, SessionResumed,
                               SessionStart, SessionStarted, SessionStats, SessionStop, SessionUpdate,
-                              SessionUpdateQueued, VideoChunk, client_message_adapter)
+                              SUBPROTOCOL, SessionUpdateQueued, VideoChunk, client_message_adapter)
 
 from .auth import websocket_key
 from .encoding import Fmp4StreamEncoder, JpegEncoder, kept_count, kept_frames
@@ -93,7 +93,8 @@ class StreamConnection:
 
     # --- the whole life of a connection -------------------------------------------------
     async def serve(self) -> None:
-        await self.ws.accept()
+        offered = self.ws.scope.get("subprotocols", [])
+        await self.ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         try:
             outcome = await self._serve()
         except ApiError as exc:

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import websockets
 
-from clients.protocol import CloseCode
-from tests.client_fixtures import ServerProcess, run_cli
+from clients.protocol import SUBPROTOCOL, CloseCode, api_key_subprotocol
+from tests.client_fixtures import ServerProcess
 from tests.server_fixtures import (live_server, one_session, receive_all, run, server, stalled_client,  # noqa: F401
                                    tiny_model)
 
@@ -47,6 +47,37 @@ def test_deeply_nested_json_on_the_websocket_is_invalid_json(server, caplog):
         got = run(one_session(server.ws_url, NESTED))
     assert got.error["code"] == "invalid_json" and got.close_code == CloseCode.BAD_REQUEST
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a traceback was logged"
+
+
+# --- 2. credentials stay out of the logs; the browser's key travels out of the URL ------------
+
+def test_the_key_travels_as_a_websocket_subprotocol_and_is_never_logged(keyed_process):
+    url = keyed_process.url.replace("http", "ws") + "/v1/realtime/video"
+
+    async def by_subprotocol(key: str):
+        from websockets.exceptions import ConnectionClosed
+
+        async with websockets.connect(url, subprotocols=[SUBPROTOCOL, api_key_subprotocol(key)]) as ws:
+            chosen = ws.subprotocol
+            try:
+                await ws.send(json.dumps(START))
+            except ConnectionClosed:
+                pass  # refused before reading it: what it said is still to be read
+            return chosen, await receive_all(ws)
+
+    chosen, got = run(by_subprotocol(KEY))
+    assert chosen == SUBPROTOCOL and got.of_type("session.done")
+    _, refused = run(by_subprotocol("not-the-key"))
+    assert refused.error["code"] == "unauthorized" and refused.close_code == CloseCode.UNAUTHORIZED
+
+    # The old ways still work, and leave no key in the log either.
+    assert run(one_session(f"{url}?api_key={KEY}", START)).of_type("session.done")
+    assert httpx.get(f"{keyed_process.url}/?api_key={KEY}").status_code == 200
+    assert httpx.get(keyed_process.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    time.sleep(0.5)  # the log is written by another process
+    log = keyed_process.log_path.read_text()
+    assert "api_key=[redacted]" in log  # the access lines are there, redacted
+    assert KEY not in log and api_key_subprotocol(KEY) not in log
 
 
 # --- 4. 405 names the real methods ------------------------------------------------------------
