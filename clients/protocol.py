@@ -75,6 +75,7 @@ class CloseCode:
     BAD_REQUEST = 4400
     UNAUTHORIZED = 4401
     NOT_FOUND = 4404
+    STALLED = 4408  # the client read nothing for stall_timeout_s: its slot went to others
 
 
 # --- error codes shared by HTTP bodies and WebSocket `error` messages ----------
@@ -91,6 +92,7 @@ ErrorCode = Literal[
     "binary_not_allowed",
     "message_too_large",
     "start_timeout",
+    "stalled",
     "unknown_model",
     "unauthorized",
     "server_full",

@@ -1,5 +1,6 @@
 """Admission control: streams and running clip jobs share one memory budget
-(weights + per-session memory), and each API key may hold only so many streams.
+(weights + per-session memory), and each caller (API key, or address without keys) may
+hold only so many streams.
 
 Thread-safe: slots are taken on the event loop and returned from worker threads once a
 session's engine state is really gone."""
@@ -10,6 +11,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
+from .auth import Caller
 from .errors import ApiError
 
 log = logging.getLogger("framecast.server")
@@ -29,16 +31,15 @@ def session_capacity(max_sessions: int, budget_bytes: int | None, weights_bytes:
 
 @dataclass(frozen=True)
 class Ticket:
-    key: str | None
+    owner: str | None
     kind: str  # "stream" | "job"
 
 
 class Admission:
-    def __init__(self, capacity: int, sessions_per_key: int):
+    def __init__(self, capacity: int):
         self.capacity = capacity
-        self.sessions_per_key = sessions_per_key
         self._used = 0
-        self._per_key: dict[str, int] = {}
+        self._per_owner: dict[str, int] = {}
         self._freed = threading.Condition()
 
     @property
@@ -46,17 +47,20 @@ class Admission:
         with self._freed:
             return self._used
 
-    def admit_stream(self, key: str | None) -> Ticket:
-        """A slot for a stream now, or ApiError (server_full / rate_limited)."""
+    def admit_stream(self, who: Caller, limit: int) -> Ticket:
+        """A slot for a stream now, or ApiError (server_full; rate_limited once `who`
+        holds `limit` streams, 0 = no limit)."""
+        owner = who.owner if limit else None
         with self._freed:
-            if key is not None and self._per_key.get(key, 0) >= self.sessions_per_key:
-                raise ApiError("rate_limited", f"this API key already holds {self.sessions_per_key} streams")
+            if owner is not None and self._per_owner.get(owner, 0) >= limit:
+                raise ApiError("rate_limited", f"{who.label} already holds {limit} streams"
+                               + ("" if who.by_key else " (sessions_per_address)"))
             if self._used >= self.capacity:
                 raise ApiError("server_full", f"all {self.capacity} session slots are in use; try again later")
             self._used += 1
-            if key is not None:
-                self._per_key[key] = self._per_key.get(key, 0) + 1
-            return Ticket(key, "stream")
+            if owner is not None:
+                self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+            return Ticket(owner, "stream")
 
     def admit_job(self, stop: threading.Event, poll_s: float = 0.25) -> Ticket | None:
         """Wait for a slot for a clip job (jobs queue rather than fail); None once `stop` is set."""
@@ -73,10 +77,10 @@ class Admission:
     def release(self, ticket: Ticket) -> None:
         with self._freed:
             self._used -= 1
-            if ticket.key is not None:
-                left = self._per_key.get(ticket.key, 1) - 1
+            if ticket.owner is not None:
+                left = self._per_owner.get(ticket.owner, 1) - 1
                 if left:
-                    self._per_key[ticket.key] = left
+                    self._per_owner[ticket.owner] = left
                 else:
-                    self._per_key.pop(ticket.key, None)
+                    self._per_owner.pop(ticket.owner, None)
             self._freed.notify_all()

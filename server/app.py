@@ -24,6 +24,7 @@ from clients.protocol import PROTOCOL_VERSION
 from .errors import install_error_handlers
 from .logs import install_redaction
 from .routes import health, models, stream, videos
+from .session import FINISH_WAIT_S
 from .settings import Settings
 from .state import ServerState
 
@@ -95,13 +96,21 @@ def create_app(settings: Settings | None = None, model: Any = None) -> FastAPI:
 
 def bind_socket(settings: Settings) -> socket.socket:
     """The listening socket (OSError when the address is taken). Connections accepted on it
-    inherit its send buffer size (Linux copies SO_SNDBUF from the listener)."""
+    inherit its send buffer size (Linux copies SO_SNDBUF from the listener) and its TCP user
+    timeout."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if settings.socket_send_buffer_bytes:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer_bytes)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            # A stalled stream is ended by the server (session.py, stall_timeout_s), but its
+            # socket would stay open with full buffers for as long as the client never
+            # reads: the kernel drops a connection whose sent data goes unacknowledged this
+            # long (zero-window probes included), after the server had its chance to close.
+            grace_s = settings.stall_timeout_s + 2 * FINISH_WAIT_S
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(1000 * grace_s))
         sock.bind((settings.host, settings.port))
     except OSError:
         sock.close()
@@ -119,5 +128,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any):
                                    # Running jobs get shutdown_grace_s in the lifespan; connections
                                    # are closed before that, so uvicorn itself need not wait long.
                                    timeout_graceful_shutdown=5)
+    if settings.forwarded_allow_ips is not None:
+        options["forwarded_allow_ips"] = settings.forwarded_allow_ips
     options.update(overrides)
     return uvicorn.Config(app, **options)

@@ -5,7 +5,9 @@ No keys configured = no authentication."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from dataclasses import dataclass
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -48,3 +50,23 @@ def websocket_key(websocket: WebSocket, accepted: list[str]) -> str | None:
            or websocket.query_params.get("api_key"))
     return check_key(accepted, key)
 
+
+@dataclass(frozen=True)
+class Caller:
+    """Whom a request counts against for per-caller limits: its API key, or, when the
+    server has no keys, the client's address."""
+
+    owner: str | None  # "key:<hash>" (never the key itself: it is stored with jobs) or "address:<ip>"
+    label: str  # for messages
+
+    @property
+    def by_key(self) -> bool:
+        return bool(self.owner and self.owner.startswith("key:"))
+
+
+def caller(key: str | None, address: str | None) -> Caller:
+    if key is not None:
+        return Caller("key:" + hashlib.sha256(key.encode()).hexdigest()[:16], "this API key")
+    if address:
+        return Caller("address:" + address, f"the address {address}")
+    return Caller(None, "")

@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget", dest="memory_budget_bytes", type=int,
                    help="bytes for weights + per-session memory; sessions beyond it get server_full")
     p.add_argument("--sessions-per-key", type=int, help="concurrent streams per API key (default: 4)")
+    p.add_argument("--sessions-per-address", type=int,
+                   help="concurrent streams per client address when no API keys are set (default: 4; 0 = no limit)")
+    p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float,
+                   help="end a stream whose client reads nothing for this many seconds (default: 30)")
+    p.add_argument("--forwarded-allow-ips",
+                   help="proxies whose X-Forwarded-For is trusted, comma-separated or * (default: 127.0.0.1)")
     p.add_argument("--max-stream-seconds", type=float, help="longest stream (default: 3600)")
     p.add_argument("--max-job-seconds", type=float, help="longest clip a job may ask for (default: 60)")
     p.add_argument("--data-dir", help="where job records and clips are kept (default: ~/.local/share/framecast)")

@@ -30,6 +30,7 @@ ERROR_CODES: dict[str, tuple[int, int]] = {
     "binary_not_allowed": (400, CloseCode.UNSUPPORTED_DATA),
     "message_too_large": (413, CloseCode.TOO_BIG),
     "start_timeout": (408, CloseCode.START_TIMEOUT),
+    "stalled": (408, CloseCode.STALLED),
     "internal_error": (500, CloseCode.INTERNAL),
 }
 STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "unauthorized", 404: "not_found",

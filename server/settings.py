@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted bearer keys; empty = no authentication")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Behind a proxy every client has the proxy's address, which would put everyone under
+    # one sessions_per_address; list the proxy here (uvicorn's forwarded_allow_ips, "*" =
+    # any) so that X-Forwarded-For names the client. None = uvicorn's default (127.0.0.1).
+    forwarded_allow_ips: str | None = None
     # Frames larger than this are refused by the WebSocket layer itself (close 1009); it is
     # kept above MAX_MESSAGE_BYTES so most oversize messages get a JSON `error` first.
     ws_max_frame_bytes: int = Field(1024 * 1024, ge=1024)
@@ -58,6 +62,10 @@ class Settings(BaseSettings):
     max_stream_seconds: float = Field(3600.0, gt=0, description="longest stream before session.done")
     max_job_seconds: float = Field(60.0, gt=0, description="longest clip a job may ask for")
     sessions_per_key: int = Field(4, ge=1, description="concurrent streams per API key")
+    sessions_per_address: int = Field(
+        4, ge=0, description="concurrent streams per client address when no API keys are configured; 0 = no limit")
+    stall_timeout_s: float = Field(
+        30.0, gt=0, description="a stream whose client reads nothing for this long is ended (close 4408)")
     start_timeout_s: float = Field(START_TIMEOUT_S, gt=0, description="session.start must arrive within this")
     queue_depth: int = Field(2, ge=1, description="encoded chunks buffered per stream before generation waits")
     # Delivery may run this far ahead of real time; None = as fast as the client reads

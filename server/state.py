@@ -55,7 +55,7 @@ class ServerState:
             if capacity < 1:
                 raise RuntimeError(f"the memory budget of {s.memory_budget_bytes} bytes holds no session "
                                    f"(weights {model.weights_bytes()} B + {model.session_memory_bytes()} B each)")
-            self.admission = Admission(capacity, s.sessions_per_key)
+            self.admission = Admission(capacity)
             self.generator = Generator(model, max_sessions=max(1, capacity), batching=s.batching)
             if s.warmup:
                 started = time.perf_counter()

@@ -93,3 +93,60 @@ def test_405_carries_the_allowed_methods(server, method, path, allow):
     r = httpx.request(method, server.url + path)
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     assert r.headers["allow"] == allow
+
+
+# --- 5. clients that read nothing; streams per address ------------------------------------------
+
+STALL_S = 1.0
+
+
+def test_a_client_that_reads_nothing_is_evicted_and_its_slot_freed(tiny_model, tmp_path):
+    with live_server(tmp_path, tiny_model, max_sessions=1, stall_timeout_s=STALL_S, job_workers=0) as small:
+        started = time.monotonic()
+        sock = stalled_client(small.settings.port, {**START, "max_seconds": 3600, "format": "jpeg"})
+        try:
+            while small.state.admission.in_use < 1:
+                time.sleep(0.02)
+            full = run(one_session(small.ws_url, START))
+            assert full.error["code"] == "server_full"
+            while small.state.admission.in_use and time.monotonic() - started < 60:
+                time.sleep(0.02)
+            evicted_s = time.monotonic() - started
+            print(f"a client that reads nothing was evicted {evicted_s:.1f} s after session.start "
+                  f"(stall timeout {STALL_S:g} s)")
+            assert small.state.admission.in_use == 0
+            assert run(one_session(small.ws_url, START)).of_type("session.done")  # the slot is free again
+            # What the client finds once it reads again: the media sent before, then why, and the close.
+            close_frame = b"\x88\x02" + CloseCode.STALLED.to_bytes(2, "big")  # unmasked, code 4408
+            sock.settimeout(10)
+            tail = b""
+            while not tail.endswith(close_frame) and (chunk := sock.recv(1 << 16)):
+                tail = (tail + chunk)[-4096:]
+        finally:
+            sock.close()
+    assert b'"code":"stalled"' in tail and tail.endswith(close_frame)
+
+
+def test_the_kernel_drops_a_stalled_connection_after_the_server_let_it_go(tiny_model, tmp_path):
+    """Once the server has ended a stalled stream, the kernel drops the connection whose
+    data goes unread (else it would hold its full buffers for as long as the client lives)."""
+    import socket
+
+    with live_server(tmp_path, tiny_model, stall_timeout_s=STALL_S, job_workers=0) as small:
+        timeout_ms = small.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+    assert timeout_ms > 1000 * STALL_S
+
+
+def test_streams_per_address_without_keys(tiny_model, tmp_path):
+    async def two_at_once(url: str):
+        async with websockets.connect(url) as first:
+            await first.send(json.dumps({**START, "max_seconds": 60}))
+            await receive_all(first, until=lambda r: len(r.media) >= 1)
+            return await one_session(url, START)
+
+    with live_server(tmp_path, tiny_model, sessions_per_address=1, job_workers=0) as limited:
+        second = run(two_at_once(limited.ws_url))
+        assert second.error is not None, "a second stream from the same address was served"
+        assert second.error["code"] == "rate_limited" and "127.0.0.1" in second.error["message"]
+        assert second.close_code == CloseCode.TRY_AGAIN_LATER
+        assert run(one_session(limited.ws_url, START)).of_type("session.done")
