@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Literal, Union
+import re
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
 PROTOCOL_VERSION = "1"
 REALTIME_PATH = "/v1/realtime/video"
@@ -61,6 +62,13 @@ class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _ClientMessage(BaseModel):
+    """What clients send is validated strictly: a seed is an integer, not "5", true or 2.0;
+    a number is not a string or a boolean. A lax parser turns client bugs into surprises."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
 # --- close codes (RFC 6455 4000-4999 are for applications) -------------------
 
 class CloseCode:
@@ -91,6 +99,9 @@ ErrorCode = Literal[
     "not_started",
     "binary_not_allowed",
     "message_too_large",
+    "request_too_large",
+    "unsupported_media_type",
+    "method_not_allowed",
     "start_timeout",
     "stalled",
     "unknown_model",
@@ -123,7 +134,7 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 MediaFormat = Literal["fmp4", "jpeg"]
 
 
-class SessionStart(_Message):
+class SessionStart(_ClientMessage):
     type: Literal["session.start"] = "session.start"
     prompt: Prompt
     seed: Seed | None = None
@@ -133,25 +144,25 @@ class SessionStart(_Message):
     max_seconds: Annotated[float, Field(gt=0)] | None = None
 
 
-class SessionUpdate(_Message):
+class SessionUpdate(_ClientMessage):
     type: Literal["session.update"] = "session.update"
     prompt: Prompt
     event_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
 
-class SessionPause(_Message):
+class SessionPause(_ClientMessage):
     type: Literal["session.pause"] = "session.pause"
 
 
-class SessionResume(_Message):
+class SessionResume(_ClientMessage):
     type: Literal["session.resume"] = "session.resume"
 
 
-class SessionStop(_Message):
+class SessionStop(_ClientMessage):
     type: Literal["session.stop"] = "session.stop"
 
 
-class SessionPing(_Message):
+class SessionPing(_ClientMessage):
     type: Literal["session.ping"] = "session.ping"
     ts: float | None = None
 
@@ -259,16 +270,51 @@ def parse_server_message(text: str | bytes):
 JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 
 
-class VideoCreate(_Message):
+SECONDS_TEXT = r"^[0-9]+(\.[0-9]+)?$"
+_SECONDS_TEXT = re.compile(SECONDS_TEXT)
+
+
+def _seconds_from_text(value: Any) -> Any:
+    """OpenAI's Videos API sends `seconds` as a string ("4"); a JSON number is taken too.
+    Nothing looser: a boolean is not a number, and " 4", "4e0" or "four" are no form either
+    API uses (the strict float check after this refuses what is not a number)."""
+    if isinstance(value, str):
+        if not _SECONDS_TEXT.match(value):
+            raise ValueError('seconds must be a number or a numeric string such as "4"')
+        return float(value)
+    return value
+
+
+def _seconds_as_text(value: Any) -> Any:
+    # Jobs stored before `seconds` became a string (OpenAI's Video type) held a number.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return value
+
+
+Seconds = Annotated[
+    float, BeforeValidator(_seconds_from_text), Field(gt=0, le=600, allow_inf_nan=False),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+                              {"type": "string", "pattern": SECONDS_TEXT}]}),
+]
+
+
+class VideoCreate(_ClientMessage):
+    """`POST /v1/videos`, as JSON or as multipart/form-data (what OpenAI's SDK sends; there
+    every field is text, and the server reads `seed` and `fps` from their digits)."""
+
     prompt: Prompt
-    seconds: Annotated[float, Field(gt=0, le=600)] = 4.0
+    seconds: Seconds = 4.0
     seed: Seed | None = None
     size: Annotated[str, Field(pattern=r"^\d{2,5}x\d{2,5}$")] | None = None  # "WxH"
-    fps: Annotated[float, Field(gt=0, le=60)] | None = None
+    fps: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] | None = None
     model: str | None = None
 
 
 class VideoJob(_Message):
+    """The job object; its fields are those OpenAI's `Video` type reads (`seconds` is a
+    string there, "4"), plus the seed and fps a clip was made with."""
+
     id: str
     object: Literal["video"] = "video"
     status: JobStatus
@@ -277,7 +323,7 @@ class VideoJob(_Message):
     completed_at: int | None = None
     model: str
     prompt: str
-    seconds: float
+    seconds: Annotated[str, BeforeValidator(_seconds_as_text)]
     seed: int
     size: str
     fps: float
@@ -291,8 +337,13 @@ class VideoDeleted(_Message):
 
 
 class VideoList(_Message):
+    """One page; the next starts `after=last_id` while `has_more` (OpenAI's cursor page)."""
+
     object: Literal["list"] = "list"
     data: list[VideoJob]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
 
 
 class ModelCard(_Message):

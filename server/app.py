@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 
 from clients.protocol import PROTOCOL_VERSION
 
+from .body_limit import BodyLimitMiddleware
 from .errors import install_error_handlers
 from .logs import install_redaction
 from .routes import health, models, stream, videos
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, model: Any = None) -> FastAPI:
                   description="Real-time streaming video generation: live streams over WebSocket "
                               "(/v1/realtime/video), clips as jobs shaped like OpenAI's Videos API.")
     app.state.server = ServerState(settings, model)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     install_error_handlers(app)
     for router in (health.router, models.router, videos.router, stream.router):
         app.include_router(router)

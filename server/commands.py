@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="concurrent streams per client address when no API keys are set (default: 4; 0 = no limit)")
     p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float,
                    help="end a stream whose client reads nothing for this many seconds (default: 30)")
+    p.add_argument("--max-body-bytes", type=int, help="largest HTTP request body (default: 1 MiB)")
     p.add_argument("--forwarded-allow-ips",
                    help="proxies whose X-Forwarded-For is trusted, comma-separated or * (default: 127.0.0.1)")
     p.add_argument("--max-stream-seconds", type=float, help="longest stream (default: 3600)")

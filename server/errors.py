@@ -29,6 +29,9 @@ ERROR_CODES: dict[str, tuple[int, int]] = {
     "shutting_down": (503, CloseCode.GOING_AWAY),
     "binary_not_allowed": (400, CloseCode.UNSUPPORTED_DATA),
     "message_too_large": (413, CloseCode.TOO_BIG),
+    "request_too_large": (413, CloseCode.TOO_BIG),
+    "unsupported_media_type": (415, CloseCode.BAD_REQUEST),
+    "method_not_allowed": (405, CloseCode.BAD_REQUEST),
     "start_timeout": (408, CloseCode.START_TIMEOUT),
     "stalled": (408, CloseCode.STALLED),
     "internal_error": (500, CloseCode.INTERNAL),
@@ -42,9 +45,11 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 class ApiError(Exception):
     """A refusal with a stable `code` (clients.protocol.ErrorCode) and a readable message."""
 
-    def __init__(self, code: str, message: str, param: str | None = None):
+    def __init__(self, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.code, self.message, self.param = code, message, param
+        self.headers = headers or {}  # HTTP only, e.g. Retry-After
 
     @property
     def status(self) -> int:
@@ -76,7 +81,7 @@ def from_validation_error(exc: ValidationError | RequestValidationError, default
         code = "invalid_prompt"
     elif param == "seed":
         code = "invalid_seed"
-    message = first.get("msg", "invalid value")
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if first.get("type") == "missing":
         message = "field required"
     elif first.get("type") == "extra_forbidden":
@@ -85,8 +90,9 @@ def from_validation_error(exc: ValidationError | RequestValidationError, default
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = {**error.headers, **(headers or {})}
     if error.code == "unauthorized":
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+        headers["WWW-Authenticate"] = "Bearer"
     body = ErrorBody(error=error.detail()).model_dump(mode="json")
     return JSONResponse(body, status_code=error.status, headers=headers)
 

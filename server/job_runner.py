@@ -85,8 +85,8 @@ class JobRunner:
                     raise _Interrupted  # deleted: stop spending the GPU on it
 
         try:
-            log.info("job %s: generating %.1f s", job.id, job.seconds)
-            frames = self.model.generate_clip(job.prompt, job.seconds, job.seed, progress=progress)  # [T, H, W, 3]
+            log.info("job %s: generating %s s", job.id, job.seconds)
+            frames = self.model.generate_clip(job.prompt, float(job.seconds), job.seed, progress=progress)  # [T, H, W, 3]
             self.metrics.frames_generated.labels("job").inc(len(frames))
             keep = kept_frames(0, len(frames), self.model.fps, job.fps)
             data = encode_mp4([frames[i] for i in keep], job.fps)

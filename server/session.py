@@ -126,7 +126,7 @@ class StreamConnection:
         check_model(model, start.model)
         check_prompt(start.prompt, self.settings.max_prompt_chars)
         self.fps = check_output(model, start.fps, None)
-        max_seconds = check_seconds(start.max_seconds or self.settings.max_stream_seconds,
+        max_seconds = check_seconds(model, start.max_seconds or self.settings.max_stream_seconds,
                                     self.settings.max_stream_seconds, "max_seconds")
         self.frame_limit = max(1, math.ceil(max_seconds * self.fps))
         limit = self.settings.sessions_per_key if key is not None else self.settings.sessions_per_address

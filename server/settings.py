@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     # one sessions_per_address; list the proxy here (uvicorn's forwarded_allow_ips, "*" =
     # any) so that X-Forwarded-For names the client. None = uvicorn's default (127.0.0.1).
     forwarded_allow_ips: str | None = None
+    max_body_bytes: int = Field(1024 * 1024, ge=1024,
+                                description="largest HTTP request body; larger ones get 413 before they are read")
     # Frames larger than this are refused by the WebSocket layer itself (close 1009); it is
     # kept above MAX_MESSAGE_BYTES so most oversize messages get a JSON `error` first.
     ws_max_frame_bytes: int = Field(1024 * 1024, ge=1024)

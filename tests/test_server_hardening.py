@@ -49,6 +49,11 @@ def test_deeply_nested_json_on_the_websocket_is_invalid_json(server, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a traceback was logged"
 
 
+def test_deeply_nested_json_over_http_is_invalid_json(server):
+    r = httpx.post(server.url + "/v1/videos", content=NESTED, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
 # --- 2. credentials stay out of the logs; the browser's key travels out of the URL ------------
 
 def test_the_key_travels_as_a_websocket_subprotocol_and_is_never_logged(keyed_process):
@@ -78,6 +83,50 @@ def test_the_key_travels_as_a_websocket_subprotocol_and_is_never_logged(keyed_pr
     log = keyed_process.log_path.read_text()
     assert "api_key=[redacted]" in log  # the access lines are there, redacted
     assert KEY not in log and api_key_subprotocol(KEY) not in log
+
+
+# --- 3. body limit, checked after the key and before reading ------------------------------------
+
+def _body(size: int, chunk: int = 1 << 20):
+    for start in range(0, size, chunk):
+        yield b"x" * min(chunk, size - start)
+
+
+@pytest.mark.parametrize("headers, status, code", [
+    ({"content-length": str(200 << 20)}, 401, "unauthorized"),  # no key: nothing is read
+    ({}, 401, "unauthorized"),  # chunked, no key
+    ({"content-length": str(200 << 20), "authorization": f"Bearer {KEY}"}, 413, "request_too_large"),
+    ({"authorization": f"Bearer {KEY}"}, 413, "request_too_large"),  # chunked: counted as it comes
+], ids=["no-key", "no-key-chunked", "key", "key-chunked"])
+def test_a_200_mb_body_is_refused_before_it_is_read(keyed_process, headers, status, code):
+    before = rss_mb(keyed_process.proc.pid)
+    started = time.perf_counter()
+    r = httpx.post(keyed_process.url + "/v1/videos", content=_body(200 << 20), timeout=60,
+                   headers={"content-type": "application/json", **headers})
+    elapsed = time.perf_counter() - started
+    grown = rss_mb(keyed_process.proc.pid) - before
+    print(f"200 MB body, {headers.keys() or 'chunked'}: {r.status_code} in {elapsed:.2f} s, RSS {before:.0f} MB "
+          f"{grown:+.1f} MB")
+    assert r.status_code == status and r.json()["error"]["code"] == code
+    assert r.headers["connection"] == "close"  # the rest of the upload is dropped, not drained
+    assert grown < 20 and elapsed < 5
+
+
+def test_multipart_uploads_obey_the_key_and_the_limit(keyed_process):
+    files = {"input_reference": ("ref.png", b"\x89PNG" + b"x" * (2 << 20), "image/png")}
+    data = {"prompt": "a red ball", "seconds": "1"}
+    no_key = httpx.post(keyed_process.url + "/v1/videos", data=data, files=files)
+    assert no_key.status_code == 401
+    too_big = httpx.post(keyed_process.url + "/v1/videos", data=data, files=files,
+                         headers={"Authorization": f"Bearer {KEY}"})
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+
+
+def test_the_body_limit_is_a_setting(tiny_model, tmp_path):
+    with live_server(tmp_path, tiny_model, max_body_bytes=2048, job_workers=0) as small:
+        r = httpx.post(small.url + "/v1/videos", json={"prompt": "x" * 900, "seconds": 1, "model": "y" * 2000})
+        assert r.status_code == 413 and "2048" in r.json()["error"]["message"]
+        assert httpx.post(small.url + "/v1/videos", json={"prompt": "a red ball", "seconds": 1}).status_code == 202
 
 
 # --- 4. 405 names the real methods ------------------------------------------------------------
@@ -150,3 +199,38 @@ def test_streams_per_address_without_keys(tiny_model, tmp_path):
         assert second.error["code"] == "rate_limited" and "127.0.0.1" in second.error["message"]
         assert second.close_code == CloseCode.TRY_AGAIN_LATER
         assert run(one_session(limited.ws_url, START)).of_type("session.done")
+
+
+# --- 7. strict types --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, code", [
+    ("seed", "5", "invalid_seed"), ("seed", True, "invalid_seed"), ("seed", 2.0, "invalid_seed"),
+    ("fps", "16", "invalid_message"), ("fps", True, "invalid_message"),
+    ("max_seconds", True, "invalid_message"), ("max_seconds", "4", "invalid_message"),
+    ("max_seconds", 1e-9, "invalid_request"),  # less than one chunk of video
+    ("prompt", 5, "invalid_prompt"),
+])
+def test_websocket_messages_are_strictly_typed(server, field, value, code):
+    got = run(one_session(server.ws_url, {**START, field: value}))
+    assert got.error is not None and got.error["code"] == code, got.messages
+    assert got.error["param"] == field and got.close_code == CloseCode.BAD_REQUEST
+
+
+@pytest.mark.parametrize("body, code, param", [
+    ({"seed": "5"}, "invalid_seed", "seed"), ({"seed": True}, "invalid_seed", "seed"),
+    ({"seed": 5.0}, "invalid_seed", "seed"),
+    ({"seconds": True}, "invalid_request", "seconds"), ({"seconds": 1e-9}, "invalid_request", "seconds"),
+    ({"seconds": "1e-9"}, "invalid_request", "seconds"), ({"seconds": " 4"}, "invalid_request", "seconds"),
+    ({"seconds": "four"}, "invalid_request", "seconds"), ({"seconds": "NaN"}, "invalid_request", "seconds"),
+    ({"fps": "8"}, "invalid_request", "fps"), ({"size": "64X64"}, "invalid_request", "size"),
+])
+def test_http_accepts_only_openai_forms(server, body, code, param):
+    r = httpx.post(server.url + "/v1/videos", json={"prompt": "a red ball", **body})
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == (code, param)
+
+
+@pytest.mark.parametrize("seconds", ["1", "1.5", 1, 1.5])
+def test_seconds_as_a_number_or_a_numeric_string(server, seconds):
+    r = httpx.post(server.url + "/v1/videos", json={"prompt": "a red ball", "seconds": seconds, "size": "64x64"})
+    assert r.status_code == 202 and r.json()["seconds"] == str(seconds).removesuffix(".0")
