@@ -108,6 +108,7 @@ ErrorCode = Literal[
     "unauthorized",
     "server_full",
     "rate_limited",
+    "queue_full",
     "not_found",
     "conflict",
     "internal_error",

@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float,
                    help="end a stream whose client reads nothing for this many seconds (default: 30)")
     p.add_argument("--max-body-bytes", type=int, help="largest HTTP request body (default: 1 MiB)")
+    p.add_argument("--max-pending-jobs", type=int, help="queued + running clip jobs in all (default: 32)")
+    p.add_argument("--pending-jobs-per-key", type=int,
+                   help="queued + running clip jobs per API key, or per address without keys (default: 8)")
     p.add_argument("--forwarded-allow-ips",
                    help="proxies whose X-Forwarded-For is trusted, comma-separated or * (default: 127.0.0.1)")
     p.add_argument("--max-stream-seconds", type=float, help="longest stream (default: 3600)")

@@ -24,6 +24,7 @@ ERROR_CODES: dict[str, tuple[int, int]] = {
     "unknown_model": (400, CloseCode.NOT_FOUND),
     "conflict": (409, CloseCode.BAD_REQUEST),
     "rate_limited": (429, CloseCode.TRY_AGAIN_LATER),
+    "queue_full": (429, CloseCode.TRY_AGAIN_LATER),
     "server_full": (503, CloseCode.TRY_AGAIN_LATER),
     "model_loading": (503, CloseCode.TRY_AGAIN_LATER),
     "shutting_down": (503, CloseCode.GOING_AWAY),

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     job_store_url: str | None = Field(
         None, description="sqlite:///path.db or redis://host:port/db; None = SQLite under data_dir")
     job_workers: int = Field(1, ge=0, description="clip jobs generated at once by this replica")
+    max_pending_jobs: int = Field(32, ge=1, description="queued + running jobs, all callers together; 429 beyond")
+    pending_jobs_per_key: int = Field(
+        8, ge=1, description="queued + running jobs per API key (per client address without keys); 429 beyond")
     shutdown_grace_s: float = Field(10.0, ge=0, description="how long running jobs may finish at shutdown")
 
     @field_validator("api_keys", mode="before")

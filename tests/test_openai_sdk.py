@@ -106,3 +106,12 @@ def test_wrong_key_is_an_authentication_error(keyed):
         stranger.videos.create(prompt="a red ball", seconds="1")
     with pytest.raises(openai.AuthenticationError):
         stranger.videos.list()
+
+
+def test_a_full_queue_is_a_rate_limit_with_retry_after(tiny_model, tmp_path):
+    with live_server(tmp_path, tiny_model, job_workers=0, max_pending_jobs=1) as idle:
+        client = openai.OpenAI(base_url=idle.url + "/v1", api_key="none", max_retries=0)
+        client.videos.create(prompt="first", seconds="1")
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.videos.create(prompt="second", seconds="1")
+        assert int(refused.value.response.headers["retry-after"]) >= 1

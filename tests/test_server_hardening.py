@@ -201,6 +201,30 @@ def test_streams_per_address_without_keys(tiny_model, tmp_path):
         assert run(one_session(limited.ws_url, START)).of_type("session.done")
 
 
+# --- 6. the job queue is capped ----------------------------------------------------------------
+
+def test_the_job_queue_is_capped_per_key_and_in_all(tiny_model, tmp_path):
+    keys = {"a": "key-a-0123456789", "b": "key-b-0123456789"}
+    with live_server(tmp_path, tiny_model, job_workers=0, api_keys=list(keys.values()), pending_jobs_per_key=2,
+                     max_pending_jobs=3) as capped:
+        def post(who: str) -> httpx.Response:
+            return httpx.post(capped.url + "/v1/videos", json={"prompt": "a red ball", "seconds": 2},
+                              headers={"Authorization": f"Bearer {keys[who]}"})
+
+        first, second = post("a"), post("a")
+        assert first.status_code == second.status_code == 202
+        per_key = post("a")
+        assert per_key.status_code == 429 and per_key.json()["error"]["code"] == "rate_limited"
+        assert int(per_key.headers["retry-after"]) >= 1
+        assert post("b").status_code == 202
+        in_all = post("b")
+        assert in_all.status_code == 429 and in_all.json()["error"]["code"] == "queue_full"
+        assert int(in_all.headers["retry-after"]) >= 1
+        # A finished (here: deleted) job makes room again.
+        httpx.delete(f"{capped.url}/v1/videos/{first.json()['id']}", headers={"Authorization": f"Bearer {keys['a']}"})
+        assert post("a").status_code == 202
+
+
 # --- 7. strict types --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field, value, code", [

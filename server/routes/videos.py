@@ -11,6 +11,7 @@ functions: FastAPI runs them on its thread pool, where the job store's blocking 
 from __future__ import annotations
 
 import json
+import math
 import re
 import secrets
 import time
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 
 from clients.protocol import VideoCreate, VideoDeleted, VideoJob, VideoList
 
-from ..auth import require_api_key
+from ..auth import Caller, caller, require_api_key
 from ..encoding import mp4_thumbnail
 from ..errors import ApiError, from_validation_error
 from ..jobs import new_job_id
@@ -95,9 +96,28 @@ def _job_or_404(state: ServerState, video_id: str) -> VideoJob:
     return job
 
 
+def _retry_after_s(state: ServerState, job: VideoJob) -> int:
+    """About when a job's worth of generation frees a place: its length, in real time."""
+    return max(1, math.ceil(float(job.seconds)))
+
+
+def _enqueue(state: ServerState, job: VideoJob, who: Caller) -> None:
+    settings, store = state.settings, state.store()
+    total, own = store.pending(who.owner)
+    retry = {"Retry-After": str(_retry_after_s(state, job))}
+    if total >= settings.max_pending_jobs:
+        raise ApiError("queue_full", f"{total} clip jobs are queued or running, this server's limit "
+                       "(max_pending_jobs); try again later", headers=retry)
+    if who.owner is not None and own >= settings.pending_jobs_per_key:
+        raise ApiError("rate_limited", f"{who.label} has {own} clip jobs queued or running, the limit "
+                       "(pending_jobs_per_key); try again when one is done", headers=retry)
+    store.create(job, owner=who.owner)
+
+
 @router.post("", status_code=202, response_model=VideoJob, summary="Queue a clip",
-             responses=error_responses(413, 415), openapi_extra=CREATE_BODY)
-async def create_video(request: Request, state: ServerState = Depends(get_state)) -> VideoJob:
+             responses=error_responses(413, 415, 429), openapi_extra=CREATE_BODY)
+async def create_video(request: Request, key: str | None = Depends(require_api_key),
+                       state: ServerState = Depends(get_state)) -> VideoJob:
     state.require_ready()
     body = parse_create(await read_create_body(request))
     model, settings = state.model, state.settings
@@ -110,7 +130,7 @@ async def create_video(request: Request, state: ServerState = Depends(get_state)
                    # A server-chosen seed is recorded, so every clip can be made again.
                    seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
                    size=f"{model.width}x{model.height}", fps=fps)
-    await run_in_threadpool(state.store().create, job)
+    await run_in_threadpool(_enqueue, state, job, caller(key, request.client.host if request.client else None))
     return job
 
 
