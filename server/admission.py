@@ -1,32 +1,17 @@
-"""Admission control: streams and running clip jobs share one memory budget
-(weights + per-session memory), and each caller (API key, or address without keys) may
-hold only so many streams.
+"""Admission control: streams and running clip jobs share one set of session slots (the
+capacity, server/capacity.py), and each caller (API key, or address without keys) may hold
+only so many streams.
 
 Thread-safe: slots are taken on the event loop and returned from worker threads once a
 session's engine state is really gone."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 
 from .auth import Caller
 from .errors import ApiError
-
-log = logging.getLogger("framecast.server")
-
-
-def session_capacity(max_sessions: int, budget_bytes: int | None, weights_bytes: int,
-                     session_bytes: int) -> int:
-    """How many sessions fit: weights + n * session_bytes <= budget, at most max_sessions."""
-    if budget_bytes is None:
-        return max_sessions
-    fit = (budget_bytes - weights_bytes) // max(1, session_bytes)
-    if fit < 1:
-        log.warning("memory budget %d B holds no session (weights %d B, %d B per session)",
-                    budget_bytes, weights_bytes, session_bytes)
-    return max(0, min(max_sessions, fit))
 
 
 @dataclass(frozen=True)
@@ -62,14 +47,16 @@ class Admission:
                 self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
             return Ticket(owner, "stream")
 
-    def admit_job(self, stop: threading.Event, poll_s: float = 0.25) -> Ticket | None:
-        """Wait for a slot for a clip job (jobs queue rather than fail); None once `stop` is set."""
+    def wait_for_room(self, timeout: float) -> bool:
+        """Whether a slot is free, waiting up to `timeout` for one (nothing is taken: a job
+        worker looks before it claims a job, so a job stays `queued` while streams hold
+        every slot, and an idle worker holds no slot a stream could use)."""
         with self._freed:
-            while self._used >= self.capacity:
-                if stop.is_set():
-                    return None
-                self._freed.wait(poll_s)
-            if stop.is_set():
+            return self._freed.wait_for(lambda: self._used < self.capacity, timeout)
+
+    def try_admit_job(self) -> Ticket | None:
+        with self._freed:
+            if self._used >= self.capacity:
                 return None
             self._used += 1
             return Ticket(None, "job")

@@ -57,9 +57,12 @@ class Settings(BaseSettings):
     socket_send_buffer_bytes: int | None = Field(256 * 1024, ge=4096)
 
     # --- capacity and limits -----------------------------------------------------------
-    max_sessions: int = Field(8, ge=1, description="concurrent streams (and cache rows)")
+    max_sessions: int | None = Field(
+        None, ge=1, description="concurrent streams and running clip jobs (cache rows); None = as many as this "
+                                "machine generates in real time, measured at warm-up, within the memory budget")
     memory_budget_bytes: int | None = Field(
-        None, ge=0, description="weights + per-session memory must fit; None = max_sessions decides")
+        None, ge=0, description="weights + per-session memory must fit; None = the model's weights plus "
+                                "80% of the device memory free once they are loaded")
     max_prompt_chars: int = Field(MAX_PROMPT_CHARS, ge=1, le=MAX_PROMPT_CHARS)
     max_stream_seconds: float = Field(3600.0, gt=0, description="longest stream before session.done")
     max_job_seconds: float = Field(60.0, gt=0, description="longest clip a job may ask for")

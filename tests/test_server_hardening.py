@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from clients.protocol import SUBPROTOCOL, CloseCode, api_key_subprotocol
-from tests.client_fixtures import ServerProcess
+from tests.client_fixtures import ServerProcess, run_cli
 from tests.server_fixtures import (live_server, one_session, receive_all, run, server, stalled_client,  # noqa: F401
                                    tiny_model)
 
@@ -258,3 +258,122 @@ def test_http_accepts_only_openai_forms(server, body, code, param):
 def test_seconds_as_a_number_or_a_numeric_string(server, seconds):
     r = httpx.post(server.url + "/v1/videos", json={"prompt": "a red ball", "seconds": seconds, "size": "64x64"})
     assert r.status_code == 202 and r.json()["seconds"] == str(seconds).removesuffix(".0")
+
+
+# --- 8. capacity from this machine's speed and the memory budget -------------------------------------
+
+def test_capacity_is_measured_at_warm_up_and_reported(tiny_model, tmp_path, caplog):
+    # The tiny model keeps real time for dozens of sessions here: a budget of six keeps
+    # the search short (1, 2, 4, 6 sessions).
+    budget = tiny_model.weights_bytes() + 6 * tiny_model.session_memory_bytes()
+    with caplog.at_level(logging.INFO, logger="framecast.server"), \
+            live_server(tmp_path, tiny_model, max_sessions=None, memory_budget_bytes=budget, job_workers=0) as measured:
+        ready = httpx.get(measured.url + "/readyz").json()
+    capacity = ready["capacity"]
+    print(f"capacity chosen: {json.dumps(capacity)}")
+    assert capacity["decided_by"] in ("speed", "memory") and capacity["sessions_by_memory"] == 6
+    assert capacity["measured"][0]["sessions"] == 1 and capacity["sessions_by_speed"] >= 1
+    assert capacity["sessions"] == min(capacity["sessions_by_speed"], capacity["sessions_by_memory"])
+    assert measured.state.admission.capacity == capacity["sessions"]
+    # Every count measured up to the one chosen kept real time (with the margin).
+    kept = [p for p in capacity["measured"] if p["sessions"] <= capacity["sessions"]]
+    assert all(p["fps_per_session"] >= capacity["target_fps"] for p in kept)
+    assert any(f"capacity {capacity['sessions']} sessions" in r.getMessage() for r in caplog.records)
+
+
+def test_sessions_keeping_up_interpolates_between_measurements():
+    from server.capacity import SpeedPoint, sessions_keeping_up
+
+    points = [SpeedPoint(sessions=n, fps_per_session=fps) for n, fps in [(1, 60), (2, 38), (4, 15)]]
+    assert sessions_keeping_up(points, 17.6) == 3  # aggregate 76 at 2, 60 at 4: 68 at 3 >= 3 * 17.6
+    assert sessions_keeping_up(points[:1], 17.6) == 1
+    assert sessions_keeping_up([SpeedPoint(sessions=1, fps_per_session=9)], 17.6) == 1  # one always
+
+
+class _CacheRows:
+    """Counts the cache rows the engine holds (model.new_cache is every allocation)."""
+
+    def __init__(self, model):
+        self.model, self.live, self.most = model, 0, 0
+        self._new_cache = model.new_cache
+
+    def __enter__(self):
+        def counted(rows: int = 1):
+            cache = self._new_cache(rows=rows)
+            self.live += rows
+            self.most = max(self.most, self.live)
+            import weakref
+
+            weakref.finalize(cache, self._freed, rows)
+            return cache
+
+        self.model.new_cache = counted
+        return self
+
+    def _freed(self, rows: int) -> None:
+        self.live -= rows
+
+    def __exit__(self, *exc):
+        del self.model.new_cache
+
+
+@pytest.mark.parametrize("batching", [True, False], ids=["batching", "no-batching"])
+def test_streams_and_jobs_share_one_memory_budget(tiny_model, tmp_path, batching):
+    """A budget for two sessions: two streams take it all, a job waits for one of them, and
+    the engine never holds more than two sessions' caches at once."""
+    import gc
+
+    budget = tiny_model.weights_bytes() + 2 * tiny_model.session_memory_bytes()
+
+    async def two_streams_then_a_job(small) -> tuple:
+        async with websockets.connect(small.ws_url) as a, websockets.connect(small.ws_url) as b:
+            for ws in (a, b):
+                await ws.send(json.dumps({**START, "max_seconds": 60}))
+                await receive_all(ws, until=lambda r: len(r.media) >= 1)
+            reading = [asyncio.create_task(receive_all(ws)) for ws in (a, b)]
+            third = await one_session(small.ws_url, START)
+            async with httpx.AsyncClient(base_url=small.url) as http:
+                job = (await http.post("/v1/videos", json={"prompt": "a job", "seconds": 1})).json()
+                await asyncio.sleep(1.0)
+                waiting = (await http.get(f"/v1/videos/{job['id']}")).json()["status"]
+            for ws in (a, b):
+                await ws.send(json.dumps({"type": "session.stop"}))
+            await asyncio.gather(*reading)
+        return third, job["id"], waiting
+
+    gc.collect()
+    with _CacheRows(tiny_model) as rows, live_server(tmp_path, tiny_model, memory_budget_bytes=budget,
+                                                      max_sessions=4, batching=batching) as small:
+        assert small.state.admission.capacity == 2  # the memory budget wins over max_sessions
+        third, job_id, waiting = run(two_streams_then_a_job(small))
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{small.url}/v1/videos/{job_id}").json()["status"] != "completed":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        gc.collect()
+    print(f"batching {'on' if batching else 'off'}: at most {rows.most} cache rows held at once")
+    assert rows.most <= 2
+    assert third.error["code"] == "server_full"
+    assert waiting == "queued"  # the streams held both places: the job waited, and said so
+
+
+def test_a_model_whose_session_does_not_fit_is_refused_before_allocating(tiny_model, tmp_path):
+    """#17: `framecast serve` exits with the numbers and the setting to change; a server
+    built by the app factory stays unready with the same message; no cache is allocated."""
+    out = run_cli("serve", "--model", "tiny-random", "--port", "0", "--memory-budget", "4096",
+                  env={"FRAMECAST_DATA_DIR": str(tmp_path)})
+    assert out.returncode != 0
+    message = out.stderr
+    for fact in ("4096", str(tiny_model.weights_bytes()), str(tiny_model.session_memory_bytes()), "--memory-budget"):
+        assert fact in message, message
+
+    from server.state import ServerState
+    from tests.server_fixtures import server_settings
+
+    with _CacheRows(tiny_model) as rows:
+        state = ServerState(server_settings(tmp_path, memory_budget_bytes=4096, max_sessions=None), tiny_model)
+        state.open_jobs()
+        asyncio.run(state.load())
+        state.shutdown()
+    assert rows.most == 0 and not state.ready
+    assert str(tiny_model.session_memory_bytes()) in state.load_error and "--memory-budget" in state.load_error

@@ -97,8 +97,11 @@ def _job_or_404(state: ServerState, video_id: str) -> VideoJob:
 
 
 def _retry_after_s(state: ServerState, job: VideoJob) -> int:
-    """About when a job's worth of generation frees a place: its length, in real time."""
-    return max(1, math.ceil(float(job.seconds)))
+    """About when a job's worth of generation frees a place: its frames at the speed one
+    session was measured at on this machine (the model's fps when unmeasured)."""
+    model, capacity = state.model, state.capacity
+    speed = capacity.measured[0].fps_per_session if capacity and capacity.measured else model.fps
+    return max(1, math.ceil(float(job.seconds) * model.fps / max(speed, 1e-3)))
 
 
 def _enqueue(state: ServerState, job: VideoJob, who: Caller) -> None:
