@@ -280,7 +280,7 @@ def _seconds_from_text(value: Any) -> Any:
     Nothing looser: a boolean is not a number, and " 4", "4e0" or "four" are no form either
     API uses (the strict float check after this refuses what is not a number)."""
     if isinstance(value, str):
-        if not _SECONDS_TEXT.match(value):
+        if not _SECONDS_TEXT.fullmatch(value):
             raise ValueError('seconds must be a number or a numeric string such as "4"')
         return float(value)
     return value

@@ -246,6 +246,7 @@ def test_websocket_messages_are_strictly_typed(server, field, value, code):
     ({"seconds": True}, "invalid_request", "seconds"), ({"seconds": 1e-9}, "invalid_request", "seconds"),
     ({"seconds": "1e-9"}, "invalid_request", "seconds"), ({"seconds": " 4"}, "invalid_request", "seconds"),
     ({"seconds": "four"}, "invalid_request", "seconds"), ({"seconds": "NaN"}, "invalid_request", "seconds"),
+    ({"seconds": "4\n"}, "invalid_request", "seconds"),
     ({"fps": "8"}, "invalid_request", "fps"), ({"size": "64X64"}, "invalid_request", "size"),
 ])
 def test_http_accepts_only_openai_forms(server, body, code, param):

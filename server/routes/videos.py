@@ -74,7 +74,7 @@ async def _read_form(request: Request) -> dict[str, Any]:
                 raise ApiError("invalid_request", f"{name[:64]}: only input_reference may be a file", name[:64])
             data[name] = value
     for name, (pattern, kind) in FORM_NUMBERS.items():
-        if isinstance(data.get(name), str) and pattern.match(data[name]):
+        if isinstance(data.get(name), str) and pattern.fullmatch(data[name]):
             data[name] = kind(data[name])
     return data
 
