@@ -110,8 +110,11 @@ def bind_socket(settings: Settings) -> socket.socket:
             # A stalled stream is ended by the server (session.py, stall_timeout_s), but its
             # socket would stay open with full buffers for as long as the client never
             # reads: the kernel drops a connection whose sent data goes unacknowledged this
-            # long (zero-window probes included), after the server had its chance to close.
-            grace_s = settings.stall_timeout_s + 2 * FINISH_WAIT_S
+            # long (zero-window probes included). Its clock starts when the client's window
+            # closes, the server's once the server-side buffers are full too (seconds later
+            # on a low-bitrate stream): twice the stall timeout lets the server, which says
+            # why (4408), usually go first.
+            grace_s = 2 * settings.stall_timeout_s + 2 * FINISH_WAIT_S
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(1000 * grace_s))
         sock.bind((settings.host, settings.port))
     except OSError:
