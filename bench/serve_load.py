@@ -11,7 +11,13 @@ Prints one table:
   * batching (BatchScheduler) vs one forward per session, 4 sessions;
   * one slow client (reads at --slow-fps) among 3 fast ones: the fast ones' rate with and
     without it;
-  * server RSS over one long stream (--rss-seconds): start, end, max, slope.
+  * server RSS over one long stream (--rss-seconds): start, end, max, slope;
+  * non-reading clients are evicted: --evict-clients raw clients send session.start and
+    read nothing, holding every slot (a reading client is refused server_full); each must
+    be closed within the stall timeout (--stall-seconds) after its socket buffers filled,
+    and the reading client then gets in. Prints the time to evict.
+
+    python bench/serve_load.py --evict-only         # just the eviction check
 
 The server runs in a subprocess (this script in --serve mode) so that client and server
 do not share a GIL; real-time pacing is off (stream_lead_s=None) to measure throughput.
@@ -56,8 +62,9 @@ class ServerProcess:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         settings = dict(model=model, host="127.0.0.1", port=self.port, data_dir=str(data_dir), job_workers=0,
-                        stream_lead_s=None, max_sessions=8, sessions_per_key=8, max_stream_seconds=36000,
-                        stats_interval_s=5.0, log_level="warning", **overrides)
+                        stream_lead_s=None, max_sessions=8, sessions_per_key=8, sessions_per_address=0,
+                        max_stream_seconds=36000, stats_interval_s=5.0, log_level="warning")
+        settings.update(overrides)
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(settings)], cwd=ROOT)
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/v1/realtime/video"
@@ -295,6 +302,77 @@ async def rss_over_stream(server: ServerProcess, wall_seconds: float) -> dict:
                 slope_mb_per_min=slope)
 
 
+def metric(server: ServerProcess, name: str) -> float:
+    import httpx
+
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def non_reading_client(port: int, seed: int) -> socket.socket:
+    """Sends session.start over a raw socket with a small receive buffer and never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /v1/realtime/video HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    payload, mask = start_message(36000, seed).encode(), os.urandom(4)
+    sock.sendall(bytes([0x81, 0x80 | 126]) + struct.pack(">H", len(payload)) + mask
+                 + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    return sock
+
+
+async def evictions(server: ServerProcess, clients: int, stall_s: float) -> dict:
+    """Time from session.start to the slot freed, for clients that never read; whether a
+    reading client is refused meanwhile and admitted after."""
+    started = time.perf_counter()
+    socks = [non_reading_client(server.port, seed) for seed in range(clients)]
+    try:
+        while metric(server, "framecast_active_sessions") < clients:
+            await asyncio.sleep(0.05)
+        try:
+            await fast_client(server.ws_url, 1.0, seed=99)
+            refused_while_held = False
+        except RuntimeError as exc:
+            refused_while_held = "server_full" in str(exc)
+        freed_at: list[float] = []
+        while len(freed_at) < clients and time.perf_counter() - started < stall_s + 120:
+            active = metric(server, "framecast_active_sessions")
+            freed_at += [time.perf_counter() - started] * int(clients - active - len(freed_at))
+            await asyncio.sleep(0.05)
+        admitted_after = (await fast_client(server.ws_url, 1.0, seed=98)).frames > 0
+    finally:
+        for sock in socks:
+            sock.close()
+    return dict(clients=clients, stall_timeout_s=stall_s, evict_first_s=min(freed_at, default=float("nan")),
+                evict_last_s=max(freed_at, default=float("nan")), evicted=len(freed_at),
+                stalled_errors=metric(server, 'framecast_stream_errors_total{code="stalled"}'),
+                refused_while_held=refused_while_held, admitted_after=admitted_after)
+
+
+def print_evictions(e: dict) -> None:
+    print(f"\n{e['clients']} non-reading clients, stall timeout {e['stall_timeout_s']:g} s: {e['evicted']} evicted "
+          f"{e['evict_first_s']:.1f}-{e['evict_last_s']:.1f} s after session.start "
+          f"({e['stalled_errors']:.0f} counted as stalled); a reading client was "
+          f"{'refused (server_full)' if e['refused_while_held'] else 'NOT refused'} while they held the slots, "
+          f"{'admitted' if e['admitted_after'] else 'NOT admitted'} after")
+
+
+def run_evictions(args) -> dict:
+    server = ServerProcess(args.model, args.data_dir, max_sessions=args.evict_clients,
+                           stall_timeout_s=args.stall_seconds).wait_ready()
+    try:
+        return asyncio.run(evictions(server, args.evict_clients, args.stall_seconds))
+    finally:
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
@@ -304,6 +382,9 @@ def main() -> None:
     ap.add_argument("--slow-fps", type=float, default=4.0, help="rate the slow client reads at, frames/s")
     ap.add_argument("--rss-seconds", type=float, default=60.0, help="wall seconds of the long stream (0 = skip)")
     ap.add_argument("--rounds", type=int, default=3, help="raw-vs-delivered pairs (the median is printed)")
+    ap.add_argument("--evict-clients", type=int, default=4, help="non-reading clients in the eviction check (0 = skip)")
+    ap.add_argument("--stall-seconds", type=float, default=5.0, help="the server's stall timeout in the eviction check")
+    ap.add_argument("--evict-only", action="store_true", help="run only the eviction check")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/framecast-bench"), help="server data dir")
     args = ap.parse_args()
@@ -312,6 +393,9 @@ def main() -> None:
         return
     counts = [int(c) for c in args.counts.split(",")]
     figures: dict = {"model": args.model}
+    if args.evict_only:
+        print_evictions(run_evictions(args))
+        return
 
     batched = ServerProcess(args.model, args.data_dir, batching=True).wait_ready()
     try:
@@ -339,6 +423,8 @@ def main() -> None:
         figures["unbatched_4"] = asyncio.run(concurrent(unbatched.ws_url, 4, args.stream_seconds))
     finally:
         unbatched.stop()
+    if args.evict_clients:
+        figures["evictions"] = run_evictions(args)
     batched_4 = next((c for c in figures["concurrent"] if c["sessions"] == 4), None)
     if batched_4:
         figures["batching_ratio_4"] = batched_4["aggregate_fps"] / figures["unbatched_4"]["aggregate_fps"]
@@ -372,6 +458,8 @@ def print_table(f: dict) -> None:
         print(f"\nRSS over one {r['wall_s']:.0f} s stream ({r['stream_s']:.0f} s of video, {r['frames']} frames): "
               f"start {r['rss_start_mb']:.0f} MB, end {r['rss_end_mb']:.0f} MB, max {r['rss_max_mb']:.0f} MB, "
               f"slope {r['slope_mb_per_min']:+.2f} MB/min")
+    if "evictions" in f:
+        print_evictions(f["evictions"])
 
 
 if __name__ == "__main__":

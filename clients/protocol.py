@@ -20,9 +20,12 @@ HTTP: ``POST /v1/videos`` -> :class:`VideoJob`; errors are :class:`ErrorBody`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+import base64
+import binascii
+import re
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
 PROTOCOL_VERSION = "1"
 REALTIME_PATH = "/v1/realtime/video"
@@ -30,10 +33,40 @@ START_TIMEOUT_S = 10.0
 MAX_PROMPT_CHARS = 1000
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_SEED = 2**63 - 1
+# Browsers cannot set headers on a WebSocket, and a key in the URL ends up in logs and
+# history: a browser offers both subprotocols, `new WebSocket(url, [SUBPROTOCOL,
+# api_key_subprotocol(key)])`, and the server selects SUBPROTOCOL (never echoing the key).
+SUBPROTOCOL = "framecast.v1"
+API_KEY_SUBPROTOCOL_PREFIX = "framecast.key."
+
+
+def api_key_subprotocol(key: str) -> str:
+    """The subprotocol that carries `key`: base64url without padding, so that any key is a
+    valid header token (RFC 6455 subprotocols are RFC 7230 tokens)."""
+    return API_KEY_SUBPROTOCOL_PREFIX + base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def api_key_from_subprotocols(offered: list[str]) -> str | None:
+    """The key a client offered as a subprotocol; None when it offered none (or a malformed one)."""
+    for protocol in offered:
+        if protocol.startswith(API_KEY_SUBPROTOCOL_PREFIX):
+            encoded = protocol[len(API_KEY_SUBPROTOCOL_PREFIX):]
+            try:
+                return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                return None
+    return None
 
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _ClientMessage(BaseModel):
+    """What clients send is validated strictly: a seed is an integer, not "5", true or 2.0;
+    a number is not a string or a boolean. A lax parser turns client bugs into surprises."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # --- close codes (RFC 6455 4000-4999 are for applications) -------------------
@@ -50,6 +83,7 @@ class CloseCode:
     BAD_REQUEST = 4400
     UNAUTHORIZED = 4401
     NOT_FOUND = 4404
+    STALLED = 4408  # the client read nothing for stall_timeout_s: its slot went to others
 
 
 # --- error codes shared by HTTP bodies and WebSocket `error` messages ----------
@@ -65,11 +99,16 @@ ErrorCode = Literal[
     "not_started",
     "binary_not_allowed",
     "message_too_large",
+    "request_too_large",
+    "unsupported_media_type",
+    "method_not_allowed",
     "start_timeout",
+    "stalled",
     "unknown_model",
     "unauthorized",
     "server_full",
     "rate_limited",
+    "queue_full",
     "not_found",
     "conflict",
     "internal_error",
@@ -96,7 +135,7 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 MediaFormat = Literal["fmp4", "jpeg"]
 
 
-class SessionStart(_Message):
+class SessionStart(_ClientMessage):
     type: Literal["session.start"] = "session.start"
     prompt: Prompt
     seed: Seed | None = None
@@ -106,25 +145,25 @@ class SessionStart(_Message):
     max_seconds: Annotated[float, Field(gt=0)] | None = None
 
 
-class SessionUpdate(_Message):
+class SessionUpdate(_ClientMessage):
     type: Literal["session.update"] = "session.update"
     prompt: Prompt
     event_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
 
 
-class SessionPause(_Message):
+class SessionPause(_ClientMessage):
     type: Literal["session.pause"] = "session.pause"
 
 
-class SessionResume(_Message):
+class SessionResume(_ClientMessage):
     type: Literal["session.resume"] = "session.resume"
 
 
-class SessionStop(_Message):
+class SessionStop(_ClientMessage):
     type: Literal["session.stop"] = "session.stop"
 
 
-class SessionPing(_Message):
+class SessionPing(_ClientMessage):
     type: Literal["session.ping"] = "session.ping"
     ts: float | None = None
 
@@ -232,16 +271,51 @@ def parse_server_message(text: str | bytes):
 JobStatus = Literal["queued", "in_progress", "completed", "failed", "cancelled"]
 
 
-class VideoCreate(_Message):
+SECONDS_TEXT = r"^[0-9]+(\.[0-9]+)?$"
+_SECONDS_TEXT = re.compile(SECONDS_TEXT)
+
+
+def _seconds_from_text(value: Any) -> Any:
+    """OpenAI's Videos API sends `seconds` as a string ("4"); a JSON number is taken too.
+    Nothing looser: a boolean is not a number, and " 4", "4e0" or "four" are no form either
+    API uses (the strict float check after this refuses what is not a number)."""
+    if isinstance(value, str):
+        if not _SECONDS_TEXT.fullmatch(value):
+            raise ValueError('seconds must be a number or a numeric string such as "4"')
+        return float(value)
+    return value
+
+
+def _seconds_as_text(value: Any) -> Any:
+    # Jobs stored before `seconds` became a string (OpenAI's Video type) held a number.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return value
+
+
+Seconds = Annotated[
+    float, BeforeValidator(_seconds_from_text), Field(gt=0, le=600, allow_inf_nan=False),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+                              {"type": "string", "pattern": SECONDS_TEXT}]}),
+]
+
+
+class VideoCreate(_ClientMessage):
+    """`POST /v1/videos`, as JSON or as multipart/form-data (what OpenAI's SDK sends; there
+    every field is text, and the server reads `seed` and `fps` from their digits)."""
+
     prompt: Prompt
-    seconds: Annotated[float, Field(gt=0, le=600)] = 4.0
+    seconds: Seconds = 4.0
     seed: Seed | None = None
     size: Annotated[str, Field(pattern=r"^\d{2,5}x\d{2,5}$")] | None = None  # "WxH"
-    fps: Annotated[float, Field(gt=0, le=60)] | None = None
+    fps: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] | None = None
     model: str | None = None
 
 
 class VideoJob(_Message):
+    """The job object; its fields are those OpenAI's `Video` type reads (`seconds` is a
+    string there, "4"), plus the seed and fps a clip was made with."""
+
     id: str
     object: Literal["video"] = "video"
     status: JobStatus
@@ -250,7 +324,7 @@ class VideoJob(_Message):
     completed_at: int | None = None
     model: str
     prompt: str
-    seconds: float
+    seconds: Annotated[str, BeforeValidator(_seconds_as_text)]
     seed: int
     size: str
     fps: float
@@ -264,8 +338,13 @@ class VideoDeleted(_Message):
 
 
 class VideoList(_Message):
+    """One page; the next starts `after=last_id` while `has_more` (OpenAI's cursor page)."""
+
     object: Literal["list"] = "list"
     data: list[VideoJob]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
 
 
 class ModelCard(_Message):

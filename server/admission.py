@@ -1,44 +1,30 @@
-"""Admission control: streams and running clip jobs share one memory budget
-(weights + per-session memory), and each API key may hold only so many streams.
+"""Admission control: streams and running clip jobs share one set of session slots (the
+capacity, server/capacity.py), and each caller (API key, or address without keys) may hold
+only so many streams.
 
 Thread-safe: slots are taken on the event loop and returned from worker threads once a
 session's engine state is really gone."""
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 
+from .auth import Caller
 from .errors import ApiError
-
-log = logging.getLogger("framecast.server")
-
-
-def session_capacity(max_sessions: int, budget_bytes: int | None, weights_bytes: int,
-                     session_bytes: int) -> int:
-    """How many sessions fit: weights + n * session_bytes <= budget, at most max_sessions."""
-    if budget_bytes is None:
-        return max_sessions
-    fit = (budget_bytes - weights_bytes) // max(1, session_bytes)
-    if fit < 1:
-        log.warning("memory budget %d B holds no session (weights %d B, %d B per session)",
-                    budget_bytes, weights_bytes, session_bytes)
-    return max(0, min(max_sessions, fit))
 
 
 @dataclass(frozen=True)
 class Ticket:
-    key: str | None
+    owner: str | None
     kind: str  # "stream" | "job"
 
 
 class Admission:
-    def __init__(self, capacity: int, sessions_per_key: int):
+    def __init__(self, capacity: int):
         self.capacity = capacity
-        self.sessions_per_key = sessions_per_key
         self._used = 0
-        self._per_key: dict[str, int] = {}
+        self._per_owner: dict[str, int] = {}
         self._freed = threading.Condition()
 
     @property
@@ -46,26 +32,31 @@ class Admission:
         with self._freed:
             return self._used
 
-    def admit_stream(self, key: str | None) -> Ticket:
-        """A slot for a stream now, or ApiError (server_full / rate_limited)."""
+    def admit_stream(self, who: Caller, limit: int) -> Ticket:
+        """A slot for a stream now, or ApiError (server_full; rate_limited once `who`
+        holds `limit` streams, 0 = no limit)."""
+        owner = who.owner if limit else None
         with self._freed:
-            if key is not None and self._per_key.get(key, 0) >= self.sessions_per_key:
-                raise ApiError("rate_limited", f"this API key already holds {self.sessions_per_key} streams")
+            if owner is not None and self._per_owner.get(owner, 0) >= limit:
+                raise ApiError("rate_limited", f"{who.label} already holds {limit} streams"
+                               + ("" if who.by_key else " (sessions_per_address)"))
             if self._used >= self.capacity:
                 raise ApiError("server_full", f"all {self.capacity} session slots are in use; try again later")
             self._used += 1
-            if key is not None:
-                self._per_key[key] = self._per_key.get(key, 0) + 1
-            return Ticket(key, "stream")
+            if owner is not None:
+                self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
+            return Ticket(owner, "stream")
 
-    def admit_job(self, stop: threading.Event, poll_s: float = 0.25) -> Ticket | None:
-        """Wait for a slot for a clip job (jobs queue rather than fail); None once `stop` is set."""
+    def wait_for_room(self, timeout: float) -> bool:
+        """Whether a slot is free, waiting up to `timeout` for one (nothing is taken: a job
+        worker looks before it claims a job, so a job stays `queued` while streams hold
+        every slot, and an idle worker holds no slot a stream could use)."""
         with self._freed:
-            while self._used >= self.capacity:
-                if stop.is_set():
-                    return None
-                self._freed.wait(poll_s)
-            if stop.is_set():
+            return self._freed.wait_for(lambda: self._used < self.capacity, timeout)
+
+    def try_admit_job(self) -> Ticket | None:
+        with self._freed:
+            if self._used >= self.capacity:
                 return None
             self._used += 1
             return Ticket(None, "job")
@@ -73,10 +64,10 @@ class Admission:
     def release(self, ticket: Ticket) -> None:
         with self._freed:
             self._used -= 1
-            if ticket.key is not None:
-                left = self._per_key.get(ticket.key, 1) - 1
+            if ticket.owner is not None:
+                left = self._per_owner.get(ticket.owner, 1) - 1
                 if left:
-                    self._per_key[ticket.key] = left
+                    self._per_owner[ticket.owner] = left
                 else:
-                    self._per_key.pop(ticket.key, None)
+                    self._per_owner.pop(ticket.owner, None)
             self._freed.notify_all()

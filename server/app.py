@@ -21,8 +21,11 @@ from fastapi.staticfiles import StaticFiles
 
 from clients.protocol import PROTOCOL_VERSION
 
+from .body_limit import BodyLimitMiddleware
 from .errors import install_error_handlers
+from .logs import install_redaction
 from .routes import health, models, stream, videos
+from .session import FINISH_WAIT_S
 from .settings import Settings
 from .state import ServerState
 
@@ -74,10 +77,12 @@ def create_app(settings: Settings | None = None, model: Any = None) -> FastAPI:
     path); None loads `settings.model` in the lifespan."""
     settings = settings or Settings()
     logging.getLogger("framecast").setLevel(settings.log_level.upper())
+    install_redaction(settings.api_keys)
     app = FastAPI(title="Framecast", version=f"protocol {PROTOCOL_VERSION}", lifespan=lifespan,
                   description="Real-time streaming video generation: live streams over WebSocket "
                               "(/v1/realtime/video), clips as jobs shaped like OpenAI's Videos API.")
     app.state.server = ServerState(settings, model)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     install_error_handlers(app)
     for router in (health.router, models.router, videos.router, stream.router):
         app.include_router(router)
@@ -93,13 +98,24 @@ def create_app(settings: Settings | None = None, model: Any = None) -> FastAPI:
 
 def bind_socket(settings: Settings) -> socket.socket:
     """The listening socket (OSError when the address is taken). Connections accepted on it
-    inherit its send buffer size (Linux copies SO_SNDBUF from the listener)."""
+    inherit its send buffer size (Linux copies SO_SNDBUF from the listener) and its TCP user
+    timeout."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if settings.socket_send_buffer_bytes:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer_bytes)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            # A stalled stream is ended by the server (session.py, stall_timeout_s), but its
+            # socket would stay open with full buffers for as long as the client never
+            # reads: the kernel drops a connection whose sent data goes unacknowledged this
+            # long (zero-window probes included). Its clock starts when the client's window
+            # closes, the server's once the server-side buffers are full too (seconds later
+            # on a low-bitrate stream): twice the stall timeout lets the server, which says
+            # why (4408), usually go first.
+            grace_s = 2 * settings.stall_timeout_s + 2 * FINISH_WAIT_S
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(1000 * grace_s))
         sock.bind((settings.host, settings.port))
     except OSError:
         sock.close()
@@ -117,5 +133,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any):
                                    # Running jobs get shutdown_grace_s in the lifespan; connections
                                    # are closed before that, so uvicorn itself need not wait long.
                                    timeout_graceful_shutdown=5)
+    if settings.forwarded_allow_ips is not None:
+        options["forwarded_allow_ips"] = settings.forwarded_allow_ips
     options.update(overrides)
     return uvicorn.Config(app, **options)

@@ -1,13 +1,19 @@
-"""API keys: `Authorization: Bearer <key>` on HTTP and WebSocket, or `?api_key=` on a
-WebSocket (browsers cannot set headers on one). No keys configured = no authentication."""
+"""API keys: `Authorization: Bearer <key>` on HTTP and WebSocket. Browsers cannot set
+headers on a WebSocket: they offer the key as a subprotocol (clients.protocol.
+api_key_subprotocol), which stays out of URLs, logs and history; `?api_key=` still works.
+No keys configured = no authentication."""
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+from dataclasses import dataclass
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.websockets import WebSocket
+
+from clients.protocol import api_key_from_subprotocols
 
 from .errors import ApiError
 
@@ -39,5 +45,28 @@ async def require_api_key(request: Request,
 
 
 def websocket_key(websocket: WebSocket, accepted: list[str]) -> str | None:
-    key = bearer_token(websocket.headers.get("authorization")) or websocket.query_params.get("api_key")
+    key = (bearer_token(websocket.headers.get("authorization"))
+           or api_key_from_subprotocols(websocket.scope.get("subprotocols", []))
+           or websocket.query_params.get("api_key"))
     return check_key(accepted, key)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whom a request counts against for per-caller limits: its API key, or, when the
+    server has no keys, the client's address."""
+
+    owner: str | None  # "key:<hash>" (never the key itself: it is stored with jobs) or "address:<ip>"
+    label: str  # for messages
+
+    @property
+    def by_key(self) -> bool:
+        return bool(self.owner and self.owner.startswith("key:"))
+
+
+def caller(key: str | None, address: str | None) -> Caller:
+    if key is not None:
+        return Caller("key:" + hashlib.sha256(key.encode()).hexdigest()[:16], "this API key")
+    if address:
+        return Caller("address:" + address, f"the address {address}")
+    return Caller(None, "")

@@ -24,10 +24,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="port to listen on (default: 8000)")
     p.add_argument("--api-key", dest="api_keys", action="append",
                    help="accept this bearer key (repeat for several); none = no authentication")
-    p.add_argument("--max-sessions", type=int, help="concurrent streams (default: 8)")
+    p.add_argument("--max-sessions", type=int,
+                   help="concurrent streams and running clip jobs (default: as many as this machine generates "
+                        "in real time, measured at warm-up, within the memory budget)")
     p.add_argument("--memory-budget", dest="memory_budget_bytes", type=int,
-                   help="bytes for weights + per-session memory; sessions beyond it get server_full")
+                   help="bytes for weights + per-session memory (default: the weights + 80%% of the device "
+                        "memory free once they are loaded); sessions beyond it get server_full")
     p.add_argument("--sessions-per-key", type=int, help="concurrent streams per API key (default: 4)")
+    p.add_argument("--sessions-per-address", type=int,
+                   help="concurrent streams per client address when no API keys are set (default: 4; 0 = no limit)")
+    p.add_argument("--stall-timeout", dest="stall_timeout_s", type=float,
+                   help="end a stream whose client reads nothing for this many seconds (default: 30)")
+    p.add_argument("--max-body-bytes", type=int, help="largest HTTP request body (default: 1 MiB)")
+    p.add_argument("--max-pending-jobs", type=int, help="queued + running clip jobs in all (default: 32)")
+    p.add_argument("--pending-jobs-per-key", type=int,
+                   help="queued + running clip jobs per API key, or per address without keys (default: 8)")
+    p.add_argument("--forwarded-allow-ips",
+                   help="proxies whose X-Forwarded-For is trusted, comma-separated or * (default: 127.0.0.1)")
     p.add_argument("--max-stream-seconds", type=float, help="longest stream (default: 3600)")
     p.add_argument("--max-job-seconds", type=float, help="longest clip a job may ask for (default: 60)")
     p.add_argument("--data-dir", help="where job records and clips are kept (default: ~/.local/share/framecast)")
@@ -77,11 +90,18 @@ def serve(args: argparse.Namespace) -> int:
 
     from engine import EngineError, load_model
 
+    from .capacity import memory_plan
+
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s")
     try:
         model = load_model(settings.model, settings.device, settings.backend, settings.engine_cache_dir)
     except EngineError as exc:
         raise CommandError(str(exc)) from None
+    # Before any cache is allocated, and before serving: a model none of whose sessions
+    # fits is a setting to change, not a server that never gets ready.
+    plan = memory_plan(model, settings.memory_budget_bytes)
+    if plan.sessions < 1:
+        raise CommandError(f"cannot serve {model.name}: {plan.refusal()}")
     server = uvicorn.Server(uvicorn_config(create_app(settings, model=model), settings))
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal; both end
     # up here as KeyboardInterrupt once the shutdown is done, which is a clean exit.

@@ -1,5 +1,5 @@
 """Video encoders: a streaming fragmented-MP4 (H.264) encoder for live sessions, a JPEG
-frame encoder, and a whole-MP4 encoder for clip jobs.
+frame encoder, a whole-MP4 encoder for clip jobs and their JPEG thumbnail.
 
 The streaming encoder drives libx264 through PyAV's codec context and writes the MP4
 boxes itself. libavformat's mp4 muxer only closes a fragment when the *next* packet
@@ -193,6 +193,15 @@ def encode_mp4(frames: np.ndarray | Sequence[np.ndarray], fps: float, crf: int =
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode(None))
         return path.read_bytes()
+
+
+def mp4_thumbnail(data: bytes, quality: int = 85) -> bytes:
+    """The first frame of an MP4 as a JPEG (decoded on demand: clips are short, and the
+    job store keeps one file per job)."""
+    with av.open(io.BytesIO(data), "r") as container:
+        for frame in container.decode(video=0):
+            return JpegEncoder(quality).encode(frame.to_ndarray(format="rgb24"))
+    raise ValueError("the MP4 holds no video frame")
 
 
 def kept_frames(first: int, count: int, source_fps: float, target_fps: float) -> list[int]:

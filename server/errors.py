@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from clients.protocol import CloseCode, ErrorBody, ErrorDetail
 
@@ -24,25 +24,33 @@ ERROR_CODES: dict[str, tuple[int, int]] = {
     "unknown_model": (400, CloseCode.NOT_FOUND),
     "conflict": (409, CloseCode.BAD_REQUEST),
     "rate_limited": (429, CloseCode.TRY_AGAIN_LATER),
+    "queue_full": (429, CloseCode.TRY_AGAIN_LATER),
     "server_full": (503, CloseCode.TRY_AGAIN_LATER),
     "model_loading": (503, CloseCode.TRY_AGAIN_LATER),
     "shutting_down": (503, CloseCode.GOING_AWAY),
     "binary_not_allowed": (400, CloseCode.UNSUPPORTED_DATA),
     "message_too_large": (413, CloseCode.TOO_BIG),
+    "request_too_large": (413, CloseCode.TOO_BIG),
+    "unsupported_media_type": (415, CloseCode.BAD_REQUEST),
+    "method_not_allowed": (405, CloseCode.BAD_REQUEST),
     "start_timeout": (408, CloseCode.START_TIMEOUT),
+    "stalled": (408, CloseCode.STALLED),
     "internal_error": (500, CloseCode.INTERNAL),
 }
 STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 403: "unauthorized", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 413: "message_too_large", 429: "rate_limited",
-                503: "server_full"}
+                405: "method_not_allowed", 409: "conflict", 413: "request_too_large", 415: "unsupported_media_type",
+                429: "rate_limited", 503: "server_full"}
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 class ApiError(Exception):
     """A refusal with a stable `code` (clients.protocol.ErrorCode) and a readable message."""
 
-    def __init__(self, code: str, message: str, param: str | None = None):
+    def __init__(self, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.code, self.message, self.param = code, message, param
+        self.headers = headers or {}  # HTTP only, e.g. Retry-After
 
     @property
     def status(self) -> int:
@@ -74,7 +82,7 @@ def from_validation_error(exc: ValidationError | RequestValidationError, default
         code = "invalid_prompt"
     elif param == "seed":
         code = "invalid_seed"
-    message = first.get("msg", "invalid value")
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if first.get("type") == "missing":
         message = "field required"
     elif first.get("type") == "extra_forbidden":
@@ -83,21 +91,22 @@ def from_validation_error(exc: ValidationError | RequestValidationError, default
 
 
 def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = {**error.headers, **(headers or {})}
     if error.code == "unauthorized":
-        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+        headers["WWW-Authenticate"] = "Bearer"
     body = ErrorBody(error=error.detail()).model_dump(mode="json")
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's own 405 names only the
-    first route that matched the path, e.g. GET but not DELETE on /v1/videos/{id})."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        if match != Match.NONE and getattr(route, "methods", None):
-            methods |= set(route.methods)
-    return sorted(methods)
+    """Every method some route serves at this path, found by asking each route whether it
+    would take the request under that method (FastAPI wraps included routers, so reading
+    `.methods` off `app.routes` finds nothing). The static mount at `/` takes any path and
+    method, so it counts only where no API route has the path (then its own GET, HEAD)."""
+    routes = [route for route in request.app.routes if not isinstance(route, Mount)]
+    methods = [method for method in HTTP_METHODS
+               if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
+    return methods or ["GET", "HEAD"]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -114,11 +123,12 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = STATUS_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        error = ApiError(code, message)
-        body = ErrorBody(error=error.detail()).model_dump(mode="json")
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(request))
+            allowed = ", ".join(allowed_methods(request))
+            headers["Allow"] = allowed
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        body = ErrorBody(error=ApiError(code, message).detail()).model_dump(mode="json")
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import queue
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -54,6 +56,28 @@ class Generator:
         session = await self.run(self.model.open_session, prompt, seed)
         return GenerationStream(self, session, scheduled=False)
 
+    def generate_clip(self, prompt: str, seconds: float, seed: int | None,
+                      progress: Callable[[float], None] | None = None):
+        """Blocking (a job worker's thread): a whole clip, uint8 [T, H, W, 3]. With batching
+        it runs as one more scheduled stream, so a running job holds one of the same cache
+        rows streams do and batches with them: one memory budget for both."""
+        if self._scheduler is None:
+            return self.model.generate_clip(prompt, seconds, seed, progress=progress)
+        import numpy as np
+
+        total = max(1, round(seconds * self.model.fps))
+        chunks = math.ceil(total / self.model.frames_per_chunk)
+        stream = GenerationStream(self, self._scheduler.open(prompt, seed), scheduled=True)
+        try:
+            frames = []
+            for i in range(chunks):
+                frames.append(stream._next_chunk().frames)
+                if progress is not None:
+                    progress((i + 1) / chunks)
+        finally:
+            stream._engine.close()
+        return np.concatenate(frames)[:total]
+
     def shutdown(self) -> None:
         if self._scheduler is not None:
             self._scheduler.shutdown()
@@ -66,10 +90,12 @@ class GenerationStream:
         self._engine = engine_stream  # engine StreamSession or scheduler SessionHandle
         self._scheduled = scheduled
         self._closed = False
+        self._busy = threading.Lock()  # unscheduled: held while the engine makes a chunk
 
     def _next_chunk(self):
         if not self._scheduled:
-            return self._engine.next_chunk()
+            with self._busy:
+                return self._engine.next_chunk()
         while True:
             try:
                 return self._engine.next_chunk(timeout=CHUNK_POLL_S)  # SessionClosed once closed
@@ -94,9 +120,19 @@ class GenerationStream:
             return done
         self._closed = True
         try:
-            return self._generator._executor.submit(self._engine.close)
+            return self._generator._executor.submit(self._release)
         except RuntimeError:  # executor already shut down: closing is only flagging the stream
             self._engine.close()
             done = Future()
             done.set_result(None)
             return done
+
+    def _release(self) -> None:
+        if self._scheduled:
+            self._engine.close()  # the scheduler reaps its row before it hands it out again
+            return
+        # An unscheduled session owns its cache: once a chunk in progress is done, drop the
+        # session, so that its memory is free by the time its slot is (admission counts on it).
+        with self._busy:
+            self._engine.close()
+            self._engine = None

@@ -13,6 +13,7 @@ from clients.protocol import ErrorDetail, VideoJob
 
 from .admission import Admission
 from .encoding import encode_mp4, kept_frames
+from .generation import Generator
 from .jobs import LEASE_S, JobStore
 from .metrics import Metrics
 
@@ -27,8 +28,10 @@ class _Interrupted(Exception):
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, model, admission: Admission, metrics: Metrics, workers: int):
-        self.store, self.model, self.admission, self.metrics = store, model, admission, metrics
+    def __init__(self, store: JobStore, generator: Generator, admission: Admission, metrics: Metrics,
+                 workers: int):
+        self.store, self.generator, self.admission, self.metrics = store, generator, admission, metrics
+        self.model = generator.model
         self.worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()  # no new jobs
         self._abort = threading.Event()  # running jobs stop at their next chunk and re-queue
@@ -52,6 +55,8 @@ class JobRunner:
         since_recover = 0.0
         while not self._stop.is_set():
             try:
+                if not self.admission.wait_for_room(CLAIM_WAIT_S):
+                    continue
                 job = self.store.claim(self.worker_id, CLAIM_WAIT_S)
                 if job is None:
                     since_recover += CLAIM_WAIT_S
@@ -69,8 +74,8 @@ class JobRunner:
     def _run(self, job: VideoJob) -> None:
         from engine.errors import InvalidInput  # loaded with the model by now
 
-        ticket = self.admission.admit_job(self._stop)
-        if ticket is None:
+        ticket = self.admission.try_admit_job()
+        if ticket is None:  # a stream took the slot between looking and claiming
             self.store.requeue(job.id)
             return
         last = [-1]
@@ -85,8 +90,9 @@ class JobRunner:
                     raise _Interrupted  # deleted: stop spending the GPU on it
 
         try:
-            log.info("job %s: generating %.1f s", job.id, job.seconds)
-            frames = self.model.generate_clip(job.prompt, job.seconds, job.seed, progress=progress)  # [T, H, W, 3]
+            log.info("job %s: generating %s s", job.id, job.seconds)
+            frames = self.generator.generate_clip(job.prompt, float(job.seconds), job.seed,
+                                                  progress=progress)  # [T, H, W, 3]
             self.metrics.frames_generated.labels("job").inc(len(frames))
             keep = kept_frames(0, len(frames), self.model.fps, job.fps)
             data = encode_mp4([frames[i] for i in keep], job.fps)

@@ -35,7 +35,13 @@ class JobStore(ABC):
     recovers_while_serving = False
 
     @abstractmethod
-    def create(self, job: VideoJob) -> None: ...
+    def create(self, job: VideoJob, owner: str | None = None) -> None:
+        """Queue `job`; `owner` (an API key's hash, or a client address) is whom it counts
+        against in `pending`."""
+
+    @abstractmethod
+    def pending(self, owner: str | None) -> tuple[int, int]:
+        """Jobs queued or in progress: all of them, and those of `owner`."""
 
     @abstractmethod
     def get(self, job_id: str) -> VideoJob | None: ...
@@ -113,16 +119,25 @@ class SQLiteJobStore(JobStore):
         self._db.execute("CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "id TEXT UNIQUE NOT NULL, status TEXT NOT NULL, body TEXT NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, seq)")
+        if "owner" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store made before owners
 
     def _write(self, job: VideoJob) -> None:
         self._db.execute("UPDATE jobs SET status = ?, body = ? WHERE id = ?",
                          (job.status, job.model_dump_json(), job.id))
 
-    def create(self, job: VideoJob) -> None:
+    def create(self, job: VideoJob, owner: str | None = None) -> None:
         with self._queued:
-            self._db.execute("INSERT INTO jobs (id, status, body) VALUES (?, ?, ?)",
-                             (job.id, job.status, job.model_dump_json()))
+            self._db.execute("INSERT INTO jobs (id, status, body, owner) VALUES (?, ?, ?, ?)",
+                             (job.id, job.status, job.model_dump_json(), owner))
             self._queued.notify()
+
+    def pending(self, owner: str | None) -> tuple[int, int]:
+        with self._lock:
+            total, own = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(owner = ?), 0) FROM jobs WHERE status IN ('queued', 'in_progress')",
+                (owner,)).fetchone()
+        return total, own
 
     def get(self, job_id: str) -> VideoJob | None:
         with self._lock:

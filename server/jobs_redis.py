@@ -3,6 +3,7 @@
 Keys (prefix ``framecast:``)::
 
     job:<id>      the VideoJob as JSON                 jobs     ZSET of ids by creation order
+    owner:<owner> SET of the ids an owner created (pruned of finished ones when counted)
     queue         LIST of queued ids (taken from the right)
     running       LIST of claimed ids (the reliable-queue pattern: BLMOVE queue -> running)
     lease:<id>    owner of a running job, expires unless renewed
@@ -42,14 +43,36 @@ class RedisJobStore(JobStore):
     def _content(self, job_id: str) -> str:
         return f"{self.prefix}content:{job_id}"
 
-    def create(self, job: VideoJob) -> None:
+    def _owner(self, owner: str) -> str:
+        return f"{self.prefix}owner:{owner}"
+
+    def create(self, job: VideoJob, owner: str | None = None) -> None:
         seq = self._r.incr(self._seq)
         with self._r.pipeline() as pipe:  # MULTI: the job is never half-created
             pipe.set(self._job(job.id), job.model_dump_json())
             pipe.zadd(self._index, {job.id: seq})
             pipe.hincrby(self._counts, job.status, 1)
+            if owner is not None:
+                pipe.sadd(self._owner(owner), job.id)
             pipe.lpush(self._queue, job.id)
             pipe.execute()
+
+    def pending(self, owner: str | None) -> tuple[int, int]:
+        counts = self.counts()
+        total = counts.get("queued", 0) + counts.get("in_progress", 0)
+        if owner is None:
+            return total, 0
+        ids = [raw.decode() for raw in self._r.smembers(self._owner(owner))]
+        jobs = self._r.mget([self._job(i) for i in ids]) if ids else []
+        own, done = 0, []
+        for job_id, raw in zip(ids, jobs):
+            if raw is not None and VideoJob.model_validate_json(raw).status in ("queued", "in_progress"):
+                own += 1
+            else:
+                done.append(job_id)  # finished or deleted: it no longer counts
+        if done:
+            self._r.srem(self._owner(owner), *done)
+        return total, own
 
     def get(self, job_id: str) -> VideoJob | None:
         raw = self._r.get(self._job(job_id))

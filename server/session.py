@@ -29,9 +29,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from clients.protocol import (CLIENT_MESSAGE_TYPES, MAX_MESSAGE_BYTES, Error, SessionDone, SessionPause,
                               SessionPaused, SessionPing, SessionPong, SessionResume, SessionResumed,
                               SessionStart, SessionStarted, SessionStats, SessionStop, SessionUpdate,
-                              SessionUpdateQueued, VideoChunk, client_message_adapter)
+                              SUBPROTOCOL, SessionUpdateQueued, VideoChunk, client_message_adapter)
 
-from .auth import websocket_key
+from .auth import caller, websocket_key
 from .encoding import Fmp4StreamEncoder, JpegEncoder, kept_count, kept_frames
 from .errors import ApiError, from_validation_error
 from .generation import GenerationStream
@@ -90,14 +90,18 @@ class StreamConnection:
         self._paused_at: float | None = None
         self._paused_total = 0.0
         self._sent_frames = 0
+        self._cleaned = False
 
     # --- the whole life of a connection -------------------------------------------------
     async def serve(self) -> None:
-        await self.ws.accept()
+        offered = self.ws.scope.get("subprotocols", [])
+        await self.ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         try:
             outcome = await self._serve()
         except ApiError as exc:
             self.metrics.stream_errors.labels(exc.code).inc()
+            if exc.code == "stalled":
+                log.warning("%s: %s", getattr(self, "session_id", "stream"), exc.message)
             await self._finish(Error(error=exc.detail()), exc.close_code)
         except (_Disconnected, WebSocketDisconnect):
             pass
@@ -113,6 +117,7 @@ class StreamConnection:
 
     async def _serve(self) -> SessionDone | None:
         key = websocket_key(self.ws, self.settings.api_keys)
+        who = caller(key, self.ws.client.host if self.ws.client else None)
         self.state.require_ready()
         self._started_at = time.monotonic()
         start = await self._receive_start()
@@ -121,10 +126,11 @@ class StreamConnection:
         check_model(model, start.model)
         check_prompt(start.prompt, self.settings.max_prompt_chars)
         self.fps = check_output(model, start.fps, None)
-        max_seconds = check_seconds(start.max_seconds or self.settings.max_stream_seconds,
+        max_seconds = check_seconds(model, start.max_seconds or self.settings.max_stream_seconds,
                                     self.settings.max_stream_seconds, "max_seconds")
         self.frame_limit = max(1, math.ceil(max_seconds * self.fps))
-        self._ticket = self.state.admission.admit_stream(key)
+        limit = self.settings.sessions_per_key if key is not None else self.settings.sessions_per_address
+        self._ticket = self.state.admission.admit_stream(who, limit)
         self._stream = await self._open(start)
         self._fmp4 = Fmp4StreamEncoder(model.width, model.height, self.fps) if start.format == "fmp4" else None
         self._jpeg = JpegEncoder() if start.format == "jpeg" else None
@@ -152,21 +158,25 @@ class StreamConnection:
             raise ApiError("server_full", str(exc)) from exc
 
     async def _finish(self, message, close_code: int) -> None:
-        """Send a last message (after any media pair being sent) and close."""
+        """Send a last message (after any media pair being sent) and close. The slot is
+        freed first, and each send is bounded: a client that reads nothing may never take
+        the goodbye, and must not hold its slot while the server waits for it to."""
         try:
             await asyncio.wait_for(self._send_lock.acquire(), FINISH_WAIT_S)
         except TimeoutError:
             message = None  # a client that reads nothing gets just the close
-        for task in self._tasks:
-            task.cancel()
+        await self._cleanup()
         try:
             if message is not None:
-                await self.ws.send_text(message.model_dump_json())
-            await self.ws.close(close_code)
-        except Exception:  # the client is already gone
+                await asyncio.wait_for(self.ws.send_text(message.model_dump_json()), FINISH_WAIT_S)
+            await asyncio.wait_for(self.ws.close(close_code), FINISH_WAIT_S)
+        except Exception:  # the client is gone, or reads nothing (TimeoutError)
             pass
 
     async def _cleanup(self) -> None:
+        if self._cleaned:
+            return
+        self._cleaned = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -198,6 +208,8 @@ class StreamConnection:
             data = json.loads(text)
         except ValueError:
             raise ApiError("invalid_json", "the message is not valid JSON") from None
+        except RecursionError:  # e.g. "[" * 30000: deeper than the parser goes
+            raise ApiError("invalid_json", "the message nests too deeply to be parsed") from None
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             raise ApiError("invalid_message", "a message is a JSON object with a string `type`")
         if data["type"] not in CLIENT_MESSAGE_TYPES:
@@ -311,7 +323,17 @@ class StreamConnection:
     # --- sending ------------------------------------------------------------------------------
     async def _send(self, message) -> None:
         async with self._send_lock:
-            await self.ws.send_text(message.model_dump_json())
+            await self._unless_stalled(self.ws.send_text(message.model_dump_json()))
+
+    async def _unless_stalled(self, sending) -> None:
+        """A send waits only while the socket buffers are full, i.e. while the client reads
+        nothing; one that waits stall_timeout_s ends the stream, so that its slot goes to
+        someone who watches (pacing by consumption would otherwise hold it for good)."""
+        try:
+            await asyncio.wait_for(sending, self.settings.stall_timeout_s)
+        except TimeoutError:
+            raise ApiError("stalled", f"the client read nothing for {self.settings.stall_timeout_s:g} s; "
+                           "the stream is closed to free its slot") from None
 
     async def _send_media(self, media: _Media, clock: float | None, lead: float | None) -> None:
         """One metadata + binary pair, never while paused: once `session.paused` is out
@@ -328,8 +350,8 @@ class StreamConnection:
             async with self._send_lock:
                 if not self._running.is_set():
                     continue
-                await self.ws.send_text(media.meta.model_dump_json())
-                await self.ws.send_bytes(media.data)
+                await self._unless_stalled(self.ws.send_text(media.meta.model_dump_json()))
+                await self._unless_stalled(self.ws.send_bytes(media.data))
                 return
 
     async def _deliver(self) -> SessionDone:

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="accepted bearer keys; empty = no authentication")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    # Behind a proxy every client has the proxy's address, which would put everyone under
+    # one sessions_per_address; list the proxy here (uvicorn's forwarded_allow_ips, "*" =
+    # any) so that X-Forwarded-For names the client. None = uvicorn's default (127.0.0.1).
+    forwarded_allow_ips: str | None = None
+    max_body_bytes: int = Field(1024 * 1024, ge=1024,
+                                description="largest HTTP request body; larger ones get 413 before they are read")
     # Frames larger than this are refused by the WebSocket layer itself (close 1009); it is
     # kept above MAX_MESSAGE_BYTES so most oversize messages get a JSON `error` first.
     ws_max_frame_bytes: int = Field(1024 * 1024, ge=1024)
@@ -51,13 +57,20 @@ class Settings(BaseSettings):
     socket_send_buffer_bytes: int | None = Field(256 * 1024, ge=4096)
 
     # --- capacity and limits -----------------------------------------------------------
-    max_sessions: int = Field(8, ge=1, description="concurrent streams (and cache rows)")
+    max_sessions: int | None = Field(
+        None, ge=1, description="concurrent streams and running clip jobs (cache rows); None = as many as this "
+                                "machine generates in real time, measured at warm-up, within the memory budget")
     memory_budget_bytes: int | None = Field(
-        None, ge=0, description="weights + per-session memory must fit; None = max_sessions decides")
+        None, ge=0, description="weights + per-session memory must fit; None = the model's weights plus "
+                                "80% of the device memory free once they are loaded")
     max_prompt_chars: int = Field(MAX_PROMPT_CHARS, ge=1, le=MAX_PROMPT_CHARS)
     max_stream_seconds: float = Field(3600.0, gt=0, description="longest stream before session.done")
     max_job_seconds: float = Field(60.0, gt=0, description="longest clip a job may ask for")
     sessions_per_key: int = Field(4, ge=1, description="concurrent streams per API key")
+    sessions_per_address: int = Field(
+        4, ge=0, description="concurrent streams per client address when no API keys are configured; 0 = no limit")
+    stall_timeout_s: float = Field(
+        30.0, gt=0, description="a stream whose client reads nothing for this long is ended (close 4408)")
     start_timeout_s: float = Field(START_TIMEOUT_S, gt=0, description="session.start must arrive within this")
     queue_depth: int = Field(2, ge=1, description="encoded chunks buffered per stream before generation waits")
     # Delivery may run this far ahead of real time; None = as fast as the client reads
@@ -70,6 +83,9 @@ class Settings(BaseSettings):
     job_store_url: str | None = Field(
         None, description="sqlite:///path.db or redis://host:port/db; None = SQLite under data_dir")
     job_workers: int = Field(1, ge=0, description="clip jobs generated at once by this replica")
+    max_pending_jobs: int = Field(32, ge=1, description="queued + running jobs, all callers together; 429 beyond")
+    pending_jobs_per_key: int = Field(
+        8, ge=1, description="queued + running jobs per API key (per client address without keys); 429 beyond")
     shutdown_grace_s: float = Field(10.0, ge=0, description="how long running jobs may finish at shutdown")
 
     @field_validator("api_keys", mode="before")

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import time
 from typing import Any
 
-from .admission import Admission, session_capacity
+from .admission import Admission
+from .capacity import Capacity, NoRoom, decide_capacity, memory_plan
 from .errors import ApiError
 from .generation import Generator
 from .job_runner import JobRunner
@@ -27,6 +26,7 @@ class ServerState:
         self.model = model
         self.generator: Generator | None = None
         self.admission: Admission | None = None
+        self.capacity: Capacity | None = None
         self.jobs: JobStore | None = None
         self.runner: JobRunner | None = None
         self.ready = False
@@ -50,29 +50,22 @@ class ServerState:
                 self.model = await asyncio.to_thread(load_model, self.settings.model, self.settings.device,
                                                      self.settings.backend, self.settings.engine_cache_dir)
             model, s = self.model, self.settings
-            capacity = session_capacity(s.max_sessions, s.memory_budget_bytes, model.weights_bytes(),
-                                        model.session_memory_bytes())
-            if capacity < 1:
-                raise RuntimeError(f"the memory budget of {s.memory_budget_bytes} bytes holds no session "
-                                   f"(weights {model.weights_bytes()} B + {model.session_memory_bytes()} B each)")
-            self.admission = Admission(capacity, s.sessions_per_key)
-            self.generator = Generator(model, max_sessions=max(1, capacity), batching=s.batching)
-            if s.warmup:
-                started = time.perf_counter()
-                stream = await self.generator.open("warm-up", 0)
-                # Through every context length until the cache is full: each new attention
-                # shape pays a one-off kernel set-up that a first viewer should not see.
-                att = model.config.attention
-                for _ in range(math.ceil((att.sink_frames + att.window_frames) / att.chunk_frames) + 1):
-                    await stream.produce(lambda chunk: None)
-                stream.close()
-                log.info("warmed up in %.2f s", time.perf_counter() - started)
-            self.runner = JobRunner(self.jobs, model, self.admission, self.metrics, s.job_workers)
+            # Decided before any cache is allocated: arithmetic on the config.
+            plan = memory_plan(model, s.memory_budget_bytes)
+            if plan.sessions < 1:
+                raise NoRoom(plan.refusal())
+            self.capacity = await decide_capacity(model, s, plan)
+            self.admission = Admission(self.capacity.sessions)
+            self.generator = Generator(model, max_sessions=self.capacity.sessions, batching=s.batching)
+            self.runner = JobRunner(self.jobs, self.generator, self.admission, self.metrics, s.job_workers)
             self.runner.start()
             self.ready = True
             self.metrics.ready.set(1)
-            log.info("ready: model %s (%dx%d, %.3g fps), %d session slots, batching %s", model.name,
-                     model.width, model.height, model.fps, capacity, "on" if self.generator.batching else "off")
+            log.info("ready: model %s (%dx%d, %.3g fps); %s", model.name, model.width, model.height, model.fps,
+                     self.capacity.describe())
+        except NoRoom as exc:
+            self.load_error = str(exc)
+            log.error("not serving: %s", exc)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model failed to load")

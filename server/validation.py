@@ -32,7 +32,13 @@ def check_output(model, fps: float | None, size: str | None) -> float:
     return fps or model.fps
 
 
-def check_seconds(seconds: float, limit: float, param: str) -> float:
+def check_seconds(model, seconds: float, limit: float, param: str) -> float:
+    """At least one chunk of the model's video (it generates whole chunks; 1e-9 s would be
+    one frame of one) and at most `limit`."""
+    chunk_s = model.frames_per_chunk / model.fps
+    if seconds < chunk_s * (1 - 1e-9):
+        raise ApiError("invalid_request", f"{param} must be at least {chunk_s:g} (one chunk of this model's "
+                       "video)", param)
     if seconds > limit:
         raise ApiError("invalid_request", f"{param} must be at most {limit:g}", param)
     return seconds

@@ -157,10 +157,17 @@ def test_viewer_sends_the_api_key_from_the_query(browser_page):
     assert "API key" in page.inner_text("#message")
     assert stats(page)["errors"][0]["code"] == "unauthorized"
 
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
     page.goto(f"{server.url}/?prompt=a+red+ball&format=jpeg&api_key={KEY}&autostart=1&max_seconds=1")
     page.wait_for_function("() => window.framecastStats.state === 'done' && window.framecastStats.framesPainted > 0",
                            timeout=60_000)
     assert errors == []
+    # The key went as a WebSocket subprotocol: not in the socket's URL, and no longer in the
+    # page's; the server logged no key.
+    assert sockets and all("api_key" not in url for url in sockets)
+    assert "api_key" not in page.url
+    assert KEY not in server.log()
 
 
 def test_viewer_falls_back_to_jpeg_where_h264_cannot_play(browser_page):

@@ -146,7 +146,7 @@ def test_video_job_with_progress_and_download(server, tmp_path):
     assert job.id in {j.id for j in listed.data} and deleted.deleted
     stream = ffprobe(tmp_path / "clip.mp4")["streams"][0]
     assert stream["codec_name"] == "h264"
-    assert int(stream["nb_read_frames"]) == round(job.seconds * job.fps)
+    assert int(stream["nb_read_frames"]) == round(float(job.seconds) * job.fps)
 
 
 def test_sync_wrapper_streams_and_lists_models(server):

@@ -353,6 +353,31 @@ def test_pdb_and_service_monitor_select_the_server(chart):
     assert min_available["spec"]["minAvailable"] == 1 and "maxUnavailable" not in min_available["spec"]
 
 
+# --- server limits -----------------------------------------------------------------------------
+
+def test_limits_reach_the_server_env_and_capacity_is_measured_by_default(chart):
+    server = env(container(pod_spec(render(chart)), "server"))
+    assert "FRAMECAST_MAX_SESSIONS" not in server  # measured at warm-up
+    assert "FRAMECAST_MEMORY_BUDGET_BYTES" not in server
+    assert "FRAMECAST_FORWARDED_ALLOW_IPS" not in server  # no proxy in front: the server's default
+    assert server["FRAMECAST_STALL_TIMEOUT_S"] == "30"
+    assert server["FRAMECAST_SESSIONS_PER_ADDRESS"] == "4"
+    assert server["FRAMECAST_MAX_BODY_BYTES"] == "1048576"
+    assert (server["FRAMECAST_MAX_PENDING_JOBS"], server["FRAMECAST_PENDING_JOBS_PER_KEY"]) == ("32", "8")
+
+    pinned = env(container(pod_spec(render(chart, {"server": {"maxSessions": 3, "memoryBudgetBytes": 40 << 30}})),
+                           "server"))
+    assert (pinned["FRAMECAST_MAX_SESSIONS"], pinned["FRAMECAST_MEMORY_BUDGET_BYTES"]) == ("3", str(40 << 30))
+
+
+def test_behind_an_ingress_the_client_address_comes_from_the_proxy(chart):
+    # Per-address stream limits would otherwise count every viewer as the ingress.
+    for values in ({"ingress": {"enabled": True}}, profile("gpu")):
+        assert env(container(pod_spec(render(chart, values)), "server"))["FRAMECAST_FORWARDED_ALLOW_IPS"] == "*"
+    chosen = render(chart, {"ingress": {"enabled": True}, "server": {"forwardedAllowIps": "10.0.0.0/8"}})
+    assert env(container(pod_spec(chosen), "server"))["FRAMECAST_FORWARDED_ALLOW_IPS"] == "10.0.0.0/8"
+
+
 # --- secrets and the job store --------------------------------------------------------------------
 
 def test_api_keys_secret_reaches_the_server_env(chart):

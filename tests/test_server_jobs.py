@@ -58,6 +58,22 @@ def test_store_create_get_list_and_pages(store_factory):
     assert store.counts() == {"queued": 5}
 
 
+def test_store_counts_pending_jobs_per_owner(store_factory):
+    """What the job queue caps count: queued and running jobs, in all and per owner."""
+    store = store_factory()
+    mine = [make_job(f"mine {i}") for i in range(3)]
+    for job in mine:
+        store.create(job, owner="key:a")
+    store.create(make_job("theirs"), owner="key:b")
+    store.create(make_job("nobody's"))
+    assert store.pending("key:a") == (5, 3) and store.pending(None) == (5, 0)
+    claimed = store.claim("w", 1)  # in progress still counts
+    assert store.pending("key:a") == (5, 3)
+    store.complete(claimed.id, b"mp4")
+    store.delete(mine[2].id)
+    assert store.pending("key:a") == (3, 1) and store.pending("key:b") == (3, 1)
+
+
 def test_store_claims_oldest_first_and_each_job_once(store_factory):
     store, replica = store_factory(), store_factory()
     jobs = [make_job(f"p{i}") for i in range(6)]

@@ -106,5 +106,5 @@ def run_video(prompt: str, output: str, *, url=None, api_key=None, timeout=None,
             return job
 
     job = asyncio.run(main())
-    print(f"saved {output} ({os.path.getsize(output)} bytes, job {job.id}, {job.seconds:g}s at {job.fps:g} fps)")
+    print(f"saved {output} ({os.path.getsize(output)} bytes, job {job.id}, {float(job.seconds):g}s at {job.fps:g} fps)")
     return ExitCode.OK

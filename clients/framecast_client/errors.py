@@ -93,9 +93,9 @@ def error_for_code(code: str, message: str) -> FramecastError:
     """Map a protocol error code (HTTP body or WebSocket `error`) to an exception."""
     if code == "unauthorized":
         return Unauthorized(message, code)
-    if code in ("server_full", "rate_limited"):
+    if code in ("server_full", "rate_limited", "queue_full"):
         return ServerFull(message, code)
-    if code == "shutting_down":
+    if code in ("shutting_down", "stalled"):  # stalled: this client read nothing for too long
         return ConnectionLost(message, code)
     if code == "internal_error":
         return FramecastError(message, code)

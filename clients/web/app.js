@@ -10,6 +10,10 @@ import { fragmentInfo } from "./mp4.js";
 import { Fmp4Sink, JpegSink } from "./sinks.js";
 
 const REALTIME_PATH = "/v1/realtime/video";
+// clients/protocol.py SUBPROTOCOL and api_key_subprotocol: a browser cannot set headers on a
+// WebSocket, and a key in its URL would end up in access logs and history.
+const SUBPROTOCOL = "framecast.v1";
+const API_KEY_SUBPROTOCOL_PREFIX = "framecast.key.";
 const PROBE_CODEC = 'video/mp4; codecs="avc1.42E01E"';  // H.264 baseline, what libx264 baseline gives
 const RECORD_MAX_BYTES = 512 * 1024 * 1024;
 
@@ -69,11 +73,20 @@ function chooseFormat(requested) {
   return stats.mseSupported ? "fmp4" : "jpeg";
 }
 
-function realtimeUrl(apiKey) {
+function realtimeUrl() {
   const url = new URL(REALTIME_PATH, window.location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  if (apiKey) url.searchParams.set("api_key", apiKey);  // browsers cannot set headers on a WebSocket
+  url.search = "";
+  url.hash = "";
   return url.toString();
+}
+
+function keySubprotocols(apiKey) {
+  if (!apiKey) return undefined;
+  // base64url without padding: any key becomes a valid header token.
+  const bytes = new TextEncoder().encode(apiKey);
+  const b64 = btoa(String.fromCharCode(...bytes)).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  return [SUBPROTOCOL, API_KEY_SUBPROTOCOL_PREFIX + b64];
 }
 
 function start(options = {}) {
@@ -97,7 +110,7 @@ function start(options = {}) {
   if (seedText !== "" && seedText !== undefined && seedText !== null) message.seed = Number(seedText);
   if (options.maxSeconds) message.max_seconds = Number(options.maxSeconds);
 
-  const socket = new WebSocket(realtimeUrl(options.apiKey ?? ui.apiKey.value));
+  const socket = new WebSocket(realtimeUrl(), keySubprotocols(options.apiKey ?? ui.apiKey.value));
   socket.binaryType = "arraybuffer";
   ws = socket;
   const host = { stats, painted: framePainted, fallback: fallBackToJpeg, fragment: recordFragment };
@@ -185,6 +198,7 @@ function onClose(event) {
 
 function closeReason(event) {
   if (event.code === 1013) return "The server is full; try again later.";
+  if (event.code === 4408) return "Closed: this page read nothing for too long (the tab was asleep?). Start again.";
   if (event.code === 4401 || event.code === 1008) return event.reason || "Unauthorized: check the API key.";
   if (event.code === 1006) {
     return stats.state === "connecting"
@@ -335,7 +349,13 @@ ui.prompt.addEventListener("keydown", (e) => {
 });
 
 const params = new URLSearchParams(window.location.search);
-if (params.get("api_key")) ui.apiKey.value = params.get("api_key");
+if (params.get("api_key")) {
+  ui.apiKey.value = params.get("api_key");
+  // Out of the address bar, so it is not kept in history or sent on as a Referer.
+  const clean = new URL(window.location.href);
+  clean.searchParams.delete("api_key");
+  history.replaceState(null, "", clean.toString());
+}
 if (params.get("prompt")) ui.prompt.value = params.get("prompt");
 if (params.get("format")) ui.format.value = params.get("format");
 if (params.get("seed")) ui.seed.value = params.get("seed");

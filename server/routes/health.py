@@ -7,6 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Response
 from pydantic import BaseModel
 
+from ..capacity import Capacity
 from ..state import ServerState
 from .common import error_responses, get_state
 
@@ -16,6 +17,8 @@ router = APIRouter(tags=["health"])
 class Health(BaseModel):
     status: Literal["ok", "ready"]
     model: str | None = None
+    # Sessions (streams + running clip jobs) this replica takes, and how that was decided.
+    capacity: Capacity | None = None
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
@@ -27,7 +30,7 @@ def healthz() -> Health:
             summary="The model is loaded and warmed up")
 def readyz(state: ServerState = Depends(get_state)) -> Health:
     state.require_ready()
-    return Health(status="ready", model=state.model.name)
+    return Health(status="ready", model=state.model.name, capacity=state.capacity)
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
