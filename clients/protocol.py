@@ -132,7 +132,9 @@ class ErrorBody(_Message):
 
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-MediaFormat = Literal["fmp4", "jpeg"]
+# fmp4 and jpeg travel over the WebSocket; webrtc is negotiated over HTTP (an SDP offer),
+# its control messages then travel over a data channel.
+MediaFormat = Literal["fmp4", "jpeg", "webrtc"]
 
 
 class SessionStart(_ClientMessage):
@@ -140,7 +142,7 @@ class SessionStart(_ClientMessage):
     prompt: Prompt
     seed: Seed | None = None
     model: str | None = None
-    format: MediaFormat = "fmp4"
+    format: MediaFormat | None = None  # None: the transport's own (fmp4 on the WebSocket)
     fps: Annotated[float, Field(gt=0, le=60)] | None = None
     max_seconds: Annotated[float, Field(gt=0)] | None = None
 
@@ -200,18 +202,22 @@ class VideoChunk(_Message):
     """
 
     type: Literal["video.chunk"] = "video.chunk"
-    index: int
+    index: int  # media message number (fmp4: 0 is the init segment)
     frames: int
     bytes: int
     pts: float  # seconds of stream time of the first frame
-    prompt_event_id: str | None = None
+    frame: int = 0  # stream frame number of the first frame (pts * fps)
+    prompt_event_id: str | None = None  # set on the first media under a switched prompt
     init: bool = False
 
 
 class SessionUpdateQueued(_Message):
+    """The switch is made: the new prompt shows from stream frame `at_frame` on (video made
+    ahead under the old prompt and not yet sent was discarded; nothing after it is)."""
+
     type: Literal["session.update.queued"] = "session.update.queued"
     event_id: str
-    at_chunk: int | None = None
+    at_frame: int
 
 
 class SessionStats(_Message):
