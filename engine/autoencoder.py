@@ -285,12 +285,12 @@ class ShapesAutoencoder(nn.Module):
         self.config = replace(self.config, latents_mean=tuple(mean.tolist()), latents_std=tuple(std.tolist()))
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
+        from .checkpoints.files import save_weights
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().float().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME))
+        save_weights(tensors, directory / WEIGHTS_NAME)
         (directory / CONFIG_NAME).write_text(self.config.to_json())
 
     @classmethod
