@@ -198,8 +198,16 @@ def test_onnxruntime_decoder_equals_eager(engine_dir):
 def test_build_engines_command_then_load_finds_them(tmp_path, monkeypatch, capsys):
     """`framecast build-engines` fills the cache; a server loading the model afterwards
     builds nothing."""
-    code = cli_main(["build-engines", "--model", "tiny-random", "--backend", "onnxruntime",
-                     "--cache-dir", str(tmp_path)])
+    import engine.model as engine_model
+
+    def not_exported(*args):
+        raise AssertionError("build-engines loaded a part it never exports")
+
+    with monkeypatch.context() as patch:  # tiny-random's stand-in decoder stays eager: neither part loads
+        patch.setattr(engine_model, "build_text_encoder", not_exported)
+        patch.setattr(engine_model, "build_decoder", not_exported)
+        code = cli_main(["build-engines", "--model", "tiny-random", "--backend", "onnxruntime",
+                         "--cache-dir", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     assert "1 onnxruntime engine(s) ready" in out
