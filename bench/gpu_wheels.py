@@ -43,6 +43,7 @@ MANIFEST = "manifest.json"
 # What bench/gpu.py imports beyond torch (through engine/): the rest comes as their dependencies.
 BENCH_NEEDS = ("diffusers", "pydantic", "numpy", "safetensors")
 CARRY_LIMIT_MIB = 64  # the working tree + carried paths one device call takes
+IN_CASE_BYTES = 2**20  # below this, a package of unknown version on the image is carried in case
 # pip matches manylinux tags exactly: name every glibc level a wheel of these packages uses.
 PLATFORMS = ["manylinux2014_x86_64", "manylinux1_x86_64"] + \
     [f"manylinux_2_{n}_x86_64" for n in (5, 12, 17, 24, 26, 27, 28, 31, 34, 35, 38, 39)]
@@ -146,6 +147,7 @@ def tree_bytes() -> int | None:
 
 def fetch(args: argparse.Namespace) -> int:
     from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.specifiers import SpecifierSet
     from pip._vendor.packaging.version import Version
 
     pins = pyproject_pins()
@@ -184,9 +186,12 @@ def fetch(args: argparse.Namespace) -> int:
             present = name in image
             version = image.get(name)
             accepted = version is None or all(s.contains(Version(version), prereleases=True) for s in specs)
-            carried = not (present and accepted)
+            # The image's version of a small package a requirement bounds is not known: carry
+            # it in case (it is installed only if the image's fails its check).
+            in_case = present and version is None and any(str(s) for s in specs) and wheel["bytes"] < IN_CASE_BYTES
+            carried = not (present and accepted) or in_case
             entries.append({"name": name, "version": wheel["version"], "modules": wheel["modules"],
-                            "specifier": ",".join(str(s) for s in specs if str(s)),
+                            "specifier": str(SpecifierSet(",".join(str(s) for s in specs if str(s)))),
                             "needed_by": sorted(n.split(":")[0] for n in needs.get(name, [])),
                             "image_version": version if present else None,
                             "wheel": wheel["wheel"] if carried else None, "bytes": wheel["bytes"] if carried else 0})
@@ -203,8 +208,14 @@ def fetch(args: argparse.Namespace) -> int:
     wheel_mib = sum(e["bytes"] for e in carried) / 2**20
     where = "the lent GPU image" if args.target == "image" else "a Python with torch alone"
     print(f"{dest}/: {len(carried)} wheels ({wheel_mib:.1f} MiB) for {where}, CPython {args.python_version}:")
+    image = image_packages()
     for e in carried:
-        why = f"image has {e['image_version']}, needs {e['specifier']}" if e["image_version"] else "missing there"
+        if e["image_version"]:
+            why = f"image has {e['image_version']}, needs {e['specifier']}"
+        elif e["name"] in image and args.target == "image":
+            why = f"image's version unknown; needs {e['specifier']}; installed only if the image's fails"
+        else:
+            why = "missing there"
         print(f"  {e['name']:<22}{e['version']:<12}{e['bytes'] / 2**20:>6.1f} MiB  ({why})")
     kept = [f"{e['name']} {e['image_version'] or ''}".strip() for e in entries if not e["wheel"]]
     if kept:
