@@ -176,6 +176,8 @@ def stage_stream(workdir: Path, layers: int, dtype: str | None) -> dict:
 
 
 def stage_export(workdir: Path, layers: int, dtype: str | None) -> dict:
+    import onnx
+
     from engine import load_model
     from engine.runtime.export import export_step
 
@@ -185,7 +187,8 @@ def stage_export(workdir: Path, layers: int, dtype: str | None) -> dict:
     export_step(model.transformer, model.config, p["onnx"])
     seconds = time.perf_counter() - started
     files = sorted(p["onnx"].parent.iterdir())
-    return {"export_s": seconds, "dtype": str(model.dtype).removeprefix("torch."),
+    opsets = {o.domain or "ai.onnx": o.version for o in onnx.load(str(p["onnx"]), load_external_data=False).opset_import}
+    return {"export_s": seconds, "dtype": str(model.dtype).removeprefix("torch."), "opset": opsets.get("ai.onnx"),
             "graph_mb": p["onnx"].stat().st_size / 1e6,
             "external_data_gb": sum(f.stat().st_size for f in files if f != p["onnx"]) / 1e9,
             "files": [f.name for f in files][:4]}
@@ -218,7 +221,8 @@ def run_stage(stage: str, args: argparse.Namespace) -> dict:
             result["diffusers_cast_warning"] = True
         return result
     command = [sys.executable, __file__, "--stage", stage, "--workdir", str(args.workdir), "--layers",
-               str(args.layers)] + (["--dtype", args.dtype] if args.dtype else [])
+               str(args.layers)] + (["--dtype", args.dtype] if args.dtype else []) + \
+        (["--threads", str(args.threads)] if args.threads else [])
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -249,6 +253,7 @@ def checks(stages: dict) -> dict[str, bool]:
         "no_diffusers_cast_warning": not any(s.get("diffusers_cast_warning") for s in stages.values()),
         "frames_not_blank": stages["stream"]["frames_std"] > 0,
         "onnx_external_data": stages["export"]["external_data_gb"] > 0,
+        "onnx_opset_20": stages["export"]["opset"] == 20,
     }
 
 
@@ -258,12 +263,19 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="where the files go (default: a new temporary dir)")
     ap.add_argument("--dtype", default=None, help="override load_model's dtype choice (default: its own)")
     ap.add_argument("--cleanup", action="store_true", help="remove the work dir at the end (it holds GBs)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's, the core count; on a CPU shared with other "
+                         "jobs, 1 avoids threads waiting on each other)")
     ap.add_argument("--json", type=Path, default=None, help="also write the result here")
     ap.add_argument("--in-process", action="store_true",
                     help="run the stages in this process (faster to start; peak RSS is then cumulative)")
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.stage:  # a child: one stage, its JSON on the last stdout line, its peak RSS on stderr
         import resource
 
@@ -275,7 +287,7 @@ def main() -> int:
     args.workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="framecast-rehearsal-"))).resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     report: dict = {"layers": args.layers, "size": f"{SIZE[0]}x{SIZE[1]}", "workdir": str(args.workdir),
-                    "cpu_threads": os.cpu_count(), "stages": {}}
+                    "cpu_cores": os.cpu_count(), "threads": args.threads, "stages": {}}
     started = time.perf_counter()
     try:
         for stage in STAGES:
