@@ -255,15 +255,16 @@ def model_dtype(config: ModelConfig, device: str | torch.device, override: str |
     `override` if given, else the config's (bfloat16 for converted checkpoints, float32 for
     the default model), on a GPU as it is. On a CPU, bfloat16 only where it is faster:
 
-    - with bfloat16 instructions (AVX512-BF16, AMX) a Wan2.1-1.3B-width block runs 2.2-2.9x
-      faster in bfloat16 than in float32, and TAEHV 2.2x; the weights take half the memory
-      (a 1.3B model + umT5 needs ~14 GB instead of ~28);
-    - without them oneDNN emulates bfloat16 and the same block runs at 0.62x: float32 there;
+    - with bfloat16 instructions (AVX512-BF16, AMX) a Wan2.1-1.3B-width step runs 1.2-2.9x
+      faster in bfloat16 than in float32, and TAEHV 1.7-2.2x; the weights take half the
+      memory (a 1.3B model + umT5 needs ~14 GB instead of ~28);
+    - without them oneDNN emulates bfloat16 (0.6-0.8x for the step, 0.44x for TAEHV):
+      float32 there;
     - float16 has no fast CPU kernels: float32.
 
-    The default model is float32 in its config, and stays so: its transformer is not faster
-    in bfloat16 on a CPU (1.02x streaming). Figures and commands: docs/backends.md,
-    "Precision on a CPU"."""
+    The default model is float32 in its config, and stays so: its transformer streams at
+    0.93-1.02x in bfloat16 on a CPU. Figures and the commands that printed them:
+    docs/backends.md, "Precision on a CPU"."""
     name = override or config.dtype
     if name not in DTYPES:
         raise InvalidConfig(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
@@ -282,11 +283,11 @@ def load_model(name_or_dir: str | None = None, device: str | None = None, backen
     `framecast build-engines` exports neither umT5 nor a Wan VAE, so it does not load them."""
     config, model_dir = resolve_model(name_or_dir)
     device = device or default_device()
-    dtype_ = model_dtype(config, device, dtype)
-    transformer = build_transformer(config, device=device, dtype=dtype_, seed=0)
+    run_dtype = model_dtype(config, device, dtype)
+    transformer = build_transformer(config, device=device, dtype=run_dtype, seed=0)
     if model_dir is not None:
         load_transformer_weights(transformer, model_dir / "transformer.safetensors")
-    encoder = build_text_encoder(config, model_dir, device, dtype_) if text_encoder else None
-    decoder_ = build_decoder(config, model_dir, device, dtype_) if decoder else None
-    model = StreamModel(config, transformer, encoder, decoder_, model_dir)
+    encoder = build_text_encoder(config, model_dir, device, run_dtype) if text_encoder else None
+    latent_decoder = build_decoder(config, model_dir, device, run_dtype) if decoder else None
+    model = StreamModel(config, transformer, encoder, latent_decoder, model_dir)
     return attach_runtime(model, RuntimeOptions(backend or config.runtime, engine_cache_dir))
