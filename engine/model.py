@@ -250,17 +250,20 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def model_dtype(config: ModelConfig, device: str | torch.device, override: str | None = None) -> torch.dtype:
+def model_dtype(config: ModelConfig, device: str | torch.device, override: str | None = None,
+                backend: str | None = None) -> torch.dtype:
     """The dtype a model's transformer, umT5 encoder, Wan VAE or TAEHV decoder run in:
     `override` if given, else the config's (bfloat16 for converted checkpoints, float32 for
-    the default model), on a GPU as it is. On a CPU, bfloat16 only where it is faster:
+    the default model), on a GPU as it is. On a CPU, bfloat16 only where it is faster or
+    asked for (`override`), and never float16:
 
     - with bfloat16 instructions (AVX512-BF16, AMX) a Wan2.1-1.3B-width step runs 1.2-2.9x
       faster in bfloat16 than in float32, and TAEHV 1.7-2.2x; the weights take half the
       memory (a 1.3B model + umT5 needs ~14 GB instead of ~28);
     - without them oneDNN emulates bfloat16 (0.6-0.8x for the step, 0.44x for TAEHV):
       float32 there;
-    - float16 has no fast CPU kernels: float32.
+    - float16 has no fast CPU kernels: float32;
+    - ONNX Runtime's CPU provider has no bfloat16 MatMul: float32 for `backend` onnxruntime.
 
     The default model is float32 in its config, and stays so: its transformer streams at
     0.93-1.02x in bfloat16 on a CPU. Figures and the commands that printed them:
@@ -268,9 +271,13 @@ def model_dtype(config: ModelConfig, device: str | torch.device, override: str |
     name = override or config.dtype
     if name not in DTYPES:
         raise InvalidConfig(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
-    if torch.device(device).type == "cpu" and (name == "float16" or (name == "bfloat16" and not cpu_has_bf16())):
+    if torch.device(device).type != "cpu" or name == "float32":
+        return DTYPES[name]
+    if name == "float16":
         return torch.float32
-    return DTYPES[name]
+    if override is None and (not cpu_has_bf16() or (backend or config.runtime) == "onnxruntime"):
+        return torch.float32
+    return torch.bfloat16
 
 
 def load_model(name_or_dir: str | None = None, device: str | None = None, backend: str | None = None,
@@ -283,7 +290,7 @@ def load_model(name_or_dir: str | None = None, device: str | None = None, backen
     `framecast build-engines` exports neither umT5 nor a Wan VAE, so it does not load them."""
     config, model_dir = resolve_model(name_or_dir)
     device = device or default_device()
-    run_dtype = model_dtype(config, device, dtype)
+    run_dtype = model_dtype(config, device, dtype, backend)
     transformer = build_transformer(config, device=device, dtype=run_dtype, seed=0)
     if model_dir is not None:
         load_transformer_weights(transformer, model_dir / "transformer.safetensors")

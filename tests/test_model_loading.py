@@ -51,8 +51,11 @@ def test_model_dtype_follows_the_config_and_the_cpu(monkeypatch):
     monkeypatch.setattr(engine_model, "cpu_has_bf16", lambda: True)
     assert model_dtype(BF16, "cpu") == torch.bfloat16
     assert model_dtype(fp32, "cpu") == torch.float32  # the default model's config: float32
-    monkeypatch.setattr(engine_model, "cpu_has_bf16", lambda: False)  # oneDNN would emulate: 0.62x
+    assert model_dtype(BF16, "cpu", backend="onnxruntime") == torch.float32  # no bfloat16 MatMul on its CPU EP
+    assert model_dtype(BF16, "cuda", backend="onnxruntime") == torch.bfloat16
+    monkeypatch.setattr(engine_model, "cpu_has_bf16", lambda: False)  # oneDNN would emulate: 0.6-0.8x
     assert model_dtype(BF16, "cpu") == torch.float32
+    assert model_dtype(BF16, "cpu", override="bfloat16") == torch.bfloat16  # asked for: honoured
     assert model_dtype(fp32, "cpu", override="float16") == torch.float32
     assert model_dtype(BF16, "cpu", override="float32") == torch.float32
     with pytest.raises(InvalidConfig, match="unknown dtype"):
@@ -89,3 +92,19 @@ def test_saved_weights_are_readable_by_other_users(tmp_path):
         os.umask(previous)
     for folder in ("saved", "converted"):
         assert stat.S_IMODE((tmp_path / folder / WEIGHTS_NAME).stat().st_mode) == 0o644
+
+
+def test_build_engines_builds_in_the_dtype_the_server_will_load(tmp_path, monkeypatch):
+    """A bfloat16 model served on ONNX Runtime on a CPU runs in float32 (its CPU provider
+    has no bfloat16 MatMul): build-engines must export that, or the server's engine key
+    would not match (and ONNX Runtime could not even optimise a bfloat16 graph)."""
+    import engine.runtime as runtime
+    from clients.cli import main as cli_main
+
+    config = BF16.model_copy(update={"runtime": "onnxruntime"})
+    save_model(tmp_path / "m", config, build_transformer(config, dtype=torch.bfloat16))
+    built = {}
+    monkeypatch.setattr(runtime, "build_engines", lambda model, options: built.update(dtype=model.dtype) or [])
+    assert cli_main(["build-engines", "--model", str(tmp_path / "m"), "--device", "cpu",
+                     "--cache-dir", str(tmp_path / "engines")]) == 0
+    assert built["dtype"] == torch.float32 == model_dtype(config, "cpu")

@@ -41,9 +41,9 @@ def run_build_engines(args: argparse.Namespace) -> int:
     import torch
 
     from engine import EngineError, load_model
-    from engine.model import default_device, resolve_model
+    from engine.model import default_device, model_dtype, resolve_model
     from engine.runtime import DEFAULT_MAX_BATCH, RuntimeOptions, RuntimeUnavailable, build_engines
-    from engine.runtime.build import EXPORTED_DECODERS
+    from engine.runtime.build import DTYPE_NAMES, EXPORTED_DECODERS
 
     device = args.device or os.environ.get("FRAMECAST_DEVICE") or default_device()
     cache_dir = args.cache_dir or os.environ.get("FRAMECAST_ENGINE_CACHE_DIR") or None
@@ -60,9 +60,11 @@ def run_build_engines(args: argparse.Namespace) -> int:
         if backend in ("eager", "compile"):
             print(f"{config.name}: the {backend} backend needs no engines; nothing to build")
             return 0
-        # The engines are built from the eager model, and only the parts they export are
-        # loaded: never umT5 or a Wan VAE (a 1.3B student's build needs its transformer alone).
-        model = load_model(args.model, device, backend="eager", text_encoder=False,
+        # The engines are built from the eager model, in the dtype the server will run the
+        # backend in, and only the parts they export are loaded: never umT5 or a Wan VAE
+        # (a 1.3B student's build needs its transformer alone).
+        dtype = DTYPE_NAMES[model_dtype(config, device, backend=backend)]
+        model = load_model(args.model, device, backend="eager", dtype=dtype, text_encoder=False,
                            decoder=config.decoder.kind in EXPORTED_DECODERS)
         options = RuntimeOptions(backend, cache_dir, args.max_batch or DEFAULT_MAX_BATCH, args.precision)
         started = time.perf_counter()
