@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "/v1/models, /healthz, /readyz, /metrics. Every flag overrides the "
                                           "matching FRAMECAST_* environment variable.")
     p.add_argument("--model", help="model name or directory (default: the embedded default model)")
-    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when a GPU is visible, else cpu)")
     p.add_argument("--backend", choices=["eager", "compile", "onnxruntime", "tensorrt"],
                    help="runtime for the denoising steps (default: the model's `runtime`, eager)")
     p.add_argument("--engine-cache-dir", help="where `framecast build-engines` put the engines")

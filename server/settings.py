@@ -27,7 +27,8 @@ class Settings(BaseSettings):
 
     # --- the model ----------------------------------------------------------------
     model: str | None = Field(None, description="model name or directory; None = the embedded default")
-    device: str = Field("cpu", description="torch device the model runs on")
+    device: str | None = Field(None, description="torch device the model runs on; None = cuda when a GPU is "
+                                                 "visible, else cpu")
     backend: Literal["eager", "compile", "onnxruntime", "tensorrt"] | None = Field(
         None, description="runtime for the denoising steps; None = the model config's `runtime`")
     engine_cache_dir: str | None = Field(

@@ -130,6 +130,9 @@ def step_key(model: "StreamModel", options: RuntimeOptions, transformer_hash: st
                      device_name(model.device), _versions(options.backend))
 
 
+EXPORTED_DECODERS = ("shapes_ae",)  # decoder kinds (DecoderConfig.kind) that export; the rest stay eager
+
+
 def exportable_decoder(model: "StreamModel"):
     """The model's decoder if it is one the runtime exports (the default model's
     ShapesAutoencoder), else None: other decoders stay eager."""

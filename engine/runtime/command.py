@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="runtime to build for (default: $FRAMECAST_BACKEND, else the model config's `runtime`); "
                         "eager and compile need no engines, so building for them does nothing")
     p.add_argument("--device", default=None,
-                   help="device the server will run on, e.g. cpu or cuda (default: $FRAMECAST_DEVICE, else cpu)")
+                   help="device the server will run on, e.g. cpu or cuda (default: $FRAMECAST_DEVICE, else cuda "
+                        "when a GPU is visible, else cpu: what the server picks)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="TensorRT: largest batch of sessions one engine call takes (default 8; larger batches "
                         "run in slices)")
@@ -40,9 +41,11 @@ def run_build_engines(args: argparse.Namespace) -> int:
     import torch
 
     from engine import EngineError, load_model
+    from engine.model import default_device, model_dtype, resolve_model
     from engine.runtime import DEFAULT_MAX_BATCH, RuntimeOptions, RuntimeUnavailable, build_engines
+    from engine.runtime.build import DTYPE_NAMES, EXPORTED_DECODERS
 
-    device = args.device or os.environ.get("FRAMECAST_DEVICE") or "cpu"
+    device = args.device or os.environ.get("FRAMECAST_DEVICE") or default_device()
     cache_dir = args.cache_dir or os.environ.get("FRAMECAST_ENGINE_CACHE_DIR") or None
     backend = args.backend or os.environ.get("FRAMECAST_BACKEND") or None
     if backend is not None and backend not in BACKEND_NAMES:
@@ -52,11 +55,17 @@ def run_build_engines(args: argparse.Namespace) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CommandError(f"device {device!r} was asked for but no CUDA GPU is visible here", 1)
     try:
-        model = load_model(args.model, device, backend="eager")  # the engines are built from the eager model
-        backend = backend or model.config.runtime
+        config, _ = resolve_model(args.model)
+        backend = backend or config.runtime
         if backend in ("eager", "compile"):
-            print(f"{model.name}: the {backend} backend needs no engines; nothing to build")
+            print(f"{config.name}: the {backend} backend needs no engines; nothing to build")
             return 0
+        # The engines are built from the eager model, in the dtype the server will run the
+        # backend in, and only the parts they export are loaded: never umT5 or a Wan VAE
+        # (a 1.3B student's build needs its transformer alone).
+        dtype = DTYPE_NAMES[model_dtype(config, device, backend=backend)]
+        model = load_model(args.model, device, backend="eager", dtype=dtype, text_encoder=False,
+                           decoder=config.decoder.kind in EXPORTED_DECODERS)
         options = RuntimeOptions(backend, cache_dir, args.max_batch or DEFAULT_MAX_BATCH, args.precision)
         started = time.perf_counter()
         built = build_engines(model, options)
