@@ -172,7 +172,9 @@ function onMedia(buffer) {
   if (meta.prompt_event_id && meta.prompt_event_id !== currentEventId) {
     currentEventId = meta.prompt_event_id;  // carried forward: later chunks may not repeat it
     const sw = stats.promptSwitches.find((s) => s.event_id === currentEventId);
-    if (sw && sw.firstChunkIndex === undefined) { sw.firstChunkIndex = meta.index; sw.firstChunkAt = performance.now(); }
+    if (sw && sw.firstChunkIndex === undefined) {
+      sw.firstChunkIndex = meta.index; sw.firstFrame = meta.frame; sw.firstChunkAt = performance.now();
+    }
   }
   media.push(meta, buffer, currentEventId);
 }
