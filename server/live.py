@@ -92,6 +92,7 @@ class LiveStream:
         self._awaiting: tuple[int, str] | None = None  # (first chunk, event) of the last switch
         self._not_switching = asyncio.Event()  # cleared while a switch is being made
         self._not_switching.set()
+        self._switched = asyncio.Event()  # set by every switch (the producer may have to go on)
         self._switch_asked: dict[str, float] = {}  # event -> when its update arrived
         self._sent_index = -1  # last engine chunk sent
         self._sent_frames = 0
@@ -179,6 +180,7 @@ class LiveStream:
             self._not_switching.clear()  # a chunk arriving now is judged once the switch is made
             try:
                 self._epoch += 1
+                self._switched.set()
                 while not self._outbox.empty():
                     self._outbox.get_nowait()
                     self.metrics.queue_depth.dec()
@@ -221,8 +223,11 @@ class LiveStream:
                 continue
             await self._outbox.put(out)
             self.metrics.queue_depth.inc()
-            if out.last:
-                return
+            # The stream's last chunk is made; a switch may still discard it (it can be up
+            # to three chunks ahead of the one sent), and then the end is made again.
+            while out.last and out.epoch == self._epoch:
+                self._switched.clear()
+                await self._switched.wait()
 
     # --- sending --------------------------------------------------------------------------
     async def send(self, message) -> None:

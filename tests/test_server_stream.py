@@ -202,3 +202,23 @@ def test_metrics_record_streams(server):
     assert metric(text, "framecast_frame_interval_seconds_count") >= 8  # every frame after the first chunk
     assert metric(text, 'framecast_frames_generated_total{kind="stream"}') >= 16
     assert metric(text, "framecast_ready") == 1
+
+
+async def _switch_near_the_end(url: str) -> Received:
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({**START, "format": "jpeg", "max_seconds": 1.5}))
+        got = await receive_all(ws, until=lambda r: len(r.media) >= 9)  # chunk 1 is being sent
+        await ws.send(json.dumps({"type": "session.update", "prompt": "a blue square", "event_id": "evt-end"}))
+        return await receive_all(ws, got, timeout=20)
+
+
+def test_a_switch_after_the_last_chunk_was_made_still_ends_the_stream(tiny_model, tmp_path):
+    """Paced, the producer runs up to three chunks ahead of the one sent: here it has made
+    the stream's last chunk when the switch discards it, and must make the end again."""
+    with live_server(tmp_path, tiny_model, stream_lead_s=0.35) as paced:
+        got = run(_switch_near_the_end(paced.ws_url))
+    queued = got.of_type("session.update.queued")[0]
+    assert [m["frame"] for m, _ in got.media] == list(range(24))
+    assert queued["at_frame"] == 16  # after chunk 1, the last sent
+    assert [m for m, _ in got.media if m["prompt_event_id"] == "evt-end"][0]["frame"] == 16
+    assert got.of_type("session.done")[0]["frames"] == 24
