@@ -92,7 +92,7 @@ class LiveStream:
         self._awaiting: tuple[int, str] | None = None  # (first chunk, event) of the last switch
         self._not_switching = asyncio.Event()  # cleared while a switch is being made
         self._not_switching.set()
-        self._switched = asyncio.Event()  # set by every switch (the producer may have to go on)
+        self._next_switch = asyncio.Event()  # set (and replaced) by the next switch
         self._switch_asked: dict[str, float] = {}  # event -> when its update arrived
         self._sent_index = -1  # last engine chunk sent
         self._sent_frames = 0
@@ -180,7 +180,8 @@ class LiveStream:
             self._not_switching.clear()  # a chunk arriving now is judged once the switch is made
             try:
                 self._epoch += 1
-                self._switched.set()
+                self._next_switch.set()
+                self._next_switch = asyncio.Event()
                 while not self._outbox.empty():
                     self._outbox.get_nowait()
                     self.metrics.queue_depth.dec()
@@ -226,8 +227,7 @@ class LiveStream:
             # The stream's last chunk is made; a switch may still discard it (it can be up
             # to three chunks ahead of the one sent), and then the end is made again.
             while out.last and out.epoch == self._epoch:
-                self._switched.clear()
-                await self._switched.wait()
+                await self._next_switch.wait()
 
     # --- sending --------------------------------------------------------------------------
     async def send(self, message) -> None:
@@ -236,16 +236,21 @@ class LiveStream:
             await self.transport.send_message(message)
 
     async def _wait_for_time(self, chunk: ChunkOut) -> None:
-        """Until the chunk is due (`stream_lead_s` before it shows) and the stream runs."""
+        """Until the chunk is due (`stream_lead_s` before it shows) and the stream runs, or
+        a switch made it stale (the caller drops it at once: waiting for the time of a chunk
+        that will never be sent would hold back the first chunk under the new prompt)."""
         loop, lead = asyncio.get_running_loop(), self.settings.stream_lead_s
-        while True:
+        while chunk.epoch == self._epoch:
             await self._running.wait()
             if self._clock is None or lead is None:
                 return
             delay = self._clock + self._paused_total + chunk.first_frame / self.fps - lead - loop.time()
             if delay <= 0:
                 return
-            await asyncio.sleep(delay)  # then check again: a pause may have begun meanwhile
+            try:  # then check again: a pause may have begun meanwhile
+                await asyncio.wait_for(self._next_switch.wait(), delay)
+            except TimeoutError:
+                pass
 
     async def _send_loop(self) -> SessionDone:
         loop = asyncio.get_running_loop()
