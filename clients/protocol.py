@@ -15,6 +15,12 @@ WebSocket ``/v1/realtime/video``::
     client -> session.pause | session.resume | session.stop | session.ping
     server <- session.pong | session.done | error (then close)
 
+WebRTC ``/v1/realtime/webrtc`` (WHEP-style): POST an SDP offer (application/sdp, or
+:class:`WebRTCOffer` as JSON) holding a recvonly video section and a data channel; the
+answer comes back with 201 and a ``Location`` to DELETE. The data channel then carries
+exactly the JSON messages above (session.start first); media is the video track, and each
+run of frames on it is announced by a ``video.chunk`` with no binary message after it.
+
 HTTP: ``POST /v1/videos`` -> :class:`VideoJob`; errors are :class:`ErrorBody`.
 """
 
@@ -29,6 +35,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 PROTOCOL_VERSION = "1"
 REALTIME_PATH = "/v1/realtime/video"
+WEBRTC_PATH = "/v1/realtime/webrtc"
 START_TIMEOUT_S = 10.0
 MAX_PROMPT_CHARS = 1000
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -95,6 +102,7 @@ ErrorCode = Literal[
     "invalid_prompt",
     "invalid_seed",
     "invalid_request",
+    "invalid_sdp",
     "already_started",
     "not_started",
     "binary_not_allowed",
@@ -190,7 +198,7 @@ class SessionStarted(_Message):
     model: str
     protocol: str = PROTOCOL_VERSION
     # RFC 6381 codecs string of the fmp4 stream (e.g. "avc1.42C01E") for
-    # MediaSource.addSourceBuffer; None for jpeg.
+    # MediaSource.addSourceBuffer; webrtc: the negotiated RTP codec ("video/H264"); None for jpeg.
     codec: str | None = None
 
 
@@ -199,6 +207,10 @@ class VideoChunk(_Message):
 
     fmp4: index 0 is the init segment (frames == 0), then one fragment per chunk.
     jpeg: one message per frame (frames == 1).
+    webrtc: no binary message; it announces a run of frames on the video track, sent as its
+    first frame leaves. `pts` is then track time (the frame's RTP timestamp minus the first
+    frame's, in seconds), which runs on through pauses and stalls: a decoded frame at track
+    time t is stream frame `frame + round((t - pts) * fps)` of the last run with pts <= t.
     """
 
     type: Literal["video.chunk"] = "video.chunk"
@@ -363,7 +375,7 @@ class ModelCard(_Message):
     chunk_frames: int
     steps_per_chunk: list[int]
     attention: str
-    formats: list[MediaFormat] = ["fmp4", "jpeg"]
+    formats: list[MediaFormat] = ["fmp4", "jpeg", "webrtc"]
     backend: str = "eager"
     description: str = ""
 
@@ -371,3 +383,24 @@ class ModelCard(_Message):
 class ModelList(_Message):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --- WebRTC signalling (WHEP-style) -------------------------------------------------
+
+class WebRTCOffer(_ClientMessage):
+    """`POST /v1/realtime/webrtc` as JSON (the raw SDP as application/sdp works too)."""
+
+    type: Literal["offer"] = "offer"
+    sdp: Annotated[str, Field(min_length=1, max_length=MAX_MESSAGE_BYTES)]
+
+
+class WebRTCAnswer(_Message):
+    type: Literal["answer"] = "answer"
+    sdp: str
+    location: str  # the session's URL path, for DELETE (also the Location header)
+
+
+class WebRTCSessionDeleted(_Message):
+    id: str
+    object: Literal["realtime.webrtc_session.deleted"] = "realtime.webrtc_session.deleted"
+    deleted: bool = True

@@ -24,7 +24,7 @@ from clients.protocol import PROTOCOL_VERSION
 from .body_limit import BodyLimitMiddleware
 from .errors import install_error_handlers
 from .logs import install_redaction
-from .routes import health, models, stream, videos
+from .routes import health, models, stream, videos, webrtc
 from .websocket import FINISH_WAIT_S
 from .settings import Settings
 from .state import ServerState
@@ -47,6 +47,10 @@ async def lifespan(app: FastAPI):
         yield
     finally:
         state.shutting_down = True
+        if state.webrtc_peers:  # peer connections are not closed by uvicorn, as WebSockets are
+            from .webrtc import close_all
+
+            await close_all(state)
         if not loading.done():
             # A thread cannot be interrupted; the load finishes before shutting down cleanly.
             await asyncio.shield(loading)
@@ -80,11 +84,12 @@ def create_app(settings: Settings | None = None, model: Any = None) -> FastAPI:
     install_redaction(settings.api_keys)
     app = FastAPI(title="Framecast", version=f"protocol {PROTOCOL_VERSION}", lifespan=lifespan,
                   description="Real-time streaming video generation: live streams over WebSocket "
-                              "(/v1/realtime/video), clips as jobs shaped like OpenAI's Videos API.")
+                              "(/v1/realtime/video) or WebRTC (/v1/realtime/webrtc), clips as jobs shaped "
+                              "like OpenAI's Videos API.")
     app.state.server = ServerState(settings, model)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     install_error_handlers(app)
-    for router in (health.router, models.router, videos.router, stream.router):
+    for router in (health.router, models.router, videos.router, stream.router, webrtc.router):
         app.include_router(router)
     app.openapi = _openapi_without_422(app)  # type: ignore[method-assign]
     if (WEB_DIR / "index.html").is_file():

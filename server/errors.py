@@ -98,15 +98,19 @@ def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JS
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
-def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path, found by asking each route whether it
+def api_methods(request: Request) -> list[str]:
+    """Every method an API route serves at this path, found by asking each route whether it
     would take the request under that method (FastAPI wraps included routers, so reading
-    `.methods` off `app.routes` finds nothing). The static mount at `/` takes any path and
-    method, so it counts only where no API route has the path (then its own GET, HEAD)."""
+    `.methods` off `app.routes` finds nothing)."""
     routes = [route for route in request.app.routes if not isinstance(route, Mount)]
-    methods = [method for method in HTTP_METHODS
-               if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
-    return methods or ["GET", "HEAD"]
+    return [method for method in HTTP_METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """api_methods; the static mount at `/` takes any path and method, so it counts only
+    where no API route has the path (then its own GET, HEAD)."""
+    return api_methods(request) or ["GET", "HEAD"]
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -121,15 +125,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = STATUS_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
-        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        status = exc.status_code
+        if status == 404 and request.method not in api_methods(request) and api_methods(request):
+            # The static mount found no file at a path the API serves under other methods
+            # (GET /v1/realtime/webrtc falls through to it): the method is what is wrong.
+            status = 405
+        code = STATUS_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
+        message = exc.detail if isinstance(exc.detail, str) and status == exc.status_code else "request failed"
         headers = dict(getattr(exc, "headers", None) or {})
-        if exc.status_code == 405:
+        if status == 405:
             allowed = ", ".join(allowed_methods(request))
             headers["Allow"] = allowed
             message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
         body = ErrorBody(error=ApiError(code, message).detail()).model_dump(mode="json")
-        return JSONResponse(body, status_code=exc.status_code, headers=headers)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

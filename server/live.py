@@ -37,6 +37,7 @@ from clients.protocol import (SessionDone, SessionPause, SessionPaused, SessionP
                               SessionResumed, SessionStart, SessionStats, SessionStop, SessionUpdate,
                               SessionUpdateQueued)
 
+from .admission import Ticket
 from .auth import Caller
 from .encoding import kept_count, kept_frames
 from .errors import ApiError
@@ -103,11 +104,13 @@ class LiveStream:
         self._closed = False
 
     # --- life -----------------------------------------------------------------------------
-    async def open(self) -> None:
-        """Take a slot and open the engine stream (ApiError: server_full, rate_limited, bad input)."""
+    async def open(self, ticket: Ticket | None = None) -> None:
+        """Take a slot and open the engine stream (ApiError: server_full, rate_limited, bad input).
+        `ticket`: a slot the transport took already (WebRTC takes it when the peer connects,
+        so that a full server refuses before anything is negotiated); this stream frees it."""
         from engine.errors import CapacityError, InvalidInput  # loaded with the model by now
 
-        self._ticket = self.state.admission.admit_stream(self.who, self.limit_per_caller)
+        self._ticket = ticket or self.state.admission.admit_stream(self.who, self.limit_per_caller)
         try:
             self._handle = await self.state.streams.open(self.prompt, self.seed)
         except InvalidInput as exc:  # InvalidPrompt, InvalidSeed: the engine's own code

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from clients.protocol import MAX_PROMPT_CHARS, START_TIMEOUT_S
@@ -20,6 +20,20 @@ def default_data_dir() -> Path:
     # XDG data home: job records and clip files outlive the process and its cwd.
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "framecast"
+
+
+class IceServer(BaseModel):
+    """A STUN or TURN server, as the browser's RTCIceServer spells it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: str | list[str] = Field(description="stun:host:port, turn:host:port?transport=udp|tcp, turns:host:port")
+    username: str | None = None
+    credential: str | None = None
+
+    @property
+    def url_list(self) -> list[str]:
+        return [self.urls] if isinstance(self.urls, str) else list(self.urls)
 
 
 class Settings(BaseSettings):
@@ -81,6 +95,20 @@ class Settings(BaseSettings):
     # the client reads (benchmarks).
     stream_lead_s: float | None = Field(0.35, ge=0)
     stats_interval_s: float = Field(2.0, gt=0)
+
+    # --- WebRTC (POST /v1/realtime/webrtc) ------------------------------------------------
+    # Host candidates are enough on one machine or a flat network; behind NAT list a STUN
+    # server (the server learns its public address) and, where UDP cannot get through
+    # directly, a TURN relay. The same list goes to clients (OPTIONS, Link headers), so a
+    # browser relays through the same TURN server. A JSON list in the environment:
+    # FRAMECAST_WEBRTC_ICE_SERVERS='[{"urls": "stun:stun.example.org:3478"}]'
+    webrtc_ice_servers: list[IceServer] = Field(default_factory=list)
+    webrtc_codec: Literal["h264", "vp8"] = Field(
+        "h264", description="video codec the server prefers when the peer offers both")
+    # A peer gone without a goodbye (network lost, process killed) sends no more RTCP
+    # reports; after this long without one its stream is ended and its slot freed (ICE
+    # consent would notice too, but only after ~30 s).
+    webrtc_peer_timeout_s: float = Field(5.0, gt=0)
 
     # --- jobs ---------------------------------------------------------------------------
     data_dir: Path = Field(default_factory=default_data_dir)

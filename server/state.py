@@ -32,6 +32,7 @@ class ServerState:
         self.ready = False
         self.load_error: str | None = None
         self.shutting_down = False
+        self.webrtc_peers: dict[str, Any] = {}  # WebRTC sessions by id (server/webrtc.py)
 
     # --- startup and shutdown (called by the lifespan) ---------------------------------
     def open_jobs(self) -> None:

@@ -1,10 +1,10 @@
 """The web viewer in a real headless Chromium against a real server on loopback.
 
 Debian's chromium driven by Playwright (the system browser: `playwright install` is never
-needed). For each wire format the page starts a stream from its own controls, the picture
-advances, a screenshot shows a generated frame, a prompt switch shows up, a recording
-downloads; the page's own clocks give the glass-to-glass latency figures, printed and
-written to runs/browser_latency.json.
+needed). For each transport (WebRTC, and fMP4 and JPEG over the WebSocket) the page starts
+a stream from its own controls, the picture advances, a screenshot shows a generated frame,
+a prompt switch shows up, a recording downloads; the page's own clocks give the
+glass-to-glass latency figures, printed and written to runs/browser_latency.json.
 """
 
 from __future__ import annotations
@@ -60,7 +60,20 @@ def stage_pixels(page, path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(np.float32)
 
 
-@pytest.mark.parametrize("requested", ["fmp4", "jpeg"])
+def video_pixels(page) -> dict:
+    """The <video>'s current decoded frame, read back through a canvas: its size and pixels."""
+    return page.evaluate("""() => {
+        const v = document.getElementById('video');
+        const c = document.createElement('canvas');
+        c.width = v.videoWidth; c.height = v.videoHeight;
+        const ctx = c.getContext('2d');
+        ctx.drawImage(v, 0, 0);
+        const data = c.width ? Array.from(ctx.getImageData(0, 0, c.width, c.height).data) : [];
+        return { width: v.videoWidth, height: v.videoHeight, rgba: data };
+    }""")
+
+
+@pytest.mark.parametrize("requested", ["webrtc", "fmp4", "jpeg"])
 def test_viewer_streams_switches_prompt_and_records(browser_page, requested):
     page, errors = browser_page
     server = shared_server()
@@ -71,7 +84,8 @@ def test_viewer_streams_switches_prompt_and_records(browser_page, requested):
     page.fill("#prompt", "a red ball rolling across the floor")
     page.click("summary")  # open the options
     page.fill("#seed", "3")
-    page.select_option("#format", requested)
+    # WebRTC is what "auto" picks in a browser with RTCPeerConnection.
+    page.select_option("#format", "auto" if requested == "webrtc" else requested)
     page.click("#start")
     page.wait_for_function("() => window.framecastStats.framesPainted >= 16", timeout=60_000)
     s = stats(page)
@@ -84,6 +98,14 @@ def test_viewer_streams_switches_prompt_and_records(browser_page, requested):
         assert s["format"] == requested, s
     assert s["state"] == "live" and s["errors"] == [], s
     format_used = s["format"]
+    if format_used == "webrtc":
+        # Decoded frames on the track: the model's size, a generated picture.
+        assert s["transport"] == "webrtc" and s["codec"] in ("video/H264", "video/VP8"), s
+        frame = video_pixels(page)
+        assert (frame["width"], frame["height"]) == (s["width"], s["height"]) == (64, 64)
+        rgb = np.asarray(frame["rgba"], np.float32).reshape(64, 64, 4)[..., :3]
+        assert rgb.std() > 20, rgb.std()
+        assert "webrtc" in page.inner_text("#format-badge")
     if format_used == "fmp4":
         assert s["codec"].startswith("avc1.") and s["codec"] == s["serverCodec"], s
         t0 = page.evaluate("() => document.getElementById('video').currentTime")
@@ -107,7 +129,7 @@ def test_viewer_streams_switches_prompt_and_records(browser_page, requested):
     time.sleep(1.5)
     with page.expect_download(timeout=30_000) as download_info:
         page.click("#record")
-    recording = RUNS / f"viewer-recording.{'mp4' if format_used == 'fmp4' else 'webm'}"
+    recording = RUNS / f"viewer-recording-{format_used}.{'mp4' if format_used == 'fmp4' else 'webm'}"
     download_info.value.save_as(str(recording))
     facts = ffprobe(recording)
     assert int(facts["streams"][0]["nb_read_frames"]) > 0
@@ -126,7 +148,8 @@ def test_viewer_streams_switches_prompt_and_records(browser_page, requested):
     assert errors == [], errors
     s = stats(page)
     figures = {
-        "requested_format": requested, "format": format_used, "h264_supported": h264, "codec": s["codec"],
+        "requested_format": requested, "format": format_used, "transport": s["transport"],
+        "h264_supported": h264, "codec": s["codec"], "buffer_ms": s["bufferMs"],
         "first_frame_ms": round(s["firstFrameLatencyMs"], 1),
         "prompt_switch_to_first_frame_ms": round(switch["latencyMs"], 1),
         "prompt_switch_queued_ms": round(switch["queuedAt"] - switch["sentAt"], 1),
@@ -186,7 +209,12 @@ def test_viewer_falls_back_to_jpeg_where_h264_cannot_play(browser_page):
     assert not s["mseSupported"]
     assert "Using JPEG" in page.inner_text("#message")
     assert errors == []
-    # With format "auto" such a browser goes straight to JPEG.
+    # With format "auto" such a browser plays WebRTC (no MSE needed); without WebRTC either,
+    # it goes straight to JPEG.
+    page.goto(f"{server.url}/?prompt=a+red+ball&autostart=1&max_seconds=1")
+    page.wait_for_function("() => window.framecastStats.framesPainted > 0", timeout=60_000)
+    assert stats(page)["format"] == "webrtc" and stats(page)["fallbackReason"] is None
+    page.add_init_script("delete window.RTCPeerConnection;")
     page.goto(f"{server.url}/?prompt=a+red+ball&autostart=1&max_seconds=1")
     page.wait_for_function("() => window.framecastStats.framesPainted > 0", timeout=60_000)
     assert stats(page)["format"] == "jpeg" and stats(page)["fallbackReason"] is None

@@ -55,9 +55,17 @@ class FramecastClient:
     async def open_stream(self, prompt: str, *, seed: int | None = None, model: str | None = None,
                           format: str = "fmp4", fps: float | None = None, max_seconds: float | None = None,
                           max_buffered: int = 32) -> Stream:
-        """Connect, send session.start, and return once session.started has arrived."""
+        """Connect, send session.start, and return once session.started has arrived.
+        format "webrtc" (needs the `webrtc` extra, aiortc): the frames come off a WebRTC
+        video track, decoded (`frames()`), and the control messages over its data channel."""
         start = SessionStart(prompt=prompt, seed=seed, model=model, format=format, fps=fps,
                              max_seconds=max_seconds)
+        if format == "webrtc":
+            try:
+                from clients.framecast_client.webrtc import open_webrtc_stream
+            except ImportError as exc:
+                raise FramecastError(f"format webrtc needs aiortc: pip install 'framecast[webrtc]' ({exc})") from None
+            return await open_webrtc_stream(self._http, start, self.connect_timeout, max_buffered=max_buffered)
         url = self.endpoint.realtime_url
         try:
             ws = await connect(url, additional_headers=self.endpoint.headers(), compression=None,
@@ -162,13 +170,19 @@ class FramecastClient:
         return job
 
     async def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise _transport_error(exc, self.endpoint.http_url) from None
-        if response.status_code >= 400:
-            raise _http_error(response)
-        return response
+        return await _call_raw(self._http, method, path, **kwargs)
+
+
+async def _call_raw(http: httpx.AsyncClient, method: str, path: str, allow: tuple[int, ...] = (),
+                    **kwargs) -> httpx.Response:
+    """One request; transport failures and error statuses (but `allow`) as the client's exceptions."""
+    try:
+        response = await http.request(method, path, **kwargs)
+    except httpx.TransportError as exc:
+        raise _transport_error(exc, str(http.base_url).rstrip("/")) from None
+    if response.status_code >= 400 and response.status_code not in allow:
+        raise _http_error(response)
+    return response
 
 
 # -- helpers: turn transport failures into the client's exceptions ---------------------

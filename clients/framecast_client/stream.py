@@ -56,6 +56,9 @@ _END = object()
 class Stream:
     """Use through `FramecastClient.stream()` / `open_stream()`; close with `stop()` or `close()`."""
 
+    # A binary message follows each video.chunk (WebSocket); WebRTC's arrive on a track.
+    _media_follows = True
+
     def __init__(self, ws, start: SessionStart, started: SessionStarted, start_sent_at: float,
                  max_buffered: int = 32):
         self.request = start
@@ -105,7 +108,10 @@ class Stream:
                 except pydantic.ValidationError as exc:
                     raise ProtocolError(f"unexpected server message: {message[:200]!r}") from exc
                 if isinstance(parsed, VideoChunk):
-                    pending = parsed
+                    if self._media_follows:
+                        pending = parsed
+                    else:
+                        self._on_run(parsed)
                 elif isinstance(parsed, SessionUpdateQueued):
                     waiter = self._queued_waiters.pop(parsed.event_id, None)
                     if waiter is not None and not waiter.done():
@@ -118,6 +124,7 @@ class Stream:
                         waiters.popleft().set_result(parsed)
                 elif isinstance(parsed, SessionDone):
                     self.done = parsed
+                    self._on_done()
                 elif isinstance(parsed, Error):
                     raise error_for_code(parsed.error.code, parsed.error.message)
                 else:
@@ -149,6 +156,12 @@ class Stream:
         self.bytes_received += len(data)
         self._buffer.append(MediaChunk(meta, data, self._current_event, now))
         self._have_media.set()
+
+    def _on_run(self, meta: VideoChunk) -> None:
+        """A video.chunk whose frames come another way (WebRTC)."""
+
+    def _on_done(self) -> None:
+        """session.done arrived (the server closes the connection next)."""
 
     async def _wait_for_room(self) -> None:
         while len(self._buffer) >= self._max_buffered and not self._awaiting_reply():

@@ -1,13 +1,17 @@
 // Framecast browser viewer. Plain JS modules, no build step: the server serves this folder at /.
 //
-// Speaks the wire protocol of clients/protocol.py over WebSocket /v1/realtime/video:
-// JSON text messages for control, and for media a `video.chunk` JSON followed by one
-// binary message. fMP4 (an init segment, then one fragment per chunk) plays through
-// Media Source Extensions; JPEG frames (one per message) are drawn on a canvas
-// (sinks.js). window.framecastStats is read by the browser test.
+// Speaks the wire protocol of clients/protocol.py over one of two transports:
+// - WebRTC (webrtc.js, the default where the browser has RTCPeerConnection): the frames on
+//   a video track, the JSON control messages on a data channel;
+// - WebSocket /v1/realtime/video: JSON text messages for control, and for media a
+//   `video.chunk` JSON followed by one binary message. fMP4 (an init segment, then one
+//   fragment per chunk) plays through Media Source Extensions; JPEG frames (one per
+//   message) are drawn on a canvas (sinks.js).
+// window.framecastStats is read by the browser test and the glass-to-glass benchmark.
 
 import { fragmentInfo } from "./mp4.js";
 import { Fmp4Sink, JpegSink } from "./sinks.js";
+import { WebRtcSink, openWebRtc, webrtcSupported } from "./webrtc.js";
 
 const REALTIME_PATH = "/v1/realtime/video";
 // clients/protocol.py SUBPROTOCOL and api_key_subprotocol: a browser cannot set headers on a
@@ -16,6 +20,7 @@ const SUBPROTOCOL = "framecast.v1";
 const API_KEY_SUBPROTOCOL_PREFIX = "framecast.key.";
 const PROBE_CODEC = 'video/mp4; codecs="avc1.42E01E"';  // H.264 baseline, what libx264 baseline gives
 const RECORD_MAX_BYTES = 512 * 1024 * 1024;
+const PAINT_LOG_MAX = 8192;  // painted frames kept for the benchmark's frame intervals
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -29,11 +34,15 @@ const ui = {
 function freshStats() {
   return {
     state: "idle",             // idle | connecting | live | done | closed | error
-    format: null, codec: null, serverCodec: null, fallbackReason: null, sessionId: null, width: 0, height: 0, fps: 0,
+    format: null, transport: null, codec: null, serverCodec: null, fallbackReason: null, sessionId: null,
+    width: 0, height: 0, fps: 0,
     mseSupported: typeof MediaSource !== "undefined" && MediaSource.isTypeSupported(PROBE_CODEC),
+    webrtcSupported,
     startSentAt: null, firstChunkAt: null, firstFrameAt: null, firstFrameLatencyMs: null,
     chunksReceived: 0, framesReceived: 0, bytesReceived: 0, framesPainted: 0, framesDropped: 0,
     liveEdgeJumps: 0, serverLatencyMs: null, paintFps: 0,
+    bufferMs: null,            // webrtc: the jitter buffer's mean delay; fmp4: media buffered ahead of the playhead
+    paints: [],                // [performance.now(), frames] per painted frame callback (the last PAINT_LOG_MAX)
     promptSwitches: [],        // {event_id, prompt, sentAt, queuedAt, atFrame, firstChunkIndex, firstChunkAt, firstFrameAt, latencyMs}
     lastPromptSwitchFirstFrameAt: null, lastPromptSwitchLatencyMs: null,
     recordedBytes: 0, errors: [], closeCode: null, doneReason: null,
@@ -42,8 +51,8 @@ function freshStats() {
 let stats = window.framecastStats = freshStats();
 
 // ---------------------------------------------------------------- session state
-let ws = null;
-let media = null;       // the fMP4 or JPEG sink of the current session
+let conn = null;        // the control connection: {transport, send, isOpen, close, detach}
+let media = null;       // the WebRTC, fMP4 or JPEG sink of the current session
 let pendingMeta = null; // the video.chunk whose binary message comes next
 let currentEventId = null;
 let recording = null;
@@ -69,8 +78,30 @@ function setLive(live) {
 }
 
 function chooseFormat(requested) {
+  if (requested === "webrtc" && webrtcSupported) return requested;
   if (requested === "fmp4" || requested === "jpeg") return requested;
-  return stats.mseSupported ? "fmp4" : "jpeg";
+  return webrtcSupported ? "webrtc" : stats.mseSupported ? "fmp4" : "jpeg";
+}
+
+// The WebSocket, in the shape webrtc.js gives a peer connection.
+function openWebSocket(apiKey, handlers) {
+  const socket = new WebSocket(realtimeUrl(), keySubprotocols(apiKey));
+  socket.binaryType = "arraybuffer";
+  let attached = true;
+  socket.onopen = () => attached && handlers.open();
+  socket.onmessage = (event) => {
+    if (!attached) return;
+    if (typeof event.data === "string") handlers.message(event.data);
+    else handlers.media(event.data);
+  };
+  socket.onclose = (event) => attached && handlers.close({ code: event.code, reason: event.reason });
+  return {
+    transport: "websocket",
+    send: (text) => socket.send(text),
+    isOpen: () => socket.readyState === WebSocket.OPEN,
+    close: () => socket.close(),
+    detach: () => { attached = false; socket.close(); },
+  };
 }
 
 function realtimeUrl() {
@@ -97,34 +128,34 @@ function start(options = {}) {
   if (!prompt) { showMessage("Type a prompt first."); return; }
   const format = chooseFormat(options.format ?? ui.format.value);
   const keep = { mseSupported: stats.mseSupported, fallbackReason: options.fallbackReason ?? null };
-  stats = window.framecastStats = Object.assign(freshStats(), keep, { state: "connecting", format });
+  stats = window.framecastStats = Object.assign(freshStats(), keep, {
+    state: "connecting", format, transport: format === "webrtc" ? "webrtc" : "websocket" });
   fallbackTried = !!options.fallbackReason;
   userStopped = false;
   currentEventId = null;
   pendingMeta = null;
-  showMessage(keep.fallbackReason ? `Using JPEG: ${keep.fallbackReason}` : "", true);
+  showMessage(keep.fallbackReason ? `Using ${format === "jpeg" ? "JPEG" : "fMP4"}: ${keep.fallbackReason}` : "", true);
   setStatus("connecting…");
-  ui.formatBadge.textContent = format;
+  ui.formatBadge.textContent = format === "webrtc" ? "webrtc" : `websocket · ${format}`;
   const seedText = options.seed ?? ui.seed.value;
   const message = { type: "session.start", prompt, format };
   if (seedText !== "" && seedText !== undefined && seedText !== null) message.seed = Number(seedText);
   if (options.maxSeconds) message.max_seconds = Number(options.maxSeconds);
 
-  const socket = new WebSocket(realtimeUrl(), keySubprotocols(options.apiKey ?? ui.apiKey.value));
-  socket.binaryType = "arraybuffer";
-  ws = socket;
   const host = { stats, painted: framePainted, fallback: fallBackToJpeg, fragment: recordFragment };
-  media = new (format === "fmp4" ? Fmp4Sink : JpegSink)(ui.video, ui.canvas, host);
-  socket.onopen = () => {
-    stats.startSentAt = performance.now();
-    socket.send(JSON.stringify(message));
+  media = new ({ webrtc: WebRtcSink, fmp4: Fmp4Sink, jpeg: JpegSink }[format])(ui.video, ui.canvas, host);
+  const apiKey = options.apiKey ?? ui.apiKey.value;
+  const handlers = {
+    open: () => {
+      stats.startSentAt = performance.now();
+      conn.send(JSON.stringify(message));
+    },
+    message: (text) => onControl(JSON.parse(text)),
+    media: onMedia,
+    close: onClose,
+    error: (detail) => { stats.errors.push(detail); showMessage(`${detail.code}: ${detail.message}`); },
   };
-  socket.onmessage = (event) => {
-    if (socket !== ws) return;
-    if (typeof event.data === "string") onControl(JSON.parse(event.data));
-    else onMedia(event.data);
-  };
-  socket.onclose = (event) => { if (socket === ws) onClose(event); };
+  conn = format === "webrtc" ? openWebRtc(apiKey, ui.video, media, handlers) : openWebSocket(apiKey, handlers);
   setLive(true);
 }
 
@@ -133,10 +164,15 @@ function onControl(msg) {
     case "session.started":
       Object.assign(stats, { sessionId: msg.session_id, width: msg.width, height: msg.height, fps: msg.fps,
                              serverCodec: msg.codec ?? null, state: "live" });
+      if (stats.transport === "webrtc") {
+        stats.codec = msg.codec;
+        ui.formatBadge.textContent = `webrtc · ${(msg.codec || "").replace("video/", "")}`;
+      }
       setStatus(`live · ${msg.model} · ${msg.width}×${msg.height} @ ${msg.fps} fps`, "live");
       break;
     case "video.chunk":
-      pendingMeta = msg;
+      if (stats.transport === "webrtc") onChunk(msg, 0);  // nothing follows: its frames are on the track
+      else pendingMeta = msg;
       break;
     case "session.update.queued": {
       const sw = stats.promptSwitches.find((s) => s.event_id === msg.event_id);
@@ -151,6 +187,7 @@ function onControl(msg) {
       stats.state = "done";
       setStatus(`done (${msg.reason}) · ${msg.frames} frames`);
       media?.end();
+      if (conn?.transport === "webrtc") conn.close();  // the server waits for us to hang up
       break;
     case "error":
       stats.errors.push(msg.error);
@@ -165,9 +202,13 @@ function onMedia(buffer) {
   const meta = pendingMeta;
   pendingMeta = null;
   if (!meta) { stats.errors.push({ code: "protocol", message: "binary message without video.chunk" }); return; }
+  onChunk(meta, buffer.byteLength, buffer);
+}
+
+function onChunk(meta, bytes, buffer = null) {
   stats.chunksReceived += 1;
   stats.framesReceived += meta.frames;
-  stats.bytesReceived += buffer.byteLength;
+  stats.bytesReceived += bytes;
   if (meta.frames > 0 && stats.firstChunkAt === null) stats.firstChunkAt = performance.now();
   if (meta.prompt_event_id && meta.prompt_event_id !== currentEventId) {
     currentEventId = meta.prompt_event_id;  // carried forward: later chunks may not repeat it
@@ -182,6 +223,12 @@ function onMedia(buffer) {
 function onClose(event) {
   stats.closeCode = event.code;
   const ended = userStopped || stats.state === "done";
+  if (!ended && stats.transport === "webrtc" && stats.state === "connecting" && !stats.errors.some(isRefusal)) {
+    // WebRTC could not connect (no UDP path, a server without it): the WebSocket can.
+    const last = stats.errors[stats.errors.length - 1];
+    fallBack(last ? last.message : closeReason(event), stats.mseSupported ? "fmp4" : "jpeg");
+    return;
+  }
   if (!ended) {
     stats.state = stats.errors.length ? "error" : "closed";
     const last = stats.errors[stats.errors.length - 1];
@@ -195,7 +242,12 @@ function onClose(event) {
   media?.end();
   finishRecording();
   setLive(false);
-  ws = null;
+  conn = null;
+}
+
+// Refusals the WebSocket would meet too: no point falling back over them.
+function isRefusal(error) {
+  return ["unauthorized", "server_full", "rate_limited", "model_loading", "shutting_down"].includes(error.code);
 }
 
 function closeReason(event) {
@@ -211,25 +263,25 @@ function closeReason(event) {
 }
 
 function stopSession(byUser = true) {
-  if (!ws) return;
+  if (!conn) return;
   userStopped = byUser;
-  if (ws.readyState === WebSocket.OPEN) {
-    ws.send(JSON.stringify({ type: "session.stop" }));
-    const socket = ws;
-    setTimeout(() => socket.close(), 3000);  // the server closes first; this is a fallback
+  if (conn.isOpen()) {
+    conn.send(JSON.stringify({ type: "session.stop" }));
+    const closing = conn;
+    setTimeout(() => closing.close(), 3000);  // the server closes first; this is a fallback
   } else {
-    ws.close();
+    conn.close();
   }
-  if (!byUser) { ws.onclose = null; ws = null; media?.dispose(); media = null; }
+  if (!byUser) { conn.detach(); conn = null; media?.dispose(); media = null; }
 }
 
 function switchPrompt(prompt) {
   prompt = (prompt ?? ui.prompt.value).trim();
-  if (!ws || ws.readyState !== WebSocket.OPEN || !prompt) return null;
+  if (!conn || !conn.isOpen() || !prompt) return null;
   const eventId = "web_" + Math.random().toString(36).slice(2, 12);
   stats.promptSwitches.push({ event_id: eventId, prompt, sentAt: performance.now(), queuedAt: null,
                               atFrame: null, firstFrameAt: null, latencyMs: null });
-  ws.send(JSON.stringify({ type: "session.update", prompt, event_id: eventId }));
+  conn.send(JSON.stringify({ type: "session.update", prompt, event_id: eventId }));
   return eventId;
 }
 
@@ -237,6 +289,8 @@ function switchPrompt(prompt) {
 function framePainted(now, eventId, count = 1) {
   stats.framesPainted += count;
   paintTimes.push(now);
+  stats.paints.push([now, count]);
+  if (stats.paints.length > PAINT_LOG_MAX) stats.paints.splice(0, stats.paints.length - PAINT_LOG_MAX);
   if (stats.firstFrameAt === null) {
     stats.firstFrameAt = now;
     stats.firstFrameLatencyMs = now - stats.startSentAt;
@@ -260,16 +314,32 @@ setInterval(() => {
   ui.fps.textContent = stats.paintFps.toFixed(1);
   ui.frames.textContent = String(stats.framesPainted);
   const switchMs = stats.lastPromptSwitchLatencyMs;
-  ui.latency.textContent = (stats.serverLatencyMs !== null ? `${stats.serverLatencyMs.toFixed(0)} ms` : "-")
+  ui.latency.textContent = (stats.serverLatencyMs !== null ? `server ${stats.serverLatencyMs.toFixed(0)} ms` : "-")
+    + (stats.bufferMs !== null ? ` · buffer ${stats.bufferMs.toFixed(0)} ms` : "")
     + (switchMs !== null ? ` · switch ${switchMs.toFixed(0)} ms` : "");
   media?.tick();
+  measureBuffer();
 }, 250);
 
+async function measureBuffer() {
+  if (media instanceof WebRtcSink) {
+    const ms = await media.jitterBufferMs();
+    if (ms !== null) stats.bufferMs = ms;
+  } else if (media instanceof Fmp4Sink && media.attached) {
+    const b = media.sourceBuffer.buffered;
+    if (b.length) stats.bufferMs = 1000 * Math.max(0, b.end(b.length - 1) - ui.video.currentTime);
+  }
+}
+
 function fallBackToJpeg(reason) {
+  fallBack(reason, "jpeg");
+}
+
+function fallBack(reason, format) {
   stats.fallbackReason = reason;
   if (fallbackTried) { showMessage(reason); stopSession(); return; }
   stopSession(false);
-  start({ ...lastStartOptions, format: "jpeg", fallbackReason: reason });
+  start({ ...lastStartOptions, format, fallbackReason: reason });
 }
 
 // ---------------------------------------------------------------- recording
@@ -282,7 +352,8 @@ function toggleRecording() {
     recording = { kind: "fmp4", parts: [], init: media?.initSegment ?? null, base: null, bytes: 0 };
     for (const fragment of media?.sinceKeyframe ?? []) recordFragment(fragment);
   } else {
-    const stream = ui.canvas.captureStream(stats.fps || 16);
+    // JPEG: the canvas as a stream; WebRTC: the track itself.
+    const stream = stats.format === "webrtc" ? ui.video.srcObject : ui.canvas.captureStream(stats.fps || 16);
     const recorder = new MediaRecorder(stream, { mimeType: "video/webm" });
     recording = { kind: "webm", parts: [], recorder, bytes: 0 };
     recorder.ondataavailable = (e) => { if (e.data.size) { recording?.parts.push(e.data); stats.recordedBytes += e.data.size; } };
@@ -346,7 +417,7 @@ ui.record.addEventListener("click", toggleRecording);
 ui.prompt.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
     e.preventDefault();
-    if (ws) switchPrompt(); else start();
+    if (conn) switchPrompt(); else start();
   }
 });
 
