@@ -51,6 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="run each stream's forwards separately instead of batching them")
     p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False,
                    help="skip generating one chunk before /readyz says ready")
+    p.add_argument("--ice-server", dest="webrtc_ice_servers", action="append",
+                   help="STUN/TURN server URL for WebRTC, e.g. stun:stun.example.org:3478 (repeatable; TURN "
+                        "credentials go in FRAMECAST_WEBRTC_ICE_SERVERS as JSON; default: host candidates only)")
+    p.add_argument("--webrtc-codec", choices=["h264", "vp8"],
+                   help="video codec preferred when the WebRTC peer offers both (default: h264)")
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help="log level (default: info)")
     p.set_defaults(func=serve)

@@ -120,6 +120,14 @@ class Settings(BaseSettings):
         8, ge=1, description="queued + running jobs per API key (per client address without keys); 429 beyond")
     shutdown_grace_s: float = Field(10.0, ge=0, description="how long running jobs may finish at shutdown")
 
+    @field_validator("webrtc_ice_servers", mode="before")
+    @classmethod
+    def _urls_as_servers(cls, value: object) -> object:
+        # A bare URL (`--ice-server stun:host:3478`) is a server without credentials.
+        if isinstance(value, list):
+            return [{"urls": item} if isinstance(item, str) else item for item in value]
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -50,6 +50,8 @@ EVERYTHING: dict[str, Any] = {
     "serviceMonitor": {"enabled": True},
     "podDisruptionBudget": {"enabled": True, "minAvailable": 1},
     "podAnnotations": {"example.com/team": "video"},
+    "webrtc": {"iceServers": [{"urls": "stun:stun.example.com:3478"},
+                              {"urls": ["turn:turn.example.com:3478?transport=udp"], "username": "u", "credential": "p"}]},
 }
 
 
@@ -376,6 +378,23 @@ def test_behind_an_ingress_the_client_address_comes_from_the_proxy(chart):
         assert env(container(pod_spec(render(chart, values)), "server"))["FRAMECAST_FORWARDED_ALLOW_IPS"] == "*"
     chosen = render(chart, {"ingress": {"enabled": True}, "server": {"forwardedAllowIps": "10.0.0.0/8"}})
     assert env(container(pod_spec(chosen), "server"))["FRAMECAST_FORWARDED_ALLOW_IPS"] == "10.0.0.0/8"
+
+
+def test_webrtc_ice_servers_reach_the_server_as_its_settings_read_them(chart, monkeypatch):
+    from server.settings import Settings
+
+    server = env(container(pod_spec(render(chart)), "server"))
+    assert "FRAMECAST_WEBRTC_ICE_SERVERS" not in server  # host candidates only
+    assert (server["FRAMECAST_WEBRTC_CODEC"], server["FRAMECAST_WEBRTC_PEER_TIMEOUT_S"]) == ("h264", "5")
+    listed = env(container(pod_spec(render(chart, {"webrtc": EVERYTHING["webrtc"]})), "server"))
+    monkeypatch.setenv("FRAMECAST_WEBRTC_ICE_SERVERS", listed["FRAMECAST_WEBRTC_ICE_SERVERS"])
+    settings = Settings()
+    assert [s.model_dump() for s in settings.webrtc_ice_servers] == [
+        {"urls": "stun:stun.example.com:3478", "username": None, "credential": None},
+        {"urls": ["turn:turn.example.com:3478?transport=udp"], "username": "u", "credential": "p"}]
+    secret = {"webrtc": {**EVERYTHING["webrtc"], "iceServersSecret": {"name": "turn-creds"}}}
+    ref = env(container(pod_spec(render(chart, secret)), "server"))["FRAMECAST_WEBRTC_ICE_SERVERS"]
+    assert ref == {"secretKeyRef": {"name": "turn-creds", "key": "ice-servers"}}  # the Secret wins
 
 
 # --- secrets and the job store --------------------------------------------------------------------
