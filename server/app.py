@@ -8,6 +8,7 @@ is loaded and warmed up.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import socket
 from contextlib import asynccontextmanager
@@ -43,10 +44,13 @@ async def lifespan(app: FastAPI):
     await asyncio.to_thread(state.open_jobs)
     # Loading runs beside serving, so /healthz and /readyz answer while a large model loads.
     loading = asyncio.create_task(state.load(), name="framecast-load")
+    # aiortc takes ~0.3 s to import: then, not on the first WebRTC offer.
+    preloading = asyncio.create_task(asyncio.to_thread(importlib.import_module, "server.webrtc"))
     try:
         yield
     finally:
         state.shutting_down = True
+        await asyncio.gather(preloading, return_exceptions=True)
         if state.webrtc_peers:  # peer connections are not closed by uvicorn, as WebSockets are
             from .webrtc import close_all
 

@@ -196,6 +196,19 @@ def _same_chunk(queue, chunk: int):
         yield item
 
 
+def without_mdns_candidates(sdp: str) -> str:
+    """The offer without its mDNS host candidates (`<uuid>.local`, what browsers send for
+    their host addresses). aioice would try to resolve each over multicast DNS, which
+    answers only on the browser's own LAN segment, and waits 1 s for it otherwise before
+    answering. Nothing is lost: the browser's connectivity checks reach the server's
+    candidates from the answer, and the server learns its address from them (peer
+    reflexive)."""
+    lines = sdp.splitlines(keepends=True)
+    kept = [line for line in lines if not (line.startswith("a=candidate:") and len(line.split()) > 4
+                                           and line.split()[4].lower().endswith(".local"))]
+    return "".join(kept)
+
+
 def ice_servers(settings) -> list[RTCIceServer]:
     return [RTCIceServer(urls=s.url_list, username=s.username, credential=s.credential)
             for s in settings.webrtc_ice_servers]
@@ -262,6 +275,7 @@ class WebRTCStream:
         """The SDP answer (ApiError invalid_sdp). Candidates are gathered before answering:
         the answer carries them all (no trickle)."""
         check_offer(offer_sdp)
+        offer_sdp = without_mdns_candidates(offer_sdp)
         self.sender = self.pc.addTransceiver(self.track, direction="sendonly").sender
         transceiver = next(t for t in self.pc.getTransceivers() if t.sender is self.sender)
         preferred = CODEC_MIME[self.settings.webrtc_codec]

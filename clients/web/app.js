@@ -38,6 +38,7 @@ function freshStats() {
     width: 0, height: 0, fps: 0,
     mseSupported: typeof MediaSource !== "undefined" && MediaSource.isTypeSupported(PROBE_CODEC),
     webrtcSupported,
+    connectStartedAt: null,    // start(): connecting (WebRTC: OPTIONS, offer, POST, ICE, DTLS) until startSentAt
     startSentAt: null, firstChunkAt: null, firstFrameAt: null, firstFrameLatencyMs: null,
     chunksReceived: 0, framesReceived: 0, bytesReceived: 0, framesPainted: 0, framesDropped: 0,
     liveEdgeJumps: 0, serverLatencyMs: null, paintFps: 0,
@@ -129,7 +130,8 @@ function start(options = {}) {
   const format = chooseFormat(options.format ?? ui.format.value);
   const keep = { mseSupported: stats.mseSupported, fallbackReason: options.fallbackReason ?? null };
   stats = window.framecastStats = Object.assign(freshStats(), keep, {
-    state: "connecting", format, transport: format === "webrtc" ? "webrtc" : "websocket" });
+    state: "connecting", format, transport: format === "webrtc" ? "webrtc" : "websocket",
+    connectStartedAt: performance.now() });
   fallbackTried = !!options.fallbackReason;
   userStopped = false;
   currentEventId = null;

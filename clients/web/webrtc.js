@@ -58,7 +58,8 @@ export function openWebRtc(apiKey, video, sink, handlers) {
 
   (async () => {
     const options = await fetch(url, { method: "OPTIONS", headers: auth });
-    pc = new RTCPeerConnection({ iceServers: options.ok ? iceServersFromLinks(options.headers.get("Link")) : [] });
+    const iceServers = options.ok ? iceServersFromLinks(options.headers.get("Link")) : [];
+    pc = new RTCPeerConnection({ iceServers });
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.ontrack = (event) => sink.attach(event.track, event.receiver);
     channel = pc.createDataChannel("framecast");
@@ -69,7 +70,9 @@ export function openWebRtc(apiKey, video, sink, handlers) {
       if (pc.connectionState === "failed") finish({ code: 1006, reason: "the WebRTC connection failed (ICE)" });
     };
     await pc.setLocalDescription(await pc.createOffer());
-    await gathered(pc);
+    // Without STUN/TURN the browser's candidates are its host addresses, hidden behind mDNS
+    // names the server does not resolve (its checks find us anyway): no need to wait.
+    if (iceServers.length) await gathered(pc);
     const response = await fetch(url, { method: "POST", body: pc.localDescription.sdp,
                                         headers: { ...auth, "Content-Type": "application/sdp" } });
     if (!response.ok) {
