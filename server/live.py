@@ -247,8 +247,14 @@ class LiveStream:
             await self._running.wait()
             if self._clock is None or lead is None:
                 return
-            delay = self._clock + self._paused_total + chunk.first_frame / self.fps - lead - loop.time()
+            shows_at = self._clock + self._paused_total + chunk.first_frame / self.fps
+            delay = shows_at - lead - loop.time()
             if delay <= 0:
+                if -delay - lead > 1 / self.fps:
+                    # Late: the viewer waited for it (a stall), and shows it and all that
+                    # follows that much later. The clock follows, or the server would run
+                    # ahead of the viewer by every stall, and a switch would wait behind it.
+                    self._clock += -delay - lead
                 return
             try:  # then check again: a pause may have begun meanwhile
                 await asyncio.wait_for(self._next_switch.wait(), delay)
