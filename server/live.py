@@ -5,8 +5,9 @@ transport (server/websocket.py, server/webrtc.py) reads the client's messages, h
 to `handle`, and turns each chunk into media (`Transport.send_chunk`).
 
     producer  engine chunk -> frames at the output fps -> a small outbox
-    sender    outbox -> the transport, each chunk when its time comes: never more than
-              `stream_lead_s` ahead of real time (pauses excluded)
+    sender    outbox -> the transport, each chunk when its time comes: the lead ahead of
+              real time (pauses excluded): `stream_lead_s`, or longer where this machine
+              takes longer to make the first chunk under a new prompt (`_lead`)
 
 Live means live. A prompt switch (`switch`) waits for a send in progress, throws away every
 chunk made but not yet sent (the outbox, the scheduler's queue, the chunk in progress),
@@ -24,6 +25,7 @@ cannot skew: a chunk's frames are a function of its index.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -95,6 +97,9 @@ class LiveStream:
         self._not_switching.set()
         self._next_switch = asyncio.Event()  # set (and replaced) by the next switch
         self._switch_asked: dict[str, float] = {}  # event -> when its update arrived
+        # Seconds the engine took to make a chunk from nothing to ready: the stream's first,
+        # and the first under each new prompt (rewind, re-cache, generate).
+        self._make_s: collections.deque[float] = collections.deque(maxlen=4)
         self._sent_index = -1  # last engine chunk sent
         self._sent_frames = 0
         self._sent_messages = 0
@@ -213,8 +218,13 @@ class LiveStream:
         keep = kept_frames(chunk.index * self.model.frames_per_chunk, len(chunk.frames), self.model.fps, self.fps)
         keep = keep[: max(0, self.frame_limit - first_frame)]
         self.metrics.frames_generated.labels("stream").inc(len(chunk.frames))
+        now = time.monotonic()
+        if chunk.index == 0:
+            self._make_s.append(now - asked)
+        elif chunk.prompt_event_id in self._switch_asked:
+            self._make_s.append(now - self._switch_asked[chunk.prompt_event_id])
         return ChunkOut(chunk.index, chunk.frames[keep], first_frame, chunk.prompt_event_id, self._epoch,
-                        time.monotonic() - asked, first_frame + len(keep) >= self.frame_limit)
+                        now - asked, first_frame + len(keep) >= self.frame_limit)
 
     async def _produce(self) -> None:
         while True:
@@ -238,13 +248,26 @@ class LiveStream:
         async with self.send_lock:
             await self.transport.send_message(message)
 
+    def _lead(self) -> float | None:
+        """How far ahead of the viewer chunks are sent. A switch that comes just before a
+        send leaves the viewer this long to watch while the first chunk under the new
+        prompt is made: `stream_lead_s`, or, where this machine took longer than that to
+        make one lately, that long and a frame (a chunk at most: slower than that, the
+        stream cannot keep up anyway). Longer leads make switches later, never stall them."""
+        lead = self.settings.stream_lead_s
+        if lead is None or not self._make_s:
+            return lead
+        chunk_s = self.model.frames_per_chunk / self.model.fps
+        return max(lead, min(max(self._make_s) + 1 / self.fps, chunk_s))
+
     async def _wait_for_time(self, chunk: ChunkOut) -> None:
-        """Until the chunk is due (`stream_lead_s` before it shows) and the stream runs, or
-        a switch made it stale (the caller drops it at once: waiting for the time of a chunk
+        """Until the chunk is due (the lead before it shows) and the stream runs, or a
+        switch made it stale (the caller drops it at once: waiting for the time of a chunk
         that will never be sent would hold back the first chunk under the new prompt)."""
-        loop, lead = asyncio.get_running_loop(), self.settings.stream_lead_s
+        loop = asyncio.get_running_loop()
         while chunk.epoch == self._epoch:
             await self._running.wait()
+            lead = self._lead()
             if self._clock is None or lead is None:
                 return
             shows_at = self._clock + self._paused_total + chunk.first_frame / self.fps
