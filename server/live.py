@@ -248,6 +248,14 @@ class LiveStream:
         async with self.send_lock:
             await self.transport.send_message(message)
 
+    def shows_at(self, frame: int) -> float | None:
+        """Loop time at which stream frame `frame` shows for the viewer (stalls and pauses
+        included); None before the first chunk is sent. A transport that paces frames
+        itself (WebRTC's track) sends each at this time."""
+        if self._clock is None:
+            return None
+        return self._clock + self._paused_total + frame / self.fps
+
     def _lead(self) -> float | None:
         """How far ahead of the viewer chunks are sent. A switch that comes just before a
         send leaves the viewer this long to watch while the first chunk under the new
@@ -267,10 +275,9 @@ class LiveStream:
         loop = asyncio.get_running_loop()
         while chunk.epoch == self._epoch:
             await self._running.wait()
-            lead = self._lead()
-            if self._clock is None or lead is None:
+            lead, shows_at = self._lead(), self.shows_at(chunk.first_frame)
+            if shows_at is None or lead is None:
                 return
-            shows_at = self._clock + self._paused_total + chunk.first_frame / self.fps
             delay = shows_at - lead - loop.time()
             if delay <= 0:
                 if -delay - lead > 1 / self.fps:

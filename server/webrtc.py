@@ -13,9 +13,11 @@ as a video track and a data channel.
 Whatever ends it (stop, the limit, an error, DELETE, a peer that closed, failed or went
 silent) ends the live stream, frees its slot at once and closes the peer connection.
 
-The track's clock. Track time is stream time (frame / fps) plus the time the track stood
-still: paused, or waiting for a chunk that came late. RTP timestamps are track time at
-90 kHz, so the receiver's jitter buffer sees frames arrive on their timestamps. A client
+The track's clock is the live stream's (LiveStream.shows_at): track time is stream time
+(frame / fps) plus the time the stream stood still (paused, or waiting for a chunk that
+came late). RTP timestamps are track time at 90 kHz, so the receiver's jitter buffer
+sees frames arrive on their timestamps; a frame the sender gets to late (a slow encode)
+leaves at once with its own timestamp, and the jitter buffer absorbs it. A client
 ties a decoded frame to its stream frame with the `video.chunk` of its run: `pts` is the
 run's first frame in track time (RTP timestamp minus the first frame's), `frame` its
 stream frame; a run is a chunk's frames played without a break (a pause mid-chunk starts
@@ -85,23 +87,24 @@ class _Frame:
 
 
 class FrameTrack(MediaStreamTrack):
-    """The stream's frames for aiortc's sender: `recv` hands each one over at its time.
-    `on_run(VideoChunk)` is called as a run of frames starts (before its first frame)."""
+    """The stream's frames for aiortc's sender: `recv` hands each one over when it shows on
+    the live stream's clock (LiveStream.shows_at: stalls and pauses included), a late one
+    at once. `on_run(VideoChunk)` is called as a run of frames starts (before its first)."""
 
     kind = "video"
 
     def __init__(self, on_run):
         super().__init__()
         self.fps = 0.0  # set by start()
+        self._shows_at = lambda frame: None
         self._on_run = on_run
         self._queue: collections.deque[_Frame] = collections.deque()
         self._have = asyncio.Event()  # set while something is queued
         self._running = asyncio.Event()  # cleared while the stream is paused
         self._running.set()
         self._origin: float | None = None  # loop time of track time 0
-        self._offset = 0.0  # track time - stream time, in seconds: the time stood still
         self._last: _Frame | None = None
-        self._run_offset = 0.0
+        self._run_offset = 0.0  # track time - stream time of the current run: the time stood still
         self._runs = 0
         self.released = 0  # frames handed to the encoder
         self.released_at = 0.0  # loop time of the last one
@@ -110,8 +113,9 @@ class FrameTrack(MediaStreamTrack):
         self._sent_all = asyncio.Event()  # every frame put is out (encoded and sent)
         self._sent_all.set()
 
-    def start(self, fps: float) -> None:
-        self.fps = fps
+    def start(self, fps: float, shows_at) -> None:
+        """`shows_at(frame)`: loop time the frame shows at, None before the clock starts."""
+        self.fps, self._shows_at = fps, shows_at
 
     def put(self, chunk: ChunkOut) -> None:
         for n, image in enumerate(chunk.frames):
@@ -157,13 +161,8 @@ class FrameTrack(MediaStreamTrack):
                 await self._have.wait()
                 continue
             item, now = self._queue[0], loop.time()
-            if self._origin is None:
-                self._origin = now - item.number / self.fps
-            due = self._origin + self._offset + item.number / self.fps
-            if now - due > 1 / self.fps:
-                # Paused, or the chunk came late: the picture stood still meanwhile, and
-                # the track carries on from now rather than rushing to catch up.
-                self._offset += now - due
+            due = self._shows_at(item.number)
+            if due is None:
                 due = now
             if due - now > 0.001:
                 await asyncio.sleep(due - now)
@@ -173,14 +172,17 @@ class FrameTrack(MediaStreamTrack):
         self._taken.set()
         if not self._queue:
             self._have.clear()
-        track_time = item.number / self.fps + self._offset
+        if self._origin is None:
+            self._origin = due - item.number / self.fps
+        track_time = due - self._origin
+        offset = track_time - item.number / self.fps
         if (item.first or self._last is None or self._last.number != item.number - 1
-                or self._offset != self._run_offset):
+                or abs(offset - self._run_offset) > 1e-4):
             frames = 1 + sum(1 for _ in _same_chunk(self._queue, item.chunk))
             self._on_run(VideoChunk(index=self._runs, frames=frames, bytes=0, pts=round(track_time, 6),
                                     frame=item.number, prompt_event_id=item.event_id))
             self._runs += 1
-            self._run_offset = self._offset
+            self._run_offset = offset
         self._last = item
         self.released += 1
         self.released_at = now
@@ -330,7 +332,7 @@ class WebRTCStream:
         self.live = LiveStream(self.state, self, start, self.who, self.limit, received_at)
         ticket, self._ticket = self._ticket, None
         await self.live.open(ticket)
-        self.track.start(self.live.fps)
+        self.track.start(self.live.fps, self.live.shows_at)
         model = self.state.model
         await self.live.send(SessionStarted(
             session_id=self.live.session_id, width=model.width, height=model.height, fps=self.live.fps,

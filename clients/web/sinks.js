@@ -6,11 +6,15 @@
 
 import { codecFromInit, fragmentInfo } from "./mp4.js";
 
-// Media arrives a chunk (~0.5 s) at a time, so up to a chunk behind the newest media is the
-// steady state; the server may send up to its lead (1 s by default) ahead of real time, and
-// playing that backlog would add it to every prompt switch's latency.
-const LIVE_LAG_MAX_S = 1.0;     // further than this behind the newest media: jump forward
-const LIVE_LAG_TARGET_S = 0.3;  // ...to this far behind it
+// Media arrives a chunk (0.5-0.75 s) at a time, each its lead (0.35 s or more) before it
+// shows: right after a chunk arrives the player is lead + chunk behind the newest media,
+// right before the next one only the lead. That low point is how far behind it really is;
+// when even it stays above LIVE_LAG_MAX_S for a while (a tab that slept, a decoder that fell
+// behind), playing the backlog would add it to every prompt switch's latency: jump forward.
+// Judging by the newest media alone would jump after every chunk and skip video.
+const LIVE_LAG_MAX_S = 1.0;     // lowest lag over LIVE_LAG_WINDOW_S above this: jump forward
+const LIVE_LAG_TARGET_S = 0.3;  // ...so that the lowest lag becomes this
+const LIVE_LAG_WINDOW_S = 2.5;  // longer than a chunk and a lead, so it holds a low point
 const KEEP_BEHIND_S = 4;        // played media kept in the SourceBuffer (for small seeks back)
 const JPEG_QUEUE_MAX = 64;      // decoded frames waiting for their time; beyond this, drop the oldest
 
@@ -20,6 +24,7 @@ export class Fmp4Sink {
     this.video = video;
     this.host = host;
     this.queue = [];
+    this.lags = new LagWindow();
     this.timeline = [];  // {start, eventId} per fragment: the prompt event from that media time on
     this.sourceBuffer = null;
     this.ended = false;
@@ -127,8 +132,11 @@ export class Fmp4Sink {
     const v = this.video, b = this.sourceBuffer.buffered;
     if (!b.length) return;
     const end = b.end(b.length - 1);
-    if (v.currentTime < b.start(0) || end - v.currentTime > LIVE_LAG_MAX_S) {
-      v.currentTime = Math.max(b.start(0), end - LIVE_LAG_TARGET_S);
+    const behind = this.lags.behind(end - v.currentTime);
+    if (v.currentTime < b.start(0)) {
+      v.currentTime = b.start(0);
+    } else if (behind > 0) {
+      v.currentTime = Math.min(end, v.currentTime + behind);
       this.host.stats.liveEdgeJumps += 1;
     }
     if (v.paused && !this.ended) v.play().catch(() => {});
@@ -151,6 +159,7 @@ export class JpegSink {
     this.decoding = Promise.resolve();
     this.decodingCount = 0;  // frames still being decoded: the paint loop runs until they are shown
     this.clock = null;      // performance.now() - pts*1000 of the stream's first frame
+    this.lags = new LagWindow();
     this.ended = false;
     this.context = canvas.getContext("2d");
     video.hidden = true;
@@ -185,9 +194,9 @@ export class JpegSink {
     if (this.clock === null || this.frames[0].pts * 1000 + this.clock < now - 100) {
       this.clock = now - this.frames[0].pts * 1000;
     }
-    const behindMs = this.frames[this.frames.length - 1].pts * 1000 + this.clock - now;
-    if (behindMs > LIVE_LAG_MAX_S * 1000) {  // jump to near the live edge, as the MSE path does
-      this.clock -= behindMs - LIVE_LAG_TARGET_S * 1000;
+    const behind = this.lags.behind((this.frames[this.frames.length - 1].pts * 1000 + this.clock - now) / 1000);
+    if (behind > 0) {  // jump to near the live edge, as the MSE path does
+      this.clock -= behind * 1000;
       this.host.stats.liveEdgeJumps += 1;
     }
     let due = null;
@@ -210,4 +219,21 @@ export class JpegSink {
   end() { this.ended = true; }
 
   dispose() { this.disposed = true; this.frames.forEach((f) => f.bitmap.close()); this.frames = []; }
+}
+
+// How far the player is behind where it should be: the lowest lag (newest media minus the
+// playhead, seconds) seen over the last LIVE_LAG_WINDOW_S, beyond LIVE_LAG_TARGET_S, once
+// that low point is above LIVE_LAG_MAX_S; else 0. After a jump the window starts over.
+class LagWindow {
+  constructor() { this.samples = []; }
+
+  behind(lag, now = performance.now()) {
+    this.samples.push([now, lag]);
+    while (now - this.samples[0][0] > LIVE_LAG_WINDOW_S * 1000) this.samples.shift();
+    if (now - this.samples[0][0] < 0.8 * LIVE_LAG_WINDOW_S * 1000) return 0;  // not long enough to judge
+    const lowest = Math.min(...this.samples.map(([, l]) => l));
+    if (lowest <= LIVE_LAG_MAX_S) return 0;
+    this.samples = [];
+    return lowest - LIVE_LAG_TARGET_S;
+  }
 }
