@@ -233,3 +233,28 @@ def test_connection_dropped_mid_stream_raises_connection_lost(server):
     assert 4 <= received < 30 * 16
     assert "dropped" in lost.message or "closed" in lost.message
 
+
+
+def test_the_client_imports_and_explains_without_aiortc():
+    """WebRTC is an optional extra: without aiortc the client imports, streams over the
+    WebSocket, and says what to install when asked for format="webrtc"."""
+    import subprocess
+    import sys
+
+    code = """
+import asyncio, sys
+sys.modules["aiortc"] = None  # as if not installed: importing it raises ImportError
+from clients.framecast_client import FramecastClient, FramecastError
+
+async def main():
+    async with FramecastClient("http://127.0.0.1:9") as client:
+        try:
+            await client.open_stream("a red ball", format="webrtc")
+        except FramecastError as exc:
+            print(exc)
+
+asyncio.run(main())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'framecast[webrtc]'" in out.stdout
