@@ -91,8 +91,9 @@ class Settings(BaseSettings):
                              "(a prompt switch discards them); the engine keeps one more in its own queue")
     # Delivery runs this far ahead of real time: enough to ride out generation jitter and
     # the re-cache after a switch without a stall, small enough that a switch shows soon
-    # (it must first play out what was sent: at most a chunk plus this). None = as fast as
-    # the client reads (benchmarks).
+    # (it must first play out what was sent: at most a chunk plus this). A stream leads by
+    # more while its machine takes longer than this to make a chunk after a switch (at most
+    # a chunk; server/live.py `_lead`). None = as fast as the client reads (benchmarks).
     stream_lead_s: float | None = Field(0.35, ge=0)
     stats_interval_s: float = Field(2.0, gt=0)
 
