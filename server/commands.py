@@ -7,7 +7,7 @@ import argparse
 import signal
 from typing import Any
 
-from clients.cli import CommandError
+from framecast import CommandError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

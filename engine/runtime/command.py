@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build_engines(args: argparse.Namespace) -> int:
-    from clients.cli import CommandError
+    from framecast import CommandError
 
     import torch
 
