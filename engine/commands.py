@@ -19,10 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=run_demo)
     register_convert(sub)
 
-    from .runtime.command import register as register_runtime
-
-    register_runtime(sub)  # framecast build-engines
-
 
 def run_demo(args: argparse.Namespace) -> int:
     from framecast import CommandError
