@@ -315,7 +315,10 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     metrics = MetricsLog(run_dir, enabled=rank == 0)
     if run.method not in ("dmd", "re_dmd", "stream_r1"):
         raise ValueError(f"unknown method {run.method!r}: dmd, re_dmd or stream_r1")
-    weighting = RewardWeighting(run, run.teacher) if run.method != "dmd" else None
+    # The rollouts are decoded with the student's own decoder: the teacher's model dir carries
+    # it (decoder.path, relative to the dir; export_model copies the autoencoder there).
+    decoder_dir = Path(run.teacher) / (teacher_cfg.decoder.path or ".")
+    weighting = RewardWeighting(run, str(decoder_dir)) if run.method != "dmd" else None
     chunk = run.model.attention.chunk_frames
     chunks = max(run.rollout_frames, run.latent_frames) // chunk
 
