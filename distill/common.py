@@ -130,11 +130,12 @@ def warmup_cosine_lr(lr: float, step: int, warmup: int, steps: int, final_fracti
     return lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """A generator seeded from (seed, step, rank): a resumed run draws what an
-    uninterrupted one would have drawn at that step."""
-    mixed = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0]) % 2**63
-    return torch.Generator().manual_seed(mixed)
+def step_generator(seed: int, step: int, rank: int = 0, stream: tuple[int, ...] = (),
+                   device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from (seed, step, rank, *stream): a resumed run draws what an
+    uninterrupted one would have drawn at that step. On `device`, for drawing there."""
+    mixed = int(np.random.SeedSequence([seed, step, rank, *stream]).generate_state(1, np.uint64)[0]) % 2**63
+    return torch.Generator(device=device).manual_seed(mixed)
 
 
 class MetricsLog:

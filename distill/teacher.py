@@ -180,17 +180,20 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
 
 
 def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module, out_dir: Path, seconds: float,
-                 stage: str) -> None:
-    """A self-contained model dir: model.json (config + provenance), transformer, autoencoder."""
+                 stage: str, data: str | None = None) -> None:
+    """A self-contained model dir: model.json (config + provenance), transformer, and the
+    autoencoder's files when the model has its own (a Wan model refers to its VAE's folder)."""
     from engine.model import save_model
 
     run_fields = {k: v for k, v in run_to_json(run).items() if k != "model"}
     provenance = {"stage": stage, "command": " ".join(["framecast"] + sys.argv[1:]),
-                  "data": "Shapes world (distill/data/shapes.py), generated on the fly",
+                  "data": data or "Shapes world (distill/data/shapes.py), generated on the fly",
                   "run": run_fields,
                   "train_seconds_last_invocation": round(seconds)}
     config = run.model.model_copy(update={"provenance": provenance})
     save_model(out_dir, config, transformer)
+    if config.decoder.kind != "shapes_ae":
+        return
     for name in ("autoencoder.json", "autoencoder.safetensors"):
         src = Path(autoencoder_dir) / name
         if src.resolve() != (out_dir / name).resolve():
@@ -209,8 +212,9 @@ def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_
     (noise levels s), also the states x_s on the way (for the student's ODE init)."""
     guidance = config.guidance_scale if guidance is None else guidance
     lat = config.latent
-    b = text_feats.shape[0]
-    x = torch.randn((b, lat.channels, latent_frames, lat.latent_height, lat.latent_width), generator=generator)
+    b, device = text_feats.shape[0], text_feats.device
+    x = torch.randn((b, lat.channels, latent_frames, lat.latent_height, lat.latent_width), generator=generator,
+                    device=generator.device if generator is not None else device)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=config.sampler.shift)
     scheduler.set_timesteps(steps)
     cond = transformer.embed_text(text_feats)
@@ -220,7 +224,7 @@ def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_
     trajectory: list[torch.Tensor] = []
     for i, t in enumerate(scheduler.timesteps):
         sigma, sigma_next = float(scheduler.sigmas[i]), float(scheduler.sigmas[i + 1])
-        tt = t.expand(b)
+        tt = t.to(device).expand(b)
         if guidance == 1.0:
             v = transformer.denoise(x, tt, cond, attention)
         else:
