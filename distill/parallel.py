@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -318,7 +319,9 @@ class DistCheckpointer(Checkpointer):
         state = {f"module.{name}": get_model_state_dict(m) for name, m in modules.items()}
         state |= {f"optimizer.{name}": get_optimizer_state_dict(_owner(optimizers[name], modules), optimizers[name])
                   for name in meta["optimizers"]}
-        dcp.load(state, checkpoint_id=str(path))
+        with warnings.catch_warnings():  # on one process DCP warns that there is no process group: that is the point
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path), no_dist=not self.par.sharded)
         for name, module in modules.items():
             set_model_state_dict(module, state[f"module.{name}"])
         for name in meta["optimizers"]:
