@@ -1,8 +1,9 @@
 """The bidirectional teacher: the shared transformer with full attention, trained by flow
-matching on Shapes latents with caption dropout (for classifier-free guidance), and its
-50-step guided sampler.
+matching on Shapes latents (or latents of your own videos) with caption dropout (for
+classifier-free guidance), and its 50-step guided sampler.
 
     framecast distill teacher --preset shapes --autoencoder DIR --run-dir runs/teacher
+    framecast distill teacher --preset shapes --autoencoder DIR --data my-videos/   # + captions.jsonl
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelCo
                            TextEncoderConfig, TransformerConfig)
 from engine.transformer import CausalWanTransformer, build_transformer
 
-from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, autocast, run_to_json,
-                     step_generator)
+from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
+                     autocast, run_to_json, step_generator)
 from .losses import add_noise, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 4 layers of 2 x 64 heads over 16x16x16 latents
@@ -59,6 +60,8 @@ TINY_MODEL = ModelConfig(
 class TeacherRun:
     model: ModelConfig = SHAPES_MODEL
     autoencoder: str = "engine/models/shapes-default"  # directory with autoencoder.json/.safetensors
+    data: str | None = None  # a folder of your videos with captions.jsonl (distill/data/video_folder.py);
+    #                          None: the Shapes world
     latent_frames: int = 6  # clip length in latent frames (x4 video frames)
     batch_size: int = 8
     # Clips rendered and encoded once, then drawn with random paraphrases (0: new clips
@@ -125,8 +128,12 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     autoencoder = load_autoencoder(run.autoencoder)
     captions = CaptionCache(build_text_encoder_for(run.model))
     lat = run.model.latent
-    data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
-                         int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
+    if run.data is None:
+        data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
+                             int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
+    else:
+        data = VideoFolderLatents(autoencoder, run.data, run.latent_frames, run.batch_size, run.seed, lat.height,
+                                  lat.width, lat.fps, pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
     attention = model.full_attention(run.latent_frames)
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir)
@@ -175,7 +182,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     metrics.close()
 
     out_dir = out_dir or run_dir / "model"
-    export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher")
+    export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher",
+                 data=f"videos and captions.jsonl of {run.data}" if run.data else None)
     return TrainResult(out_dir, step, time.time() - start, all_losses)
 
 
