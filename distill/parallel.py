@@ -116,7 +116,9 @@ def place_transformer(transformer: nn.Module, config, par: Parallel, bf16: bool 
         policy = mixed_precision(bf16)
         for block in transformer.blocks:
             fully_shard(block, mesh=par.mesh, mp_policy=policy)
-        fully_shard(transformer, mesh=par.mesh, mp_policy=policy)
+        # The root resharded after forward too (FSDP2 keeps it gathered for the backward by default):
+        # the frozen teacher has no backward, and a rollout's forwards are mostly without one.
+        fully_shard(transformer, mesh=par.mesh, mp_policy=policy, reshard_after_forward=True)
         for method in ("denoise", "embed_text"):  # called instead of forward: they gather the root too
             register_fsdp_forward_method(transformer, method)
     else:
