@@ -36,8 +36,9 @@ from engine.transformer import build_transformer
 from .common import EMA, CaptionCache, MetricsLog, TrainResult, autocast, run_to_json, step_generator
 from .data.prompts import FilePrompts, ShapesPrompts, prompt_source, shapes_captions  # noqa: F401 (tests use it)
 from .losses import add_noise, dmd_loss, flow_matching_loss, ode_regression_loss, sample_sigmas
-from .parallel import (DistCheckpointer, Parallel, full_state_dict, gather_batch, init_parallel, mean_over_processes,
-                       place_reward, place_transformer, same_everywhere, weights_digest)
+from .methods import RewardWeighting
+from .parallel import (DistCheckpointer, Parallel, full_state_dict, init_parallel, mean_over_processes,
+                       place_transformer, same_everywhere, weights_digest)
 from .rollout import rollout, teacher_forcing_forward
 from .teacher import SHAPES_MODEL, TINY_MODEL, export_model, sample_teacher
 
@@ -119,11 +120,12 @@ PRESETS: dict[str, StudentRun] = {
                        ode_batch=2, ode_lr=2e-3, dmd_iters=4, batch_size=2, critic_ratio=2, lr_generator=1e-3,
                        lr_critic=1e-3, log_every=2, ckpt_every=4, ema_decay=0.5),
     # Wan2.1-T2V-1.3B on one node of 8 GPUs, with the papers' settings (docs/distill.md): CausVid's ODE
-    # initialisation (1.5k trajectories of 50 teacher steps: 192 per process; 3000 steps at lr 2e-6) and
-    # Self-Forcing's DMD (21-frame rollouts, guidance 3, critic 5:1, lr 2e-6 / 4e-7, betas (0, 0.999),
-    # EMA 0.99). Self-Forcing's 600 steps of 64 rollouts are 4800 steps of 8 here.
+    # initialisation (1.5k trajectories of 50 teacher steps: 192 per process; 3000 steps of batch 2 per
+    # GPU at lr 2e-6) and Self-Forcing's DMD (21-frame rollouts, guidance 3, 5 critic updates per generator
+    # update, lr 2e-6 / 4e-7, betas (0, 0.999), EMA 0.99). Self-Forcing's 600 steps (a critic update each,
+    # a generator update every 5th) of 64 rollouts are 120 of our steps at batch 64: 960 at batch 8.
     "wan": StudentRun(model=WAN_STUDENT, latent_frames=21, ode_pairs=192, ode_teacher_steps=50, ode_pair_batch=1,
-                      ode_iters=3000, ode_batch=2, ode_lr=2e-6, dmd_iters=4800, batch_size=1, critic_ratio=5,
+                      ode_iters=3000, ode_batch=2, ode_lr=2e-6, dmd_iters=960, batch_size=1, critic_ratio=5,
                       lr_generator=2e-6, lr_critic=4e-7, guidance=3.0, reward="", autocast=True,
                       activation_checkpointing=True, ema_decay=0.99, log_every=10, ckpt_every=100),
 }
@@ -192,7 +194,7 @@ class StudentTraining:
     opt_critic: torch.optim.Optimizer
     prompts: ShapesPrompts | FilePrompts
     captions: CaptionCache
-    weighting: "RewardWeighting | None"
+    weighting: RewardWeighting | None
     chunks: int  # of a DMD rollout
     cache_dtype: torch.dtype | None  # of a rollout's KV cache (None: the student's parameters')
 
@@ -300,58 +302,6 @@ def student_rollout(run: StudentRun, t: StudentTraining, prompts: list[str], gen
     out = rollout(student, run.model, student.embed_text(feats), t.chunks, gen, grad=grad,
                   switch=(switch_at, student.embed_text(after_feats)), structure=shared, cache_dtype=t.cache_dtype)
     return judged_window(out.latents, run, gen, first_chunk=switch_at), after, after_feats
-
-
-class RewardWeighting:
-    """The DMD weight of each method, from rewards of the decoded rollout (constants to
-    the generator: computed without gradient to it).
-
-    dmd        none
-    re_dmd     per rollout exp(beta * z(r_motion)) (Reward Forcing's Re-DMD)
-    stream_r1  per rollout exp(beta * sum_k lambda_k z(r_k)), lambda from the adaptive
-               balancer, times per-pixel saliency weights of the reward gradient pooled to
-               the latent grid (Stream-R1).
-
-    Under torchrun the z-scores, the renormalisation and the balancer take the global batch
-    (every process's rollouts): with one rollout per GPU a per-process z-score would be 0
-    and every weight 1. A pretrained vision-language reward is sharded like the transformer
-    (distill/parallel.py place_reward). Rollouts are decoded by the teacher's own decoder
-    (the Shapes autoencoder, or the Wan VAE of a converted teacher)."""
-
-    def __init__(self, run: StudentRun, teacher_dir: str, teacher_config: ModelConfig, par: Parallel):
-        from distill.methods import AdaptiveBalancer
-        from distill.rewards.base import load_reward
-
-        if not run.reward:
-            raise ValueError(f"method {run.method} needs a reward model: --set reward=DIR (docs/rewards.md)")
-        self.run, self.par = run, par
-        self.reward = place_reward(load_reward(run.reward), par)
-        if teacher_config.decoder.kind == "shapes_ae":
-            from .teacher import load_autoencoder
-
-            self.decode = load_autoencoder(teacher_dir).to(par.device).decode
-        else:
-            from engine.components import build_decoder
-
-            decoder = build_decoder(teacher_config, Path(teacher_dir), str(par.device))
-            self.decode = lambda latents: decoder.decode_chunk(latents, decoder.init_decoder_state(len(latents)))[0]
-        self.balancer = AdaptiveBalancer(window=run.balance_window)
-
-    def __call__(self, latents: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        from distill.methods import re_dmd_weights, stream_r1_pixel_weights, stream_r1_rollout_weights
-
-        with torch.no_grad():
-            video = self.decode(latents.detach())  # [B, 3, T, H, W]
-            scores = self.reward.score(video, prompts)
-        b, first = len(latents), self.par.rank * len(latents)
-        everyone = {k: gather_batch(v, self.par) for k, v in scores.items()}  # {dim: [world * B]}
-        if self.run.method == "re_dmd":
-            return re_dmd_weights(everyone["motion"], self.run.reward_beta)[first : first + b]  # [B]
-        self.balancer.update({k: everyone[k].mean() for k in self.balancer.dims})
-        balance = self.balancer.weights()
-        per_rollout = stream_r1_rollout_weights(everyone, balance, self.run.reward_beta)[first : first + b]  # [B]
-        per_pixel = stream_r1_pixel_weights(self.reward, video, prompts, balance)  # [B, 1, F, h, w]
-        return per_rollout.view(-1, 1, 1, 1, 1) * per_pixel
 
 
 def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma: torch.Tensor,
@@ -509,6 +459,8 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
                disable=par.rank != 0 or not progress)
     start, logs, all_losses = time.time(), {}, []
     while step < total:
+        if step >= run.ode_iters and t.opt_ode.state:  # ODE stage over: free its optimiser states (2 floats a weight)
+            t.opt_ode.state.clear()
         values = ode_step(run, t, pairs, step) if step < run.ode_iters else dmd_step(run, t, step)
         for key, value in values.items():
             logs.setdefault(key, []).extend(value)
