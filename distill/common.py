@@ -192,7 +192,7 @@ class CaptionCache:
         missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
         if missing:
             for caption, feats in zip(missing, self.encoder.encode(missing)):
-                self._cache[caption] = feats
+                self._cache[caption] = feats.cpu()  # kept in host memory, whatever device encodes
             while len(self._cache) > self.size:
                 self._cache.popitem(last=False)
         return torch.stack([self._cache[c] for c in captions])

@@ -37,7 +37,8 @@ DEFAULT_CHAIN = ("autoencoder", "teacher", "student")
 
 
 def _common(p: argparse.ArgumentParser, default_run_dir: str) -> None:
-    p.add_argument("--preset", default="shapes", help="preset from the stage's PRESETS table (shapes, tiny; student: also wan)")
+    p.add_argument("--preset", default="shapes",
+                   help="preset from the stage's PRESETS table (shapes, tiny; the student also has wan)")
     p.add_argument("--run-dir", type=Path, default=Path(default_run_dir),
                    help="checkpoints, TensorBoard logs, metrics.jsonl and run.json; re-running with the same "
                         "dir resumes")
