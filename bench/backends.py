@@ -111,12 +111,12 @@ def main() -> int:
     print(f"{model.name}: {model.width}x{model.height}, {model.frames_per_chunk} frames/chunk, "
           f"torch threads {torch.get_num_threads()}; steady state after {warm} chunks, {args.chunks} timed x "
           f"{args.reps} reps")
-    print(f"{'backend':<13}{'median fps':>11}{'all reps':>28}{'x eager':>9}{'max |diff|':>12}{'setup s':>9}")
+    print(f"{'backend':<13}{'median fps':>11}{'x eager':>9}{'max |diff|':>12}{'setup s':>9}  all reps (fps)")
     for backend in models:
         reps = ", ".join(f"{v:.1f}" for v in fps[backend])
         d = f"{diff[backend]:.1e}" if backend in diff else "-"
-        print(f"{backend:<13}{median[backend]:>11.2f}{reps:>28}{median[backend] / median['eager']:>9.2f}{d:>12}"
-              f"{load_s[backend]:>9.1f}")
+        print(f"{backend:<13}{median[backend]:>11.2f}{median[backend] / median['eager']:>9.2f}{d:>12}"
+              f"{load_s[backend]:>9.1f}  {reps}")
     print("(setup: load + first chunk, i.e. export/optimise or compile on a cold cache; "
           "max |diff|: latents against eager, same seed)")
     if args.json:

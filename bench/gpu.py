@@ -1,19 +1,22 @@
 """GPU benchmark: a Wan2.1-T2V-1.3B-size causal student with random weights, streaming
 832x480 (latent 60x104, 3 latent frames = 12 video frames per chunk, 4 steps + the t=0
-refresh, a window of 9 latent frames + 3 sink frames), bf16, on one GPU.
+refresh, a window of 9 latent frames + 3 sink frames), bf16, on one GPU, decoding every
+chunk with TAEHV (taew2_1's architecture, random weights) and handing the frames to the host.
 
 Single stream: frames/s in the steady state (window full) and time to first frame, for
-eager torch, torch.compile and TensorRT; then 2, 4 and 8 sessions batched by the
-engine's BatchScheduler; peak GPU memory per session. Prints one table with the anchors
-(single H100: Self-Forcing 17 FPS, LongLive 20.7, Reward Forcing 23.1, Hybrid Forcing
-29.5) and the fraction of the compute bound reached; writes the table as JSON.
+eager torch, torch.compile (inductor), torch.compile with CUDA graphs (mode
+"reduce-overhead") and TensorRT; then 1, 2, 4 and 8 sessions batched by the engine's
+BatchScheduler (aggregate and per-session frames/s); peak GPU memory per session. Prints
+the table, the anchors (single H100: Self-Forcing 17 FPS, LongLive 20.7, Reward Forcing
+23.1, Hybrid Forcing 29.5) and the fraction of the compute bound; then the same table as
+one JSON object (also written to $OUT/gpu_bench.json after every row).
 
-    bench/gpu.sh                          # on the GPU machine (JSON to $OUT/gpu_bench.json)
-    python bench/gpu.py --tiny            # the whole script on a CPU, tiny config, seconds
+    bench/gpu.sh                          # on the GPU machine (installs what the image lacks from .whl/)
+    bench/gpu.sh --tiny                   # the whole script on a CPU, tiny config, seconds
 
-It caps its own work to fit one 10-minute call (--budget-s): a phase that would not fit
-in the time left is skipped and says so in the table. Needs only this repository and
-torch/diffusers (+ tensorrt for its row) on the machine; no network.
+It caps its own work to fit one call of at most 8 minutes (--budget-s): a phase that would
+not fit in the time left is skipped and says so in the table. Needs only this repository,
+torch, diffusers and pydantic (+ tensorrt for its row) on the machine; no network.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,13 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config import (AttentionConfig, LatentConfig, ModelConfig, SamplerConfig,  # noqa: E402
                            TextEncoderConfig, TransformerConfig)
-from engine.errors import EngineError  # noqa: E402
-from engine.model import StreamModel, build_text_encoder, build_transformer  # noqa: E402
 from engine.cache import policy_class  # noqa: E402
+from engine.model import StreamModel, build_text_encoder, build_transformer  # noqa: E402
 from engine.runtime import RuntimeOptions, TorchStepRunner, attach_runtime, build_engines  # noqa: E402
-from engine.step import Stepper  # noqa: E402
 from engine.sampler import steps_for_chunk  # noqa: E402
+from engine.step import Stepper  # noqa: E402
 from engine.scheduler import BatchScheduler  # noqa: E402
+
+from gpu_report import device_label, json_table, print_table, versions  # noqa: E402
 
 ANCHORS_FPS = {"Self-Forcing": 17.0, "LongLive": 20.7, "Reward Forcing": 23.1, "Hybrid Forcing": 29.5}
 STATED_COMPUTE_BOUND_FPS = (60.0, 70.0)
@@ -81,21 +84,35 @@ class HostFrames(nn.Module):
         return video.cpu(), state
 
 
-def build_decoder(config: ModelConfig, device: str, tiny: bool) -> tuple[nn.Module, str]:
-    """The default model's streaming decoder at this size (random weights), else (and for
-    the dry run) the stand-in."""
-    try:
-        if tiny:
-            raise ImportError("the dry run keeps to the stand-in")
-        from engine.autoencoder import AutoencoderConfig, ShapesAutoencoder
+def build_decoder(config: ModelConfig, device: str, dtype: torch.dtype, tiny: bool) -> tuple[nn.Module, str]:
+    """TAEHV, the decoder to serve Wan students with on a GPU (the Wan VAE takes minutes a
+    chunk on a CPU and is no streaming decoder), at taew2_1's widths with random weights:
+    its cost does not depend on the values. --tiny: the same network, narrow."""
+    from engine.taehv import TAEHVConfig, TAEHVDecoder
 
-        return HostFrames(ShapesAutoencoder(AutoencoderConfig()).to(device).eval()), "shapes_ae (random)"
-    except ImportError:
-        from engine.components import StandInDecoder
+    taehv = TAEHVConfig(latent_channels=config.latent.channels, widths=(8, 8, 8, 8) if tiny else (256, 128, 64, 64))
+    decoder = TAEHVDecoder(taehv).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return HostFrames(decoder), f"taehv {'x'.join(map(str, taehv.widths))} (random)"
 
-        lat = config.latent
-        return HostFrames(StandInDecoder(lat.channels, lat.temporal_compression, lat.spatial_compression).to(device)), \
-            "standin"
+
+class CudaGraphStep:
+    """torch.compile(mode="reduce-overhead"): inductor's graph replayed as CUDA graphs. A
+    replay's outputs live in the graph's own buffers until the next replay, so the flow is
+    copied out (new_k/new_v are copied into the cache before the next step anyway)."""
+
+    def __init__(self, transformer: nn.Module, policy, **compile_options):
+        # --tiny passes backend="eager" (dynamo only), which takes no mode
+        mode = {} if "backend" in compile_options else {"mode": "reduce-overhead"}
+        self.inner = TorchStepRunner(transformer, policy, compile=True, **mode, **compile_options)
+        self.name, self.takes_no_mask = "compile-cudagraphs", True
+
+    def warm_up(self, config, batches: tuple[int, ...] = (1,)) -> float:
+        return self.inner.warm_up(config, batches)
+
+    def __call__(self, inputs):
+        torch.compiler.cudagraph_mark_step_begin()
+        flow, new_k, new_v = self.inner(inputs)
+        return flow.clone(), new_k, new_v
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -206,46 +223,71 @@ def forwards_per_chunk(config: ModelConfig) -> int:
     return steps_for_chunk(config.sampler, 1 << 30) + (1 if config.sampler.refresh_context else 0)
 
 
+TENSORRT_ON_THE_IMAGE = ("TensorRT cannot be installed on the lent GPU image: no network there, and its wheels "
+                         "(tensorrt + tensorrt-cu13-libs) are GBs, far over the 64 MiB a call carries; "
+                         "the GPU Docker image (docker/Dockerfile.gpu) has it")
+
+
 def runtime_model(base: StreamModel, backend: str, args, device: str) -> tuple[StreamModel, dict]:
     """A StreamModel over the same weights running `backend`; what it cost to get there."""
     model = StreamModel(base.config, base.transformer, base.text_encoder, base.decoder)
     info: dict = {}
-    if backend == "compile" and args.tiny:
-        # inductor's C++ build of even a tiny graph takes a minute on a small CPU: the dry
-        # run checks the path through dynamo only
-        policy = policy_class(model.config.attention)
-        runner = TorchStepRunner(model.transformer, policy, compile=True, backend="eager")
+    # inductor's C++ build of even a tiny graph takes a minute on a small CPU: the dry run
+    # checks the path through dynamo only
+    tiny = {"backend": "eager"} if args.tiny else {}
+    policy = policy_class(model.config.attention)
+    if backend == "compile-cudagraphs":
+        runner = CudaGraphStep(model.transformer, policy, **tiny)
         info["build_s"] = runner.warm_up(model.config)
         model.step_fn = Stepper(model.transformer, policy, model.config.attention.backend, runner, args.max_batch)
-        info["note"] = "dynamo only (--tiny)"
+    elif backend == "compile" and args.tiny:
+        runner = TorchStepRunner(model.transformer, policy, compile=True, **tiny)
+        info["build_s"] = runner.warm_up(model.config)
+        model.step_fn = Stepper(model.transformer, policy, model.config.attention.backend, runner, args.max_batch)
     elif backend in ("compile", "tensorrt", "onnxruntime"):
         options = RuntimeOptions(backend, args.engine_cache, args.max_batch)
         started = time.perf_counter()
         build_engines(model, options)  # TensorRT / ONNX Runtime; nothing for compile
         attach_runtime(model, options)  # compile: compiles here
         info["build_s"] = time.perf_counter() - started
+    if args.tiny and backend.startswith("compile"):
+        info["note"] = "dynamo only (--tiny)"
     return model, info
+
+
+def free(device: str) -> None:
+    """After a phase failed (out of memory, say): what it held goes before the next one."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="dry run: tiny config on the CPU, seconds")
     ap.add_argument("--device", default=None, help="torch device (default: cuda, or cpu with --tiny)")
-    ap.add_argument("--backends", default="eager,compile,tensorrt", help="single-stream backends, in order")
-    ap.add_argument("--sessions", default=None, help="batched session counts (default 2,4,8; 2,4 with --tiny)")
-    ap.add_argument("--batched-backend", default="best",
-                    help="backend for the batched rows: a name, or 'best' (fastest single stream)")
+    ap.add_argument("--backends", default="eager,compile-cudagraphs,tensorrt",
+                    help="single-stream backends, in order: eager, compile, compile-cudagraphs (falls back to "
+                         "compile when CUDA graphs fail), tensorrt, onnxruntime")
+    ap.add_argument("--batched", default="eager,compiled",
+                    help="backends of the batched rows, in order: names, or 'compiled' for the fastest compiled "
+                         "single-stream backend that ran")
+    ap.add_argument("--sessions", default=None, help="batched session counts (default 1,2,4,8; 1,2,4 with --tiny)")
     ap.add_argument("--warm-chunks", type=int, default=None, help="chunks streamed before timing (default: fill the window)")
     ap.add_argument("--timed-chunks", type=int, default=None, help="chunks timed per measurement (default 4; 2 with --tiny)")
     ap.add_argument("--max-batch", type=int, default=8, help="largest batch one engine call takes")
-    ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting phases after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=400.0,
+                    help="start no phase that would end past this many seconds (default 400: with start-up and "
+                         "the wheel check, one call of at most 8 minutes)")
     ap.add_argument("--engine-cache", default=None,
                     help="engine cache dir (default: a temporary dir; engines are GBs, keep them out of $OUT)")
     ap.add_argument("--json", default=None, help="write the results here (default: $OUT/gpu_bench.json or runs/)")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
-    deadline = t_start + args.budget_s
+    # Every compiled row and batch size is a graph of the same step module: more than
+    # dynamo's default 8, past which it would silently run the rest eager.
+    torch._dynamo.config.recompile_limit = 64
     if args.tiny:
         # One intra-op thread: with two, each tiny op waits on a thread barrier, and on a
         # shared CPU that made the dry run ten times slower, not faster.
@@ -259,6 +301,7 @@ def main() -> int:
     window_chunks = (config.attention.sink_frames + config.attention.window_frames) // config.attention.chunk_frames
     warm = args.warm_chunks if args.warm_chunks is not None else (1 if args.tiny else window_chunks)
     timed = args.timed_chunks or (2 if args.tiny else 4)
+    sessions = [int(n) for n in (args.sessions or ("1,2,4" if args.tiny else "1,2,4,8")).split(",") if n.strip()]
     if args.engine_cache is None:
         import tempfile
 
@@ -267,7 +310,7 @@ def main() -> int:
     started = time.perf_counter()
     with torch.device(device):  # initialise the 1.3B weights on the GPU, not on the host
         transformer = build_transformer(config, device, dtype, seed=0)
-    decoder, decoder_name = build_decoder(config, device, args.tiny)
+    decoder, decoder_name = build_decoder(config, device, dtype, args.tiny)
     base = StreamModel(config, transformer, build_text_encoder(config, None, device), decoder)
     build_s = time.perf_counter() - started
     weights_gb = sum(p.numel() * p.element_size() for p in transformer.parameters()) / 1e9
@@ -276,9 +319,9 @@ def main() -> int:
           f"{config.tokens_per_frame} tokens/latent frame, decoder {decoder_name}; built in {build_s:.1f} s",
           flush=True)
 
-    rows: list[dict] = []
     out = Path(args.json) if args.json else Path(os.environ.get("OUT") or "runs") / "gpu_bench.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
     result = {"config": config.model_dump(mode="json"), "device": device_label(device), "versions": versions(),
               "decoder": decoder_name, "warm_chunks": warm, "timed_chunks": timed, "rows": rows,
               "anchors_fps": ANCHORS_FPS, "stated_compute_bound_fps": STATED_COMPUTE_BOUND_FPS,
@@ -288,62 +331,88 @@ def main() -> int:
         result["elapsed_s"] = time.perf_counter() - t_start
         out.write_text(json.dumps(result, indent=2) + "\n")
 
-    def skipped(backend: str, sessions: int, note: str) -> None:
-        rows.append({"backend": backend, "sessions": sessions, "fps": None, "total_fps": None, "ttff_s": None,
-                     "peak_gb_per_session": None, "note": note})
-        print(f"  {backend} x{sessions}: {note}", flush=True)
+    def record(row: dict) -> None:
+        rows.append(row)
         save()
+        if row["fps"] is None:
+            print(f"  {row['backend']} {row['mode']} x{row['sessions']}: {row['note']}", flush=True)
+        else:
+            print(f"  {row['backend']} {row['mode']} x{row['sessions']}: {row['fps']:.1f} fps per session, "
+                  f"{row['total_fps']:.1f} total, first frame {row['ttff_s']:.2f} s", flush=True)
 
-    # --- single stream, per backend ----------------------------------------------------
+    def skipped(backend: str, mode: str, n: int, note: str) -> None:
+        record({"backend": backend, "mode": mode, "sessions": n, "fps": None, "total_fps": None, "ttff_s": None,
+                "peak_gb_per_session": None, "note": note[:500]})
+
+    def fits(seconds: float) -> bool:
+        return args.tiny or time.perf_counter() - t_start + seconds <= args.budget_s
+
     models: dict[str, StreamModel] = {}
     single: dict[str, dict] = {}
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        needs = {"eager": 60, "compile": 240, "tensorrt": 420, "onnxruntime": 240}.get(backend, 120)
-        if not args.tiny and time.perf_counter() + needs > deadline:
-            skipped(backend, 1, f"skipped: under {needs} s of the budget left")
-            continue
+
+    def run_single(backend: str) -> None:
+        needs = {"eager": 40, "compile": 150, "compile-cudagraphs": 150, "tensorrt": 420}.get(backend, 240)
+        if not fits(needs):
+            return skipped(backend, "single", 1, f"skipped: under {needs} s of the budget left")
         try:
             model, info = runtime_model(base, backend, args, device)
             measured = single_stream(model, device, warm, timed)
-        except (EngineError, ImportError, RuntimeError) as exc:
-            skipped(backend, 1, f"{type(exc).__name__}: {exc}")
-            continue
-        measured.update(backend=backend, note=info.get("note", ""), **{k: v for k, v in info.items() if k != "note"})
-        rows.append(measured)
-        save()
+        except Exception as exc:  # a missing package, a compile failure, out of memory: the row says which
+            note = f"{type(exc).__name__}: {exc}"
+            if backend == "tensorrt" and device.startswith("cuda") and "not installed" in str(exc):
+                note = f"{TENSORRT_ON_THE_IMAGE} ({note})"
+            skipped(backend, "single", 1, note)
+            free(device)
+            if backend == "compile-cudagraphs":  # CUDA graphs where they work; plain inductor where not
+                run_single("compile")
+            return
+        measured.update(backend=backend, mode="single", note=info.get("note", ""),
+                        **{k: v for k, v in info.items() if k != "note"})
         models[backend], single[backend] = model, measured
-        print(f"  {backend} x1: {measured['fps']:.1f} fps, first frame {measured['ttff_s']:.2f} s, "
-              f"first call {measured['first_call_s']:.1f} s", flush=True)
+        record(measured)
         reset_peak(device)
 
-    # --- batched sessions ------------------------------------------------------------------
-    batched_backend = args.batched_backend
-    if batched_backend == "best":
-        batched_backend = max(single, key=lambda b: single[b]["fps"]) if single else "eager"
-    for n in [int(s) for s in (args.sessions or ("2,4" if args.tiny else "2,4,8")).split(",") if s.strip()]:
-        model = models.get(batched_backend)
+    def run_batched(backend: str, n: int) -> None:
+        model = models.get(backend)
         if model is None:
-            skipped(batched_backend, n, "skipped: this backend did not run single-stream")
-            continue
-        recompile = 120 if batched_backend == "compile" else 0  # torch.compile: a dynamic-batch graph
-        estimate = (1 + warm + timed) * n * single[batched_backend]["chunk_s"] * 1.2 + 20 + recompile
-        if not args.tiny and time.perf_counter() + estimate > deadline:
-            skipped(batched_backend, n, f"skipped: needs ~{estimate:.0f} s, budget spent")
-            continue
+            return skipped(backend, "batched", n, "skipped: this backend did not run single-stream")
+        runner = getattr(model.step_fn, "runner", None)
+        compiled = isinstance(runner, (TorchStepRunner, CudaGraphStep))
+        recompile = 150 if compiled and n > 1 else 0  # a graph for this batch size
+        estimate = (1 + warm + timed) * n * single[backend]["chunk_s"] * 1.2 + 20 + recompile
+        if not fits(estimate):
+            return skipped(backend, "batched", n, f"skipped: needs ~{estimate:.0f} s, budget spent")
         try:
-            setup = {}
-            runner = getattr(model.step_fn, "runner", None)
-            if isinstance(runner, TorchStepRunner):  # compile this batch size before the clock starts
-                setup = {"build_s": runner.warm_up(config, (n,)), "first_call_s": 0.0}
+            setup = {"build_s": runner.warm_up(config, (n,)), "first_call_s": 0.0} if compiled else {}
             measured = batched_sessions(model, device, n, warm, timed)
-        except (EngineError, RuntimeError) as exc:  # out of memory, most likely
-            skipped(batched_backend, n, f"{type(exc).__name__}: {exc}")
-            continue
-        measured.update(backend=batched_backend, note="", **setup)
-        rows.append(measured)
-        save()
-        print(f"  {batched_backend} x{n}: {measured['fps']:.1f} fps per session, {measured['total_fps']:.1f} total",
-              flush=True)
+        except Exception as exc:  # out of memory, most likely
+            skipped(backend, "batched", n, f"{type(exc).__name__}: {exc}")
+            free(device)
+            return
+        measured.update(backend=backend, mode="batched", note="", **setup)
+        record(measured)
+
+    # Cheap and certain rows first: eager single and batched, then the compiled ones
+    # (minutes of inductor), so a budget cut leaves the compiled rows out, not the baseline.
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    batched = [b.strip() for b in args.batched.split(",") if b.strip()]
+    first, rest = ("eager", [b for b in backends if b != "eager"]) if "eager" in backends else (None, backends)
+    if first:
+        run_single(first)
+        for n in sessions if "eager" in batched else []:
+            run_batched("eager", n)
+    for backend in rest:
+        run_single(backend)
+    compiled = [b for b in single if b != "eager"]
+    for name in batched:
+        if name == "eager":
+            continue  # ran above
+        if name == "compiled":
+            if not compiled:
+                continue  # no compiled backend ran; its single rows say why
+            name = max(compiled, key=lambda b: single[b]["fps"])
+        for n in sessions:
+            run_batched(name, n)
 
     # --- the bound and the table -----------------------------------------------------------
     rate = matmul_tflops(device, dtype, 256 if args.tiny else 8192)
@@ -353,64 +422,8 @@ def main() -> int:
     print_table(result)
     save()
     print(f"wrote {out}")
+    print(json.dumps(json_table(result)))
     return 0
-
-
-def device_label(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def versions() -> dict[str, str]:
-    import diffusers
-
-    found = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__}
-    if torch.cuda.is_available():
-        found["cuda"] = torch.version.cuda or ""
-    try:
-        import tensorrt
-
-        found["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        pass
-    return found
-
-
-def fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def print_table(result: dict) -> None:
-    print(f"\n{result['config']['name']} on {result['device']} ({result['decoder']} decoder), "
-          f"torch {result['versions']['torch']}")
-    header = f"{'backend':<12}{'sessions':>9}{'fps/session':>13}{'total fps':>11}{'ttff s':>9}" \
-             f"{'GB/session':>12}{'setup s':>10}  note"
-    print(header)
-    print("-" * len(header))
-    for r in result["rows"]:
-        first = None if r.get("first_call_s") is None else r["first_call_s"] + r.get("build_s", 0.0)
-        print(f"{r['backend']:<12}{r['sessions']:>9}{fmt(r['fps'], '.1f'):>13}{fmt(r['total_fps'], '.1f'):>11}"
-              f"{fmt(r['ttff_s'], '.2f'):>9}{fmt(r['peak_gb_per_session'], '.2f'):>12}{fmt(first, '.1f'):>10}  "
-              f"{r.get('note', '')}")
-    singles = [r for r in result["rows"] if r["sessions"] == 1 and r["fps"] is not None]
-    best = max(singles, key=lambda r: r["fps"]) if singles else None
-    print("\nanchors, single stream on one H100 (same setting):")
-    for name, fps in result["anchors_fps"].items():
-        ratio = f"x{best['fps'] / fps:.2f} ({best['backend']})" if best else "-"
-        print(f"  {name:<16}{fps:>6.1f} fps   ours {ratio}")
-    if result["config"]["name"] == "bench-tiny":
-        print("  (--tiny: a toy model on a CPU; these ratios only show that the table is made)")
-    lo, hi = result["stated_compute_bound_fps"]
-    if best:
-        print(f"fraction of the compute bound: {best['fps'] / hi:.0%}-{best['fps'] / lo:.0%} of the stated "
-              f"{lo:.0f}-{hi:.0f} fps; {best['fps'] / result['computed_bound_fps']:.0%} of "
-              f"{result['computed_bound_fps']:.3g} fps = {result['measured_matmul_tflops']:.3g} TFLOP/s measured "
-              f"matmul / {result['gflop_per_frame']:.3g} GFLOP per frame")
-    else:
-        print("fraction of the compute bound: - (no single-stream row ran)")
-    print("(ttff: a new stream's first chunk on a warm model; setup: engine build + the first chunk ever, "
-          "compile included; GB/session: peak GPU memory above the weights, per session)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Framecast wire protocol: every message the server and its clients exchange.
 
-Defined once, here, in pure pydantic (no torch, nothing else of the project), and
+Defined once, here, in pure pydantic (no torch; of the project only the shared input
+limits of `framecast`), and
 imported by the server and by the Python client alike. The shapes follow the
 conventions users already know from OpenAI's Realtime and Videos APIs: JSON text
 messages with a ``type`` literal for control, binary WebSocket messages for media.
@@ -27,12 +28,12 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
+from framecast import MAX_PROMPT_CHARS, MAX_SEED
+
 PROTOCOL_VERSION = "1"
 REALTIME_PATH = "/v1/realtime/video"
 START_TIMEOUT_S = 10.0
-MAX_PROMPT_CHARS = 1000
 MAX_MESSAGE_BYTES = 64 * 1024
-MAX_SEED = 2**63 - 1
 # Browsers cannot set headers on a WebSocket, and a key in the URL ends up in logs and
 # history: a browser offers both subprotocols, `new WebSocket(url, [SUBPROTOCOL,
 # api_key_subprotocol(key)])`, and the server selects SUBPROTOCOL (never echoing the key).
@@ -132,7 +133,9 @@ class ErrorBody(_Message):
 
 Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-MediaFormat = Literal["fmp4", "jpeg"]
+# fmp4 and jpeg travel over the WebSocket; webrtc is negotiated over HTTP (an SDP offer),
+# its control messages then travel over a data channel.
+MediaFormat = Literal["fmp4", "jpeg", "webrtc"]
 
 
 class SessionStart(_ClientMessage):
@@ -140,7 +143,7 @@ class SessionStart(_ClientMessage):
     prompt: Prompt
     seed: Seed | None = None
     model: str | None = None
-    format: MediaFormat = "fmp4"
+    format: MediaFormat | None = None  # None: the transport's own (fmp4 on the WebSocket)
     fps: Annotated[float, Field(gt=0, le=60)] | None = None
     max_seconds: Annotated[float, Field(gt=0)] | None = None
 
@@ -200,18 +203,22 @@ class VideoChunk(_Message):
     """
 
     type: Literal["video.chunk"] = "video.chunk"
-    index: int
+    index: int  # media message number (fmp4: 0 is the init segment)
     frames: int
     bytes: int
     pts: float  # seconds of stream time of the first frame
-    prompt_event_id: str | None = None
+    frame: int = 0  # stream frame number of the first frame (pts * fps)
+    prompt_event_id: str | None = None  # set on the first media under a switched prompt
     init: bool = False
 
 
 class SessionUpdateQueued(_Message):
+    """The switch is made: the new prompt shows from stream frame `at_frame` on (video made
+    ahead under the old prompt and not yet sent was discarded; nothing after it is)."""
+
     type: Literal["session.update.queued"] = "session.update.queued"
     event_id: str
-    at_chunk: int | None = None
+    at_frame: int
 
 
 class SessionStats(_Message):

@@ -278,7 +278,10 @@ class RewardWeighting:
         else:
             from engine.components import build_decoder
 
-            decoder = build_decoder(teacher_config, Path(teacher_dir), str(par.device))
+            from distill.student import frozen_dtype
+
+            decoder = build_decoder(teacher_config, Path(teacher_dir), str(par.device),
+                                    frozen_dtype(teacher_config, par))
             self.decode = lambda latents: decoder.decode_chunk(latents, decoder.init_decoder_state(len(latents)))[0]
         self.balancer = AdaptiveBalancer(window=run.balance_window)
 

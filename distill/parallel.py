@@ -1,6 +1,6 @@
 """Training on many processes under torchrun, with torch's own FSDP2 (`fully_shard`).
 
-    torchrun --nproc_per_node 8 -m clients.cli distill student ...   # NCCL on GPUs, gloo on CPUs
+    torchrun --nproc_per_node 8 -m framecast distill student ...   # NCCL on GPUs, gloo on CPUs
 
 One process per device. Every network of a run (student, critic, frozen teacher, the
 student's EMA, a large reward model) is sharded over the processes per transformer block

@@ -2,7 +2,7 @@
 CausVid): ODE initialisation, then DMD with self-forcing rollouts.
 
     framecast distill student --preset shapes --teacher runs/teacher/model --out engine/models/shapes-default
-    torchrun --nproc_per_node 8 -m clients.cli distill student --preset wan --teacher models/wan2.1-t2v \
+    torchrun --nproc_per_node 8 -m framecast distill student --preset wan --teacher models/wan2.1-t2v \
         --prompts vidprom.txt          # docs/distill.md
 
 One linear loop over a global step: steps [0, ode_iters) regress the student onto
@@ -372,6 +372,14 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
 
 # --- building ------------------------------------------------------------------------------------
 
+def frozen_dtype(config: ModelConfig, par: Parallel) -> torch.dtype:
+    """The dtype of the frozen helpers (umT5, the Wan VAE for rewards): the model's on a GPU
+    (umt5-xxl: 11 GB in bfloat16, 23 in float32), float32 on a CPU (a rehearsal)."""
+    from engine.model import model_dtype
+
+    return model_dtype(config, par.device) if par.device.type == "cuda" else torch.float32
+
+
 def build_training(run: StudentRun, par: Parallel) -> StudentTraining:
     """Teacher (frozen), the critic initialised from it, the student initialised from it (or
     from init_from) and its EMA: built on the CPU one at a time and each placed (sharded)
@@ -414,7 +422,7 @@ def build_training(run: StudentRun, par: Parallel) -> StudentTraining:
     weighting = RewardWeighting(run, run.teacher, teacher_cfg, par) if run.method != "dmd" else None
     te = run.model.text_encoder
     # Features are kept per prompt, 4 GiB of them at most (Wan's 512 x 4096 floats are 8 MB a prompt).
-    captions = CaptionCache(build_text_encoder(run.model, None, str(par.device)),
+    captions = CaptionCache(build_text_encoder(run.model, None, str(par.device), frozen_dtype(run.model, par)),
                             size=min(50_000, max(64, (4 << 30) // (te.max_tokens * te.dim * 4))))
     return StudentTraining(par=par, teacher=teacher, student=student, critic=critic, ema=ema, opt_ode=opt_ode,
                            opt_gen=opt_gen, opt_critic=opt_critic, prompts=prompt_source(run.prompts, par.world_size),

@@ -18,7 +18,7 @@ import json
 import typing
 from pathlib import Path
 
-from clients.cli import CommandError
+from framecast import CommandError
 
 # stage -> (module, trainer, default run dir, help)
 STAGES: dict[str, tuple[str, str, str, str]] = {

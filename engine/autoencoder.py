@@ -277,12 +277,12 @@ class ShapesAutoencoder(nn.Module):
                                                      "latents_std": tuple(std.tolist())})
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
+        from .checkpoints.files import save_weights
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().float().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_NAME))
+        save_weights(tensors, directory / WEIGHTS_NAME)
         (directory / CONFIG_NAME).write_text(self.config.model_dump_json(indent=2) + "\n")
 
     @classmethod

@@ -76,6 +76,14 @@ class StandInDecoder(nn.Module):
         return rgb, None
 
 
+def from_local(loader: Any, path: str | Path, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(path)` (a transformers class) from a local directory, never
+    from a model hub: local_files_only makes a folder that lacks a file fail at once instead
+    of turning into a download. (Setting HF_HUB_OFFLINE instead would be process-wide, and
+    too late once diffusers has imported huggingface_hub, which reads it at import.)"""
+    return loader.from_pretrained(str(path), local_files_only=True, **kwargs)
+
+
 def resolve(model_dir: Path | None, path: str | None) -> Path | None:
     if path is None:
         return None
@@ -83,7 +91,10 @@ def resolve(model_dir: Path | None, path: str | None) -> Path | None:
     return p if p.is_absolute() or model_dir is None else model_dir / p
 
 
-def build_text_encoder(config: ModelConfig, model_dir: Path | None, device: str) -> TextEncoder:
+def build_text_encoder(config: ModelConfig, model_dir: Path | None, device: str,
+                       dtype: torch.dtype = torch.float32) -> TextEncoder:
+    """dtype: the network's (umT5 only: in bfloat16 umt5-xxl is 11 GB instead of 23); the
+    encoders always return float32 features."""
     te = config.text_encoder
     if te.kind == "hash":
         return HashTextEncoder(te.dim, te.max_tokens)
@@ -97,12 +108,14 @@ def build_text_encoder(config: ModelConfig, model_dir: Path | None, device: str)
 
         if te.path is None:
             raise CheckpointError("text_encoder.path is not set: the umT5 encoder loads from a local Wan folder")
-        return UMT5TextEncoder(resolve(model_dir, te.path), max_tokens=te.max_tokens, device=device,
-                               dtype=component_dtype(config, device))
+        return UMT5TextEncoder(resolve(model_dir, te.path), max_tokens=te.max_tokens, device=device, dtype=dtype)
     raise NotImplementedError(f"text encoder kind {te.kind!r} is not available in this build")
 
 
-def build_decoder(config: ModelConfig, model_dir: Path | None, device: str) -> LatentDecoder:
+def build_decoder(config: ModelConfig, model_dir: Path | None, device: str,
+                  dtype: torch.dtype = torch.float32) -> LatentDecoder:
+    """dtype: the model's (engine.model.model_dtype), which the Wan VAE and TAEHV take; the
+    default model's Shapes autoencoder and the stand-in stay float32."""
     dec = config.decoder
     lat = config.latent
     if dec.kind == "standin":
@@ -116,7 +129,7 @@ def build_decoder(config: ModelConfig, model_dir: Path | None, device: str) -> L
     if dec.kind == "wan_vae":
         from .wan_vae import WanVAEDecoder
 
-        decoder = WanVAEDecoder.load(resolve(model_dir, dec.path), device=device, dtype=component_dtype(config, device))
+        decoder = WanVAEDecoder.load(resolve(model_dir, dec.path), device=device, dtype=dtype)
         if decoder.channels != lat.channels:
             raise CheckpointError(f"{dec.path}: Wan VAE with {decoder.channels} latent channels, "
                                   f"the model has {lat.channels}")
@@ -125,10 +138,5 @@ def build_decoder(config: ModelConfig, model_dir: Path | None, device: str) -> L
         from .taehv import TAEHVDecoder
 
         taehv = TAEHVDecoder.load(resolve(model_dir, dec.path), latent_channels=lat.channels)
-        return taehv.to(device=device, dtype=component_dtype(config, device))
+        return taehv.to(device=device, dtype=dtype)
     raise NotImplementedError(f"decoder kind {dec.kind!r} is not available in this build")
-
-
-def component_dtype(config: ModelConfig, device: str) -> torch.dtype:
-    """The model's dtype on a GPU; float32 on CPU (bfloat16 convs and matmuls crawl there)."""
-    return getattr(torch, config.dtype) if str(device).startswith("cuda") else torch.float32

@@ -25,7 +25,7 @@ from .body_limit import BodyLimitMiddleware
 from .errors import install_error_handlers
 from .logs import install_redaction
 from .routes import health, models, stream, videos
-from .session import FINISH_WAIT_S
+from .websocket import FINISH_WAIT_S
 from .settings import Settings
 from .state import ServerState
 
@@ -107,7 +107,7 @@ def bind_socket(settings: Settings) -> socket.socket:
         if settings.socket_send_buffer_bytes:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, settings.socket_send_buffer_bytes)
         if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
-            # A stalled stream is ended by the server (session.py, stall_timeout_s), but its
+            # A stalled stream is ended by the server (websocket.py, stall_timeout_s), but its
             # socket would stay open with full buffers for as long as the client never
             # reads: the kernel drops a connection whose sent data goes unacknowledged this
             # long (zero-window probes included). Its clock starts when the client's window

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .generation import Generator
+from .streams import StreamPool
 
 log = logging.getLogger("framecast.server")
 
@@ -146,7 +146,7 @@ def memory_plan(model, budget_bytes: int | None) -> MemoryPlan:
 # --- speed ---------------------------------------------------------------------------------
 
 async def measure_speed(model, sessions: int, batching: bool) -> SpeedPoint:
-    """`sessions` streams at once through a Generator of their own, each chunk encoded as
+    """`sessions` streams at once through a StreamPool of their own, each chunk encoded as
     fMP4 on the stream's worker thread, as the server serves them; timed once every cache
     is full (a filling cache is faster than the steady state). Allocates `sessions` cache
     rows for the time it runs."""
@@ -154,15 +154,15 @@ async def measure_speed(model, sessions: int, batching: bool) -> SpeedPoint:
 
     att = model.config.attention
     filling = math.ceil((att.sink_frames + att.window_frames) / att.chunk_frames) + 1
-    generator = Generator(model, max_sessions=sessions, batching=batching)
+    pool = StreamPool(model, max_sessions=sessions, batching=batching)
     try:
-        streams = [await generator.open(WARMUP_PROMPT, seed) for seed in range(sessions)]
+        streams = [await pool.open(WARMUP_PROMPT, seed) for seed in range(sessions)]
         encoders = [Fmp4StreamEncoder(model.width, model.height, model.fps) for _ in streams]
 
         async def run(stream, encoder, chunks: int, until: float = 0.0) -> int:
             done = 0
             while done < chunks or time.perf_counter() < until:
-                await stream.produce(lambda chunk: encoder.encode(list(chunk.frames)))
+                await pool.next_chunk(stream, lambda chunk: encoder.encode(list(chunk.frames)))
                 done += 1
             return done
 
@@ -171,9 +171,9 @@ async def measure_speed(model, sessions: int, batching: bool) -> SpeedPoint:
         chunks = await asyncio.gather(*(run(s, e, MEASURE_CHUNKS, started + MEASURE_S)
                                         for s, e in zip(streams, encoders)))
         elapsed = time.perf_counter() - started
-        await asyncio.gather(*(asyncio.wrap_future(s.close()) for s in streams))
+        await asyncio.gather(*(asyncio.wrap_future(pool.close(s)) for s in streams))
     finally:
-        generator.shutdown()
+        pool.shutdown()
     frames = sum(chunks) * model.frames_per_chunk
     return SpeedPoint(sessions=sessions, fps_per_session=round(frames / elapsed / sessions, 2))
 

@@ -13,7 +13,7 @@ from clients.protocol import ErrorDetail, VideoJob
 
 from .admission import Admission
 from .encoding import encode_mp4, kept_frames
-from .generation import Generator
+from .streams import StreamPool
 from .jobs import LEASE_S, JobStore
 from .metrics import Metrics
 
@@ -28,10 +28,10 @@ class _Interrupted(Exception):
 
 
 class JobRunner:
-    def __init__(self, store: JobStore, generator: Generator, admission: Admission, metrics: Metrics,
+    def __init__(self, store: JobStore, streams: StreamPool, admission: Admission, metrics: Metrics,
                  workers: int):
-        self.store, self.generator, self.admission, self.metrics = store, generator, admission, metrics
-        self.model = generator.model
+        self.store, self.streams, self.admission, self.metrics = store, streams, admission, metrics
+        self.model = streams.model
         self.worker_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()  # no new jobs
         self._abort = threading.Event()  # running jobs stop at their next chunk and re-queue
@@ -91,7 +91,7 @@ class JobRunner:
 
         try:
             log.info("job %s: generating %s s", job.id, job.seconds)
-            frames = self.generator.generate_clip(job.prompt, float(job.seconds), job.seed,
+            frames = self.streams.generate_clip(job.prompt, float(job.seconds), job.seed,
                                                   progress=progress)  # [T, H, W, 3]
             self.metrics.frames_generated.labels("job").inc(len(frames))
             keep = kept_frames(0, len(frames), self.model.fps, job.fps)

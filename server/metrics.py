@@ -41,9 +41,12 @@ class Metrics:
         self.frame_interval = Histogram(
             "framecast_frame_interval_seconds", "Time between delivered chunks divided by their frames",
             buckets=INTERVAL_BUCKETS, registry=r)
+        self.switch_latency = Histogram(
+            "framecast_switch_latency_seconds", "session.update received -> first frame under the new prompt sent",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.active_sessions = Gauge("framecast_active_sessions", "Streams being served", registry=r)
         self.queue_depth = Gauge("framecast_stream_queue_chunks",
-                                 "Encoded chunks waiting to be sent, all streams together", registry=r)
+                                 "Chunks generated and waiting to be sent, all streams together", registry=r)
         self.frames_generated = Counter("framecast_frames_generated", "Frames generated",
                                         ["kind"], registry=r)
         self.stream_errors = Counter("framecast_stream_errors", "Streams refused or ended by an error, by code",

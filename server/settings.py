@@ -13,7 +13,9 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from clients.protocol import MAX_PROMPT_CHARS, START_TIMEOUT_S
+from clients.protocol import START_TIMEOUT_S
+from engine.config import Runtime
+from framecast import MAX_PROMPT_CHARS
 
 
 def default_data_dir() -> Path:
@@ -27,8 +29,9 @@ class Settings(BaseSettings):
 
     # --- the model ----------------------------------------------------------------
     model: str | None = Field(None, description="model name or directory; None = the embedded default")
-    device: str = Field("cpu", description="torch device the model runs on")
-    backend: Literal["eager", "compile", "onnxruntime", "tensorrt"] | None = Field(
+    device: str | None = Field(None, description="torch device the model runs on; None = cuda when a GPU is "
+                                                 "visible, else cpu")
+    backend: Runtime | None = Field(
         None, description="runtime for the denoising steps; None = the model config's `runtime`")
     engine_cache_dir: str | None = Field(
         None, description="where `framecast build-engines` put built engines (default ~/.cache/framecast/engines)")
@@ -72,10 +75,13 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(
         30.0, gt=0, description="a stream whose client reads nothing for this long is ended (close 4408)")
     start_timeout_s: float = Field(START_TIMEOUT_S, gt=0, description="session.start must arrive within this")
-    queue_depth: int = Field(2, ge=1, description="encoded chunks buffered per stream before generation waits")
-    # Delivery may run this far ahead of real time; None = as fast as the client reads
-    # (benchmarks). Live viewers need a bound, or a prompt switch shows up ever later.
-    stream_lead_s: float | None = Field(1.0, ge=0)
+    queue_depth: int = Field(1, ge=1, description="chunks generated ahead per stream and waiting to be sent "
+                             "(a prompt switch discards them); the engine keeps one more in its own queue")
+    # Delivery runs this far ahead of real time: enough to ride out generation jitter and
+    # the re-cache after a switch without a stall, small enough that a switch shows soon
+    # (it must first play out what was sent: at most a chunk plus this). None = as fast as
+    # the client reads (benchmarks).
+    stream_lead_s: float | None = Field(0.35, ge=0)
     stats_interval_s: float = Field(2.0, gt=0)
 
     # --- jobs ---------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What one running app holds: settings, metrics, the job store, and once loaded the
-model with its generator, admission control and job runner."""
+model with its stream pool, admission control and job runner."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 from .admission import Admission
 from .capacity import Capacity, NoRoom, decide_capacity, memory_plan
 from .errors import ApiError
-from .generation import Generator
 from .job_runner import JobRunner
 from .jobs import JobStore, open_job_store
 from .metrics import Metrics
 from .settings import Settings
+from .streams import StreamPool
 
 log = logging.getLogger("framecast.server")
 
@@ -24,7 +24,7 @@ class ServerState:
         self.settings = settings
         self.metrics = Metrics()
         self.model = model
-        self.generator: Generator | None = None
+        self.streams: StreamPool | None = None
         self.admission: Admission | None = None
         self.capacity: Capacity | None = None
         self.jobs: JobStore | None = None
@@ -56,8 +56,8 @@ class ServerState:
                 raise NoRoom(plan.refusal())
             self.capacity = await decide_capacity(model, s, plan)
             self.admission = Admission(self.capacity.sessions)
-            self.generator = Generator(model, max_sessions=self.capacity.sessions, batching=s.batching)
-            self.runner = JobRunner(self.jobs, self.generator, self.admission, self.metrics, s.job_workers)
+            self.streams = StreamPool(model, max_sessions=self.capacity.sessions, batching=s.batching)
+            self.runner = JobRunner(self.jobs, self.streams, self.admission, self.metrics, s.job_workers)
             self.runner.start()
             self.ready = True
             self.metrics.ready.set(1)
@@ -71,13 +71,13 @@ class ServerState:
             log.exception("model failed to load")
 
     def shutdown(self) -> None:
-        """Blocking: stop job workers (finish or re-queue), the generator, the store."""
+        """Blocking: stop job workers (finish or re-queue), the streams, the store."""
         self.shutting_down = True
         self.ready = False
         if self.runner is not None:
             self.runner.shutdown(self.settings.shutdown_grace_s)
-        if self.generator is not None:
-            self.generator.shutdown()
+        if self.streams is not None:
+            self.streams.shutdown()
         if self.jobs is not None:
             self.jobs.close()
 

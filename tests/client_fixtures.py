@@ -24,8 +24,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "runs"
-# The installed console script, as users run it (`python -m clients.cli` would load cli.py
-# twice, as __main__ and as clients.cli, and not catch the handlers' CommandError).
+# The installed console script, as users run it.
 FRAMECAST = [str(Path(sys.executable).with_name("framecast"))]
 SERVER_START_TIMEOUT_S = 120.0  # model load + warm-up on a busy 2-core machine
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from clients.cli import main
+from framecast.cli import main
 
 teacher, prompts, reward, root = sys.argv[1:5]
 root = Path(root)

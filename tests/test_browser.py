@@ -118,7 +118,7 @@ def test_viewer_streams_switches_prompt_and_records(browser_page, requested):
     page.wait_for_function("() => window.framecastStats.lastPromptSwitchFirstFrameAt !== null", timeout=60_000)
     s = stats(page)
     switch = s["promptSwitches"][0]
-    assert switch["queuedAt"] is not None and switch["atChunk"] is not None, switch
+    assert switch["queuedAt"] is not None and switch["atFrame"] is not None, switch
     assert switch["firstChunkIndex"] is not None and switch["firstFrameAt"] > switch["sentAt"], switch
 
     page.click("#stop")

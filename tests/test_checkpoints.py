@@ -47,8 +47,9 @@ def run_convert(tmp_path: Path, base: Path, fmt: str, input: Path, **kw) -> Path
 
 
 def forward_pair(model_dir: Path, weights: dict, **lora):
-    """(converted model's full-attention forward, reference forward of the original weights)."""
-    model = load_model(str(model_dir))
+    """(converted model's full-attention forward, reference forward of the original weights),
+    in float32: the conversion must be exact, whatever dtype the model would serve in."""
+    model = load_model(str(model_dir), dtype="float32")
     gen = torch.Generator().manual_seed(5)
     x, t = torch.randn(2, 16, 3, 4, 4, generator=gen), torch.tensor([999.0, 317.0])
     text = torch.randn(2, 6, 32, generator=gen)
@@ -139,7 +140,7 @@ def test_wan_diffusers_loads_as_teacher_unchanged(base, tmp_path):
 
     out = tmp_path / "teacher"
     config = convert(ConvertOptions(format="wan-diffusers", input=base, output=out, size=SIZE))
-    model = load_model(str(out))
+    model = load_model(str(out), dtype="float32")
     # diffusers' own model from the folder (from_pretrained needs `accelerate` for Wan; read the shards by hand)
     folder = base / "transformer"
     reference = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(str(folder))).eval()
@@ -356,7 +357,7 @@ def test_convert_refuses_a_non_empty_output(base, tmp_path):
 # --- the command line ------------------------------------------------------------------------
 
 def test_cli_convert_success_and_one_line_errors(base, tmp_path, capsys):
-    from clients.cli import main
+    from framecast.cli import main
 
     _, path = write_causvid(tmp_path)
     out = tmp_path / "cli-model"

@@ -30,7 +30,7 @@ def guarded_server():
 def framecast(capsys, *args: str) -> tuple[int, str, str]:
     """`framecast ARGS` in this process (a subprocess costs seconds of start-up per call):
     exit code, stdout, stderr."""
-    from clients.cli import main
+    from framecast.cli import main
 
     try:
         code = main(list(args))
@@ -63,7 +63,7 @@ def test_watch_records_fmp4_with_a_scripted_prompt_switch(server, tmp_path):
                    "--prompt-at", "0.5:a blue square")
     assert done.returncode == 0, done.stderr
     assert f"saved {out}" in done.stdout
-    assert "prompt switch" in done.stderr and "queued for chunk" in done.stderr
+    assert "prompt switch" in done.stderr and "from frame 8" in done.stderr and "ms later" in done.stderr
     assert "32 frames, 2.00s of video" in done.stderr
     stream = ffprobe(out)["streams"][0]
     assert (stream["codec_name"], stream["width"], stream["height"]) == ("h264", 64, 64)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from engine import load_model
 from engine.model import DEFAULT_MODEL_DIR
@@ -21,8 +22,26 @@ def test_default_model_files_are_small_and_say_how_they_were_made():
     assert total < 50 * 2**20, f"{total / 2**20:.1f} MiB shipped"
 
 
-def test_default_model_loads_with_no_name_and_streams_128px_at_16fps():
-    model = load_model()
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """The default model as `load_model()` gives it, with its engine cache in a temporary
+    directory (ONNX Runtime's graphs are built on the first load)."""
+    return load_model(engine_cache_dir=tmp_path_factory.mktemp("engines"))
+
+
+def test_default_model_runs_on_its_measured_backend_and_equals_eager(model):
+    """model.json's runtime is ONNX Runtime: on the CPU it streams this model faster than
+    eager (docs/backends.md, "The default model's backend"); it must stream the same video."""
+    assert model.step_fn.backend == "onnxruntime" and model.device.type == "cpu"
+    def stream(m, chunks=4):  # the window (sink 3 + 6 frames) fills after 3 chunks; the 4th evicts
+        session = m.open_session("a green circle on a white background", seed=2)
+        return torch.cat([session.next_chunk().latents for _ in range(chunks)], dim=2)
+
+    # measured 7.8e-4 over 9 chunks (bench/backends.py); float32 graph vs eager, same seed
+    assert (stream(model) - stream(load_model(backend="eager"))).abs().max() < 1e-2
+
+
+def test_default_model_loads_with_no_name_and_streams_128px_at_16fps(model):
     assert model.name == "shapes-default"
     assert (model.width, model.height, model.fps) >= (128, 128, 16)
     session = model.open_session("a red ball bouncing on a blue background", seed=0)
@@ -33,12 +52,11 @@ def test_default_model_loads_with_no_name_and_streams_128px_at_16fps():
     assert np.array_equal(again.frames, chunks[0].frames)
 
 
-def test_default_model_paints_the_background_the_prompt_asks_for():
+def test_default_model_paints_the_background_the_prompt_asks_for(model):
     """The one thing the shipped model reliably follows (README): the background colour.
     Judged by the evaluator, and against a swapped prompt so a lucky colour cannot pass."""
     from distill.eval import evaluate_frames
 
-    model = load_model()
     prompts = {"blue": "a red ball bouncing on a blue background",
                "green": "a small yellow star moves left on a green background",
                "black": "a large pink square moves up on a black background",
@@ -57,7 +75,7 @@ def test_framecast_demo_streams_the_default_model_and_switches(tmp_path, capsys)
     PNG grid's rows are chunks, and the background follows the prompt."""
     from PIL import Image
 
-    from clients.cli import main
+    from framecast.cli import main
     from distill.eval.colour import COLOUR_NAMES, classify_pixels
 
     out = tmp_path / "demo.png"

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clients.cli import main
+from framecast.cli import main
 from tests.checkpoint_fixtures import tiny_wan_diffusers
 
 ROOT = Path(__file__).resolve().parents[1]

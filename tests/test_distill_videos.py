@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from clients.cli import main
+from framecast.cli import main
 from engine import load_model
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 60, 220)}

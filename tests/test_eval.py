@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients.cli import CommandError, main
+from framecast import CommandError
+from framecast.cli import main
 from distill.data import vocab
 from distill.data.captions import ObjectIntent, PromptIntent, parse_prompt
 from distill.data.render import render_background

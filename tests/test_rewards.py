@@ -203,7 +203,7 @@ def test_checkpoint_round_trip_and_loader(tmp_path):
 
 
 def test_cli_dry_run_and_errors(capsys):
-    from clients.cli import main as cli_main
+    from framecast.cli import main as cli_main
 
     assert cli_main(["distill", "reward", "--preset", "tiny", "--set", "steps=3", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 3

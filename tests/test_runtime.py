@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients.cli import main as cli_main
+from framecast.cli import main as cli_main
 from engine import PRESETS, load_model, save_model
 from engine.model import StreamModel, build_decoder, build_text_encoder, build_transformer
 from engine.runtime import (EngineCache, RuntimeOptions, RuntimeUnavailable, TorchStepRunner, attach_runtime,
@@ -207,8 +207,16 @@ def test_onnxruntime_decoder_equals_eager(engine_dir):
 def test_build_engines_command_then_load_finds_them(tmp_path, monkeypatch, capsys):
     """`framecast build-engines` fills the cache; a server loading the model afterwards
     builds nothing."""
-    code = cli_main(["build-engines", "--model", "tiny-random", "--backend", "onnxruntime",
-                     "--cache-dir", str(tmp_path)])
+    import engine.model as engine_model
+
+    def not_exported(*args):
+        raise AssertionError("build-engines loaded a part it never exports")
+
+    with monkeypatch.context() as patch:  # tiny-random's stand-in decoder stays eager: neither part loads
+        patch.setattr(engine_model, "build_text_encoder", not_exported)
+        patch.setattr(engine_model, "build_decoder", not_exported)
+        code = cli_main(["build-engines", "--model", "tiny-random", "--backend", "onnxruntime",
+                         "--cache-dir", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     assert "1 onnxruntime engine(s) ready" in out
@@ -439,17 +447,21 @@ def test_gpu_benchmark_dry_run_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env["PYTHON"] = sys.executable  # gpu.sh finds every package it needs and installs nothing
-    proc = subprocess.run(["sh", str(REPO / "bench" / "gpu.sh"), "--tiny", "--batched-backend", "eager",
-                           "--json", str(out)],
+    proc = subprocess.run(["sh", str(REPO / "bench" / "gpu.sh"), "--tiny", "--json", str(out)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    rows = {(r["backend"], r["sessions"]): r for r in result["rows"]}
-    assert rows[("eager", 1)]["fps"] > 0 and rows[("eager", 1)]["ttff_s"] > 0
-    assert rows[("compile", 1)]["fps"] > 0 and ("tensorrt", 1) in rows
-    batched = {r["sessions"]: r for r in result["rows"] if r["sessions"] > 1 and r["backend"] == "eager"}
-    assert sorted(batched) == [2, 4] and all(r["total_fps"] > 0 and r["mean_batch"] > 1 for r in batched.values())
+    rows = {r["backend"]: r for r in result["rows"] if r["mode"] == "single"}
+    assert rows["eager"]["fps"] > 0 and rows["eager"]["ttff_s"] > 0
+    assert rows["compile-cudagraphs"]["fps"] > 0 and "tensorrt" in rows
+    for backend in ("eager", "compile-cudagraphs"):  # eager, then the fastest compiled backend
+        batched = {r["sessions"]: r for r in result["rows"] if r["mode"] == "batched" and r["backend"] == backend}
+        assert sorted(batched) == [1, 2, 4] and all(r["total_fps"] > 0 for r in batched.values())
+        assert all(batched[n]["mean_batch"] > 1 for n in (2, 4))
     assert "Self-Forcing" in proc.stdout and "fraction of the compute bound" in proc.stdout
+    assert "taehv" in result["decoder"]
+    table = json.loads(proc.stdout.strip().splitlines()[-1])  # the closing JSON table
+    assert [r["backend"] for r in table["rows"]] == [r["backend"] for r in result["rows"]]
     if not tensorrt_installed():
-        assert "TensorRT is not installed" in rows[("tensorrt", 1)]["note"]
+        assert "TensorRT is not installed" in rows["tensorrt"]["note"]
     assert np.isfinite([r["fps"] for r in result["rows"] if r["fps"] is not None]).all()

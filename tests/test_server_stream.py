@@ -99,7 +99,7 @@ def test_update_pause_resume_and_ping(server):
     assert queued["event_id"] == "evt-blue"
     carrying = [m for m, _ in got.media if m["prompt_event_id"] == "evt-blue"]
     assert len(carrying) == 1, "exactly one chunk names the event it took effect in"
-    assert carrying[0]["index"] == queued["at_chunk"]
+    assert carrying[0]["frame"] == queued["at_frame"]
     kinds = [m["type"] for m in got.messages]
     paused, resumed = kinds.index("session.paused"), kinds.index("session.resumed")
     assert "video.chunk" not in kinds[paused:resumed], "media was sent while paused"

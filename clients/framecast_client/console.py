@@ -65,8 +65,9 @@ def run_watch(options: WatchOptions) -> int:
                + (f", ended: {result.done_reason}" if result.done_reason else ""))
     for switch in result.switches:
         summary += (f"\nprompt switch {switch['event_id']} at {switch['video_seconds']:.2f}s -> "
-                    f"{switch['prompt']!r}: queued for chunk {switch['at_chunk']}, "
-                    f"first chunk under it {switch['applied_chunk']}")
+                    f"{switch['prompt']!r}: from frame {switch['at_frame']}, "
+                    + (f"came {switch['latency_s'] * 1000:.0f} ms later" if switch['latency_s'] is not None
+                       else "never came"))
     console.print(summary)
     if options.output:
         if os.path.exists(options.output):

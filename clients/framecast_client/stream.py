@@ -47,7 +47,7 @@ class PromptSwitch:
     event_id: str
     prompt: str
     sent_at: float  # time.monotonic()
-    queued: SessionUpdateQueued  # the server's acknowledgement (at_chunk: where it will apply)
+    queued: SessionUpdateQueued  # the server's acknowledgement (at_frame: the first frame under it)
 
 
 _END = object()
@@ -64,7 +64,8 @@ class Stream:
         self.first_media_at: float | None = None  # first fragment/JPEG carrying frames
         self.stats: SessionStats | None = None
         self.done: SessionDone | None = None
-        self.prompt_events: dict[str, int] = {}  # event_id -> first chunk index generated under it
+        self.prompt_events: dict[str, int] = {}  # event_id -> first stream frame generated under it
+        self.prompt_event_received: dict[str, float] = {}  # event_id -> time.monotonic() its first media came
         self.chunks_received = 0
         self.bytes_received = 0
         self._ws = ws
@@ -137,10 +138,11 @@ class Stream:
         now = time.monotonic()
         if meta.prompt_event_id is not None and meta.prompt_event_id != self._current_event:
             self._current_event = meta.prompt_event_id
-            self.prompt_events.setdefault(meta.prompt_event_id, meta.index)
+            self.prompt_events.setdefault(meta.prompt_event_id, meta.frame)
+            self.prompt_event_received.setdefault(meta.prompt_event_id, now)
             for waiter in self._applied_waiters.pop(meta.prompt_event_id, []):
                 if not waiter.done():
-                    waiter.set_result(meta.index)
+                    waiter.set_result(meta.frame)
         if meta.frames > 0 and self.first_media_at is None:
             self.first_media_at = now
         self.chunks_received += 1
@@ -213,7 +215,8 @@ class Stream:
 
     async def switch_prompt(self, prompt: str, event_id: str | None = None,
                             timeout: float = REPLY_TIMEOUT_S) -> PromptSwitch:
-        """Send session.update; returns once the server has queued it (at the next chunk)."""
+        """Send session.update; returns once the server has made the switch (`queued.at_frame`:
+        the first stream frame under the new prompt)."""
         event_id = event_id or f"evt_{uuid.uuid4().hex[:12]}"
         waiter = asyncio.get_running_loop().create_future()
         self._queued_waiters[event_id] = waiter
@@ -224,7 +227,7 @@ class Stream:
         return PromptSwitch(event_id, prompt, sent_at, queued)
 
     async def wait_applied(self, event_id: str, timeout: float | None = None) -> int:
-        """Chunk index of the first media generated under prompt update `event_id`."""
+        """Stream frame number of the first frame generated under prompt update `event_id`."""
         if event_id in self.prompt_events:
             return self.prompt_events[event_id]
         waiter = asyncio.get_running_loop().create_future()

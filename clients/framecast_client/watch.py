@@ -55,7 +55,7 @@ class WatchResult:
     video_seconds: float
     reconnects: int
     first_frame_s: float | None
-    switches: list[dict] = field(default_factory=list)  # {event_id, prompt, at_chunk, applied_chunk}
+    switches: list[dict] = field(default_factory=list)  # {event_id, prompt, at_frame, applied_frame, latency_s}
     output: str | None = None
     done_reason: str | None = None
     prompt: str = ""  # the prompt in force at the end (a reconnect resumes under it)
@@ -150,16 +150,18 @@ async def _run_session(stream: Stream, options: WatchOptions, result: WatchResul
             result.frames += media.meta.frames
             result.video_seconds = session_offset + media.meta.pts - first_pts + media.meta.frames / fps
             for switch in result.switches:
-                if switch["applied_chunk"] is None and switch["event_id"] in stream.prompt_events:
-                    switch["applied_chunk"] = stream.prompt_events[switch["event_id"]]
+                if switch["applied_frame"] is None and switch["event_id"] in stream.prompt_events:
+                    switch["applied_frame"] = stream.prompt_events[switch["event_id"]]
+                    switch["latency_s"] = round(stream.prompt_event_received[switch["event_id"]] - switch["sent_at"], 3)
             note = None
             while pending and pending[0][0] <= result.video_seconds:
                 _, result.prompt = pending.pop(0)
                 switch = await stream.switch_prompt(result.prompt)
                 result.switches.append({"event_id": switch.event_id, "prompt": result.prompt,
-                                        "at_chunk": switch.queued.at_chunk, "applied_chunk": None,
+                                        "at_frame": switch.queued.at_frame, "applied_frame": None,
+                                        "sent_at": switch.sent_at, "latency_s": None,
                                         "video_seconds": round(result.video_seconds, 3)})
-                note = f"prompt -> {result.prompt!r} (queued for chunk {switch.queued.at_chunk})"
+                note = f"prompt -> {result.prompt!r} (from frame {switch.queued.at_frame})"
             if on_progress is not None:
                 on_progress(WatchProgress(result.video_seconds, result.frames,
                                           meter.add(media.meta.frames, time.monotonic()), stream.latency_ms,

@@ -34,7 +34,7 @@ function freshStats() {
     startSentAt: null, firstChunkAt: null, firstFrameAt: null, firstFrameLatencyMs: null,
     chunksReceived: 0, framesReceived: 0, bytesReceived: 0, framesPainted: 0, framesDropped: 0,
     liveEdgeJumps: 0, serverLatencyMs: null, paintFps: 0,
-    promptSwitches: [],        // {event_id, prompt, sentAt, queuedAt, atChunk, firstChunkIndex, firstChunkAt, firstFrameAt, latencyMs}
+    promptSwitches: [],        // {event_id, prompt, sentAt, queuedAt, atFrame, firstChunkIndex, firstChunkAt, firstFrameAt, latencyMs}
     lastPromptSwitchFirstFrameAt: null, lastPromptSwitchLatencyMs: null,
     recordedBytes: 0, errors: [], closeCode: null, doneReason: null,
   };
@@ -140,7 +140,7 @@ function onControl(msg) {
       break;
     case "session.update.queued": {
       const sw = stats.promptSwitches.find((s) => s.event_id === msg.event_id);
-      if (sw) { sw.queuedAt = performance.now(); sw.atChunk = msg.at_chunk ?? null; }
+      if (sw) { sw.queuedAt = performance.now(); sw.atFrame = msg.at_frame ?? null; }
       break;
     }
     case "session.stats":
@@ -172,7 +172,9 @@ function onMedia(buffer) {
   if (meta.prompt_event_id && meta.prompt_event_id !== currentEventId) {
     currentEventId = meta.prompt_event_id;  // carried forward: later chunks may not repeat it
     const sw = stats.promptSwitches.find((s) => s.event_id === currentEventId);
-    if (sw && sw.firstChunkIndex === undefined) { sw.firstChunkIndex = meta.index; sw.firstChunkAt = performance.now(); }
+    if (sw && sw.firstChunkIndex === undefined) {
+      sw.firstChunkIndex = meta.index; sw.firstFrame = meta.frame; sw.firstChunkAt = performance.now();
+    }
   }
   media.push(meta, buffer, currentEventId);
 }
@@ -226,7 +228,7 @@ function switchPrompt(prompt) {
   if (!ws || ws.readyState !== WebSocket.OPEN || !prompt) return null;
   const eventId = "web_" + Math.random().toString(36).slice(2, 12);
   stats.promptSwitches.push({ event_id: eventId, prompt, sentAt: performance.now(), queuedAt: null,
-                              atChunk: null, firstFrameAt: null, latencyMs: null });
+                              atFrame: null, firstFrameAt: null, latencyMs: null });
   ws.send(JSON.stringify({ type: "session.update", prompt, event_id: eventId }));
   return eventId;
 }

@@ -18,7 +18,7 @@ import torch
 from ..config import DecoderConfig, ModelConfig, SamplerConfig
 from ..errors import CheckpointError
 from . import wan_diffusers
-from .files import read_weights
+from .files import read_weights, save_weights
 from .formats import ALL_FORMATS, DIFFUSERS_FORMAT, FORMATS, StudentFormat
 from .wan_layout import check_original, infer_transformer_config, merge_lora, strip_prefixes, to_diffusers
 
@@ -191,13 +191,11 @@ def _check_output(output: Path, force: bool) -> None:
 def _write(output: Path, config: ModelConfig, state: dict[str, torch.Tensor]) -> None:
     """Weights first through a temporary name, model.json last: a directory with a model.json
     is always complete, even if a conversion is interrupted."""
-    from safetensors.torch import save_file
-
     output.mkdir(parents=True, exist_ok=True)
     (output / "model.json").unlink(missing_ok=True)
     tmp = output / (WEIGHTS_NAME + ".partial")
     tensors = {k: v.contiguous() for k, v in state.items()}
-    save_file(tensors, str(tmp), metadata={"format": "diffusers-wan", "source": config.provenance.get("format", "")})
+    save_weights(tensors, tmp, metadata={"format": "diffusers-wan", "source": config.provenance.get("format", "")})
     os.replace(tmp, output / WEIGHTS_NAME)
     config.save(output / "model.json")
 

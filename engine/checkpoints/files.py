@@ -1,5 +1,6 @@
 """Reading weight files from a user's disk, with a CheckpointError naming the file and
-what is wrong instead of a traceback from deep inside torch or safetensors.
+what is wrong instead of a traceback from deep inside torch or safetensors; and writing
+safetensors that other users can read.
 
 - safetensors: one file, or a directory of shards with a `*.safetensors.index.json`
   (diffusers and transformers both write that layout for large models);
@@ -11,6 +12,7 @@ what is wrong instead of a traceback from deep inside torch or safetensors.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -109,3 +111,25 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
+
+
+def save_weights(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, then the mode any new file gets (0644 under the usual umask
+    022): safetensors writes 0600, and a model converted by one user must be readable by
+    the server's (the GPU image runs as uid 10001)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _umask() -> int:
+    try:  # Linux reports it without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

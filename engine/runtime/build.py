@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..cache import KVCache, policy_class
-from ..config import Runtime
+from ..config import RUNTIMES, Runtime
 from ..errors import InvalidConfig
 from ..step import Stepper
 from . import onnxrt
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[Runtime, ...] = ("eager", "compile", "onnxruntime", "tensorrt")
+BACKENDS = RUNTIMES
 GRAPH_BACKENDS = ("onnxruntime", "tensorrt")
 DEFAULT_MAX_BATCH = 8  # TensorRT profile's largest batch; larger batches run in slices
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -128,6 +128,9 @@ def step_key(model: "StreamModel", options: RuntimeOptions, transformer_hash: st
     model_hash = hashlib.sha256(f"{weights}|{_config_hash(model)}".encode()).hexdigest()
     return EngineKey("step", options.backend, model.name, model_hash, shapes, _precision(model, options),
                      device_name(model.device), _versions(options.backend))
+
+
+EXPORTED_DECODERS = ("shapes_ae",)  # decoder kinds (DecoderConfig.kind) that export; the rest stay eager
 
 
 def exportable_decoder(model: "StreamModel"):

@@ -1,6 +1,7 @@
 """ONNX export of the step function (engine/step.py) and the streaming decoder.
 
-torch's dynamo exporter (torch.export, then ONNX opset 18 with onnxscript's optimiser):
+torch's dynamo exporter (torch.export, then ONNX opset 20, pinned: torch's default in 2.11
+to 2.13, which ONNX Runtime >= 1.17 and TensorRT 10 parse; onnxscript's optimiser):
 the TorchScript exporter cannot translate `aten::rms_norm`, which diffusers' Wan
 attention uses for its q/k norms. The batch axis is dynamic (one graph serves 1..N
 sessions); every other size is fixed by the model config. Attention is exported as
@@ -26,6 +27,7 @@ from ..transformer import CausalWanTransformer
 log = logging.getLogger(__name__)
 
 MAX_EXPORT_BATCH = 64  # upper bound the exporter may assume for the dynamic batch axis
+OPSET = 20
 
 
 def _batch_axis(name: str) -> int:
@@ -60,7 +62,8 @@ def _export(module: nn.Module, kwargs: dict, input_names: list[str], output_name
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(module, (), kwargs=kwargs, input_names=input_names, output_names=output_names,
-                                    dynamic_shapes=dynamic, dynamo=True, optimize=True, verbose=False)
+                                    dynamic_shapes=dynamic, dynamo=True, optimize=True, verbose=False,
+                                    opset_version=OPSET)
     # Weights beside the graph (external data): a 1.3B model is past protobuf's 2 GB.
     program.save(str(path), external_data=True)
 

@@ -1,4 +1,4 @@
-"""WebSocket /v1/realtime/video: one StreamConnection per connection (server/session.py)."""
+"""WebSocket /v1/realtime/video: one WebSocketStream per connection (server/websocket.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from fastapi import APIRouter, WebSocket
 
 from clients.protocol import REALTIME_PATH
 
-from ..session import StreamConnection
+from ..websocket import WebSocketStream
 
 router = APIRouter(tags=["stream"])
 
 
 @router.websocket(REALTIME_PATH)
 async def realtime_video(websocket: WebSocket) -> None:
-    await StreamConnection(websocket, websocket.app.state.server).serve()
+    await WebSocketStream(websocket, websocket.app.state.server).serve()
