@@ -151,8 +151,11 @@ def _eval_model(args: argparse.Namespace, config) -> dict:
 
 
 def _print_summary(report: dict) -> None:
+    intervals = report.get("intervals") or {}
     for name, value in report["summary"].items():
         shown = "n/a" if value is None else f"{value:.3f}"
+        if (interval := intervals.get(name)) is not None:
+            shown += f"  [{interval[0]:.3f}, {interval[1]:.3f}]"
         print(f"{name:22s} {shown}")
     for window in report.get("windows") or []:
         print(f"window {window['start_s']:7.1f}-{window['end_s']:7.1f} s  prompt_accuracy "

@@ -274,7 +274,9 @@ class RewardWeighting:
         if teacher_config.decoder.kind == "shapes_ae":
             from distill.teacher import load_autoencoder
 
-            self.decode = load_autoencoder(teacher_dir).to(par.device).decode
+            # decoder.path is relative to the model dir (export_model copies the autoencoder there)
+            decoder_dir = Path(teacher_dir) / (teacher_config.decoder.path or ".")
+            self.decode = load_autoencoder(decoder_dir).to(par.device).decode
         else:
             from engine.components import build_decoder
 
