@@ -6,6 +6,7 @@ replicated; a two-process checkpoint resumes on one process."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from framecast.cli import main
 from tests.checkpoint_fixtures import tiny_wan_diffusers
+from tests.distill_sharded_worker import student_args
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red ball bouncing on blue background", '{"prompt": "the green square moving left slowly"}',
@@ -44,6 +46,9 @@ def sharded(tmp_path_factory) -> Path:
                  "-o", str(root / "teacher")]) == 0
     (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
     make_standin(root / "reward")
+    # a one-process run to step 3 (safetensors checkpoint); the worker resumes it on two processes
+    assert main(student_args(root / "teacher", root / "prompts.txt", root / "from_single", dmd_iters=1)) == 0
+    shutil.copytree(root / "from_single" / "model", root / "single_at3")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "distill_sharded_worker.py"), str(root / "teacher"), str(root / "prompts.txt"),
@@ -123,6 +128,18 @@ def test_a_two_process_checkpoint_resumes_on_one_process(sharded, tmp_path):
     logged = metrics(sharded / "stopped")
     assert [m["step"] for m in logged if m["step"] > 3 and "loss/dmd" in m] == [4, 5]
     assert (sharded / "stopped" / "checkpoint-0000005.safetensors").is_file()
+
+
+def test_a_one_process_checkpoint_resumes_on_two_processes(sharded):
+    """The safetensors checkpoint of a one-process run, loaded into sharded networks: resumed
+    at its last step the two processes export exactly what the one did; run on, they train
+    and write a sharded checkpoint."""
+    single, two = weights(sharded / "single_at3"), weights(sharded / "from_single_at3")
+    for key in single:
+        torch.testing.assert_close(two[key], single[key], atol=0, rtol=0)
+    logged = metrics(sharded / "from_single")
+    assert [m["step"] for m in logged if m["step"] > 3 and "loss/dmd" in m] == [4, 5]
+    assert len(list((sharded / "from_single" / "checkpoint-0000005").glob("*.distcp"))) == 2
 
 
 def test_stream_r1_with_a_sharded_pretrained_reward(sharded):
