@@ -130,15 +130,20 @@ def place_reward(reward: nn.Module, par: Parallel) -> nn.Module:
     """A reward model on the device. A pretrained vision-language backbone (billions of
     parameters) is sharded like the transformer, per layer of each of its stacks; the small
     Shapes reward is kept whole by every process."""
+    from distill.rewards.pretrained import PretrainedVideoReward
+
     reward.to(par.device)
-    backbone = getattr(reward, "backbone", None)
-    if par.sharded and backbone is not None:
+    if par.sharded and isinstance(reward, PretrainedVideoReward):
         from torch.distributed.fsdp import fully_shard
 
-        for stack in [m for m in backbone.modules() if isinstance(m, nn.ModuleList)]:
-            for layer in stack:
+        stacks: list[str] = []  # the outermost ModuleLists (the vision blocks, the language layers)
+        for name, module in reward.backbone.named_modules():
+            if isinstance(module, nn.ModuleList) and not any(name.startswith(s + ".") for s in stacks):
+                stacks.append(name)
+        for name in stacks:
+            for layer in reward.backbone.get_submodule(name):
                 fully_shard(layer, mesh=par.mesh)
-        fully_shard(backbone, mesh=par.mesh)
+        fully_shard(reward.backbone, mesh=par.mesh)
     return reward
 
 
