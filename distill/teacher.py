@@ -1,8 +1,9 @@
 """The bidirectional teacher: the shared transformer with full attention, trained by flow
-matching on Shapes latents with caption dropout (for classifier-free guidance), and its
-50-step guided sampler.
+matching on Shapes latents (or latents of your own videos) with caption dropout (for
+classifier-free guidance), and its 50-step guided sampler.
 
     framecast distill teacher --preset shapes --autoencoder DIR --run-dir runs/teacher
+    framecast distill teacher --preset shapes --autoencoder DIR --data my-videos/   # + captions.jsonl
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelCo
                            TextEncoderConfig, TransformerConfig)
 from engine.transformer import CausalWanTransformer, build_transformer
 
-from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, autocast, run_to_json,
-                     step_generator)
+from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
+                     autocast, run_to_json, step_generator)
 from .losses import add_noise, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over
@@ -61,6 +62,8 @@ TINY_MODEL = ModelConfig(
 class TeacherRun:
     model: ModelConfig = SHAPES_MODEL
     autoencoder: str = "engine/models/shapes-default"  # directory with autoencoder.json/.safetensors
+    data: str | None = None  # a folder of your videos with captions.jsonl (distill/data/video_folder.py);
+    #                          None: the Shapes world
     latent_frames: int = 6  # clip length in latent frames (x4 video frames)
     batch_size: int = 8
     # Clips rendered and encoded once, then drawn with random paraphrases (0: new clips
@@ -127,8 +130,12 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     autoencoder = load_autoencoder(run.autoencoder)
     captions = CaptionCache(build_text_encoder_for(run.model))
     lat = run.model.latent
-    data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
-                         int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
+    if run.data is None:
+        data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
+                             int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
+    else:
+        data = VideoFolderLatents(autoencoder, run.data, run.latent_frames, run.batch_size, run.seed, lat.height,
+                                  lat.width, lat.fps, pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
     attention = model.full_attention(run.latent_frames)
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir)
@@ -177,22 +184,26 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     metrics.close()
 
     out_dir = out_dir or run_dir / "model"
-    export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher")
+    export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher",
+                 data=f"videos and captions.jsonl of {run.data}" if run.data else None)
     return TrainResult(out_dir, step, time.time() - start, all_losses)
 
 
 def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module, out_dir: Path, seconds: float,
-                 stage: str) -> None:
-    """A self-contained model dir: model.json (config + provenance), transformer, autoencoder."""
+                 stage: str, data: str | None = None) -> None:
+    """A self-contained model dir: model.json (config + provenance), transformer, and the
+    autoencoder's files when the model has its own (a Wan model refers to its VAE's folder)."""
     from engine.model import save_model
 
     run_fields = {k: v for k, v in run_to_json(run).items() if k != "model"}
     provenance = {"stage": stage, "command": " ".join(["framecast"] + sys.argv[1:]),
-                  "data": "Shapes world (distill/data/shapes.py), generated on the fly",
+                  "data": data or "Shapes world (distill/data/shapes.py), generated on the fly",
                   "run": run_fields,
                   "train_seconds_last_invocation": round(seconds)}
     config = run.model.model_copy(update={"provenance": provenance})
     save_model(out_dir, config, transformer)
+    if config.decoder.kind != "shapes_ae":
+        return
     for name in ("autoencoder.json", "autoencoder.safetensors"):
         src = Path(autoencoder_dir) / name
         if src.resolve() != (out_dir / name).resolve():
@@ -211,8 +222,9 @@ def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_
     (noise levels s), also the states x_s on the way (for the student's ODE init)."""
     guidance = config.guidance_scale if guidance is None else guidance
     lat = config.latent
-    b = text_feats.shape[0]
-    x = torch.randn((b, lat.channels, latent_frames, lat.latent_height, lat.latent_width), generator=generator)
+    b, device = text_feats.shape[0], text_feats.device
+    x = torch.randn((b, lat.channels, latent_frames, lat.latent_height, lat.latent_width), generator=generator,
+                    device=generator.device if generator is not None else device)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=config.sampler.shift)
     scheduler.set_timesteps(steps)
     cond = transformer.embed_text(text_feats)
@@ -222,7 +234,7 @@ def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_
     trajectory: list[torch.Tensor] = []
     for i, t in enumerate(scheduler.timesteps):
         sigma, sigma_next = float(scheduler.sigmas[i]), float(scheduler.sigmas[i + 1])
-        tt = t.expand(b)
+        tt = t.to(device).expand(b)
         if guidance == 1.0:
             v = transformer.denoise(x, tt, cond, attention)
         else:
