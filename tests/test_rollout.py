@@ -86,3 +86,18 @@ def test_activation_checkpointing_recomputes_what_the_rollout_forward_read(polic
     torch.testing.assert_close(gradient(checkpointing=True), plain, atol=1e-6, rtol=1e-5)
     monkeypatch.setattr(parallel, "frozen_context", lambda mode, layer: mode)
     assert (gradient(checkpointing=True) - plain).abs().max() > 1e-4
+
+
+def test_a_linear_state_rollout_backpropagates_across_evictions():
+    """The linear-state readout reads a state that later chunks' evictions update in place;
+    the gradient forward must keep its own copy (autograd failed on it before)."""
+    model = tiny_model(policy="linear_state", sink_frames=1, window_frames=2)
+    student = model.transformer.train()
+    with torch.no_grad():
+        for block in student.blocks:
+            block.attn1.temporal_state_out.weight.normal_(0, 0.1)
+    out = rollout(student, model.config, model.context_for(PROMPT), 4, torch.Generator().manual_seed(0),
+                  grad=True, exit_steps=[1, 2, 0, 3])
+    out.latents.square().mean().backward()
+    readout = student.blocks[0].attn1.temporal_state_out.weight.grad
+    assert readout is not None and readout.abs().sum() > 0  # the state took part, and trained
