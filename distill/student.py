@@ -113,9 +113,12 @@ class StudentRun:
 
 
 PRESETS: dict[str, StudentRun] = {
-    # ~15 min on 2 idle CPU cores: 256 teacher trajectories, 800 ODE steps, 150 DMD steps.
-    "shapes": StudentRun(ode_pairs=256, ode_teacher_steps=20, ode_iters=800, ode_batch=8, ode_lr=5e-4,
-                         dmd_iters=150, lr_generator=5e-5),
+    # 512 teacher trajectories of 24 steps, 2000 ODE steps of 8, then 400 DMD steps on 9-frame
+    # rollouts (3 chunks: eviction starts), a quarter of them switching prompts before chunk 1 or
+    # 2 and judged after the switch. bf16 forwards throughout.
+    "shapes": StudentRun(ode_pairs=512, ode_teacher_steps=24, ode_iters=2000, ode_batch=8, ode_lr=5e-4,
+                         dmd_iters=400, rollout_frames=9, switch_prob=0.25, lr_generator=5e-5, autocast=True,
+                         ckpt_every=100),
     "tiny": StudentRun(model=TINY_STUDENT, latent_frames=2, ode_pairs=4, ode_teacher_steps=4, ode_iters=12,
                        ode_batch=2, ode_lr=2e-3, dmd_iters=4, batch_size=2, critic_ratio=2, lr_generator=1e-3,
                        lr_critic=1e-3, log_every=2, ckpt_every=4, ema_decay=0.5),
