@@ -1,12 +1,14 @@
-"""Teacher vs student, side by side, with the project's evaluator.
+"""Teacher vs student, side by side, with the project's evaluator, on a named prompt set.
 
-Scores (prompt accuracy and the rest) for: ground truth through the autoencoder, the
-teacher at 50 steps, the student at 4 steps, the student with a diagonal 4-3-2
+Scores (every accuracy with its 95 % bootstrap interval over prompts x seeds) for any of:
+ground truth through the autoencoder (standard set only: its scenes are known), the
+teacher at 50 guided steps, the student at 4 steps, the student with a diagonal 4-3-2
 schedule; the speed of each per second of video, measured in this one run; the
-student's streaming real-time factor; drift at minute 5 of one stream against its
-first 10 s.
+student's streaming real-time factor; drift: prompt accuracy in the last 10 s of minute
+N of a stream against its first 10 s, over several prompts.
 
-    python bench/distill_eval.py --teacher runs/teacher/model --student engine/models/shapes-default
+    python bench/distill_eval.py --teacher runs/teacher/model --set heldout --seeds 2
+    python bench/distill_eval.py --teacher runs/teacher/model --only student --drift-prompts 8
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+SHOWN = ("prompt_accuracy", "colour_accuracy", "shape_accuracy", "motion_accuracy", "background_accuracy",
+         "contrast_accuracy", "count_accuracy", "all_correct", "smoothness")
 
-def timed(generate):
+
+def timed(generate, fps: float):
     """Wrap generate(prompt, seconds, seed) to add up wall time and video seconds."""
     stats = {"wall": 0.0, "video_s": 0.0}
 
@@ -28,16 +33,16 @@ def timed(generate):
         t0 = time.perf_counter()
         frames = generate(prompt, seconds, seed)
         stats["wall"] += time.perf_counter() - t0
-        stats["video_s"] += len(frames) / 16.0
+        stats["video_s"] += len(frames) / fps
         return frames
 
     return run, stats
 
 
-def ground_truth_generator(model_dir: Path, seconds_default: float):
+def ground_truth_generator(model_dir: Path):
     """Shapes clips of each standard prompt's own scene, through the model's autoencoder."""
-    from distill.eval import standard_prompts, standard_scenes
     from distill.data.shapes import ShapesWorld
+    from distill.eval import standard_prompts, standard_scenes
     from engine.autoencoder import ShapesAutoencoder
     from engine.session import to_uint8_frames
 
@@ -54,88 +59,118 @@ def ground_truth_generator(model_dir: Path, seconds_default: float):
     return generate
 
 
+def drift(model, prompts: list[str], minutes: float) -> dict:
+    """Prompt accuracy of the first 10 s and of the last 10 s of minute `minutes`, per prompt."""
+    from distill.eval import evaluate_frames
+    from distill.eval.report import bootstrap_interval
+
+    need, ten = int(minutes * 60 * model.fps), int(10 * model.fps)
+    first, last = [], []
+    for i, prompt in enumerate(prompts):
+        session = model.open_session(prompt, seed=i)
+        head, frames, made = None, None, 0
+        while made < need:
+            chunk = session.next_chunk().frames
+            made += len(chunk)
+            if head is None or len(head) < ten:
+                head = chunk if head is None else np.concatenate([head, chunk])
+            frames = chunk if frames is None else np.concatenate([frames, chunk])[-ten:]  # only the tail is kept
+        first.append(evaluate_frames(head[:ten], prompt, fps=model.fps)["prompt_accuracy"])
+        last.append(evaluate_frames(frames[-ten:], prompt, fps=model.fps)["prompt_accuracy"])
+        print(f"drift {i + 1}/{len(prompts)}: {first[-1]:.3f} -> {last[-1]:.3f}  {prompt!r}", flush=True)
+    return {"minutes": minutes, "prompts": prompts, "first_10s": float(np.mean(first)),
+            "last_10s": float(np.mean(last)), "first_10s_interval": bootstrap_interval(first),
+            "last_10s_interval": bootstrap_interval(last), "per_prompt": list(zip(first, last))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", required=True, help="teacher model dir")
+    ap.add_argument("--teacher", help="teacher model dir (needed for the teacher row)")
     ap.add_argument("--student", default="engine/models/shapes-default", help="student model dir")
-    ap.add_argument("--prompts", type=int, default=16, help="how many of the standard prompts")
+    ap.add_argument("--set", default="standard", help="named prompt set: standard or heldout")
+    ap.add_argument("--prompts", type=int, default=None, help="only the first N prompts of the set")
     ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     ap.add_argument("--seconds", type=float, default=1.5, help="clip length scored (the teacher's clip length)")
+    ap.add_argument("--only", default="gt,teacher,student,diagonal",
+                    help="comma-separated rows: gt (standard set only), teacher, student, diagonal")
     ap.add_argument("--teacher-steps", type=int, default=50, help="teacher sampling steps")
-    ap.add_argument("--drift-minutes", type=float, default=5.0, help="length of the drift stream (0 to skip)")
+    ap.add_argument("--guidance", type=float, default=None, help="teacher guidance (default: its config's)")
+    ap.add_argument("--drift-prompts", type=int, default=0, help="prompts streamed for the drift figure (0: none)")
+    ap.add_argument("--drift-minutes", type=float, default=5.0, help="how long each drift stream runs")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="runs/distill_eval", help="reports, plots and sample grids go here")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    from distill.eval import evaluate_frames, evaluate_generator, standard_prompts
-    from distill.teacher import TeacherGenerator
+    from distill.eval import PROMPT_SETS, evaluate_generator
     from engine import load_model
     from engine.model import StreamModel
 
-    out = Path(args.out)
+    out = Path(args.out) / args.set
     out.mkdir(parents=True, exist_ok=True)
-    prompts = list(standard_prompts())[: args.prompts]
+    prompts = PROMPT_SETS[args.set]()[: args.prompts]
+    rows_wanted = args.only.split(",")
     student = load_model(args.student)
-    sampler = student.config.sampler.model_copy(update={"steps_per_chunk": (4, 3, 2)})
-    diagonal = StreamModel(student.config.model_copy(update={"sampler": sampler}), student.transformer,
-                           student.text_encoder, student.decoder, student.model_dir)
-    teacher = TeacherGenerator(args.teacher, steps=args.teacher_steps)
+    contenders = {}
+    if "gt" in rows_wanted and args.set == "standard":
+        contenders["ground truth via AE"] = ground_truth_generator(Path(args.student))
+    if "teacher" in rows_wanted and args.teacher:
+        from distill.teacher import TeacherGenerator
 
-    contenders = {
-        "ground truth via AE": ground_truth_generator(Path(args.student), args.seconds),
-        f"teacher {args.teacher_steps} steps": teacher.generate,
-        "student 4 steps": student.generate_clip,
-        "student diagonal 4-3-2": diagonal.generate_clip,
-    }
+        contenders[f"teacher {args.teacher_steps} steps"] = TeacherGenerator(
+            args.teacher, steps=args.teacher_steps, guidance=args.guidance).generate
+    if "student" in rows_wanted:
+        contenders["student 4 steps"] = student.generate_clip
+    if "diagonal" in rows_wanted:
+        sampler = student.config.sampler.model_copy(update={"steps_per_chunk": (4, 3, 2)})
+        diagonal = StreamModel(student.config.model_copy(update={"sampler": sampler}), student.transformer,
+                               student.text_encoder, student.decoder, student.model_dir)
+        contenders["student diagonal 4-3-2"] = diagonal.generate_clip
+
     rows = {}
     for name, generate in contenders.items():
-        run, stats = timed(generate)
-        report = evaluate_generator(run, prompts, args.seeds, args.seconds, fps=16,
+        run, stats = timed(generate, student.fps)
+        report = evaluate_generator(run, prompts, args.seeds, args.seconds, fps=student.fps,
                                     out_dir=out / name.replace(" ", "_"))
-        rows[name] = {**report["summary"], "seconds_per_video_second": stats["wall"] / max(stats["video_s"], 1e-9)}
-        print(f"{name}: prompt accuracy {report['summary']['prompt_accuracy']:.3f}", flush=True)
+        rows[name] = {"summary": report["summary"], "intervals": report["intervals"],
+                      "seconds_per_video_second": stats["wall"] / max(stats["video_s"], 1e-9)}
+        print(f"{name}: prompt accuracy {report['summary']['prompt_accuracy']:.3f} "
+              f"{report['intervals']['prompt_accuracy']}", flush=True)
 
     # Streaming real-time factor (seconds of video per wall second), first chunk excluded.
     session = student.open_session(prompts[0], seed=0)
     session.next_chunk()
     t0 = time.perf_counter()
-    chunks = 24
+    chunks = 16
     for _ in range(chunks):
         session.next_chunk()
     rtf = chunks * student.frames_per_chunk / student.fps / (time.perf_counter() - t0)
+    drifted = drift(student, prompts[: args.drift_prompts], args.drift_minutes) if args.drift_prompts else None
 
-    drift = None
-    if args.drift_minutes > 0:
-        session = student.open_session(prompts[0], seed=1)
-        need = int(args.drift_minutes * 60 * student.fps)
-        frames = []
-        while sum(len(f) for f in frames) < need:
-            frames.append(session.next_chunk().frames)
-        video = np.concatenate(frames)[:need]
-        first = evaluate_frames(video[: int(10 * student.fps)], prompts[0], fps=student.fps)
-        last = evaluate_frames(video[-int(10 * student.fps):], prompts[0], fps=student.fps)
-        drift = {"prompt": prompts[0], "first_10s": {k: first[k] for k in ("prompt_accuracy", "stability",
-                                                                            "background_stability", "flicker")},
-                 f"minute_{args.drift_minutes:g}_last_10s": {k: last[k] for k in ("prompt_accuracy", "stability",
-                                                                                   "background_stability", "flicker")}}
-
-    t_name, s_name = f"teacher {args.teacher_steps} steps", "student 4 steps"
-    speedup = rows[t_name]["seconds_per_video_second"] / rows[s_name]["seconds_per_video_second"]
-    print()
-    print(f"{'':26} {'prompt acc':>10} {'colour':>7} {'shape':>7} {'motion':>7} {'smooth':>7} {'flicker':>8} "
-          f"{'s/video s':>10}")
-    for name, r in rows.items():
-        print(f"{name:26} {r['prompt_accuracy']:10.3f} {r['colour_accuracy']:7.3f} {r['shape_accuracy']:7.3f} "
-              f"{r['motion_accuracy']:7.3f} {r['smoothness']:7.3f} {r['flicker']:8.4f} "
-              f"{r['seconds_per_video_second']:10.3f}")
-    ratio = rows[s_name]["prompt_accuracy"] / max(rows[t_name]["prompt_accuracy"], 1e-9)
-    print(f"student / teacher prompt accuracy: {ratio:.2f}; speed student vs teacher per second of video: "
-          f"{speedup:.1f}x; streaming real-time factor {rtf:.2f} at {student.fps:g} fps, "
-          f"{student.width}x{student.height}, torch threads {torch.get_num_threads()}")
-    if drift:
-        print(f"drift ({drift['prompt']!r}): first 10 s {drift['first_10s']}, last 10 s of minute "
-              f"{args.drift_minutes:g}: {drift[f'minute_{args.drift_minutes:g}_last_10s']}")
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "speedup": speedup, "rtf": rtf, "drift": drift,
-                                                  "accuracy_ratio": ratio}, indent=2))
+    print(f"\n{args.set} set: {len(prompts)} prompts x {args.seeds} seeds, {args.seconds:g} s clips; "
+          "mean [95 % bootstrap interval]")
+    for name, row in rows.items():
+        print(f"  {name}  ({row['seconds_per_video_second']:.3f} s per video s)")
+        for metric in SHOWN:
+            value, interval = row["summary"].get(metric), row["intervals"].get(metric)
+            if value is not None:
+                span = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+                print(f"    {metric:20s} {value:.3f} {span}")
+    names = list(rows)
+    teacher = next((n for n in names if n.startswith("teacher")), None)
+    if teacher and "student 4 steps" in rows:
+        ratio = rows["student 4 steps"]["summary"]["prompt_accuracy"] / max(rows[teacher]["summary"]["prompt_accuracy"], 1e-9)
+        speed = rows[teacher]["seconds_per_video_second"] / rows["student 4 steps"]["seconds_per_video_second"]
+        print(f"  student / teacher prompt accuracy {ratio:.3f}; student {speed:.1f}x faster per video second")
+    print(f"  streaming real-time factor {rtf:.2f} at {student.fps:g} fps {student.width}x{student.height}, "
+          f"torch threads {torch.get_num_threads()}, backend {student.step_fn.backend}")
+    if drifted:
+        print(f"  drift over {len(drifted['prompts'])} prompts: first 10 s {drifted['first_10s']:.3f} "
+              f"{drifted['first_10s_interval']}, last 10 s of minute {args.drift_minutes:g} "
+              f"{drifted['last_10s']:.3f} {drifted['last_10s_interval']}")
+    (out / "summary.json").write_text(json.dumps({"set": args.set, "rows": rows, "rtf": rtf, "drift": drifted},
+                                                 indent=2))
 
 
 if __name__ == "__main__":

@@ -312,20 +312,11 @@ def metric(server: ServerProcess, name: str) -> float:
 
 
 def non_reading_client(port: int, seed: int) -> socket.socket:
-    """Sends session.start over a raw socket with a small receive buffer and never reads."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /v1/realtime/video HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(1)
-    payload, mask = start_message(36000, seed).encode(), os.urandom(4)
-    sock.sendall(bytes([0x81, 0x80 | 126]) + struct.pack(">H", len(payload)) + mask
-                 + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-    return sock
+    """Sends session.start over a raw socket with a small receive buffer and never reads
+    (the tests' stalled client: client libraries keep reading into their own buffers)."""
+    from tests.server_fixtures import stalled_client
+
+    return stalled_client(port, json.loads(start_message(36000, seed)))
 
 
 async def evictions(server: ServerProcess, clients: int, stall_s: float) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from clients.cli import CommandError
+from framecast import CommandError
 
 EXIT_CODES = """exit codes:
   0    ok

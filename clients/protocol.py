@@ -1,6 +1,7 @@
 """Framecast wire protocol: every message the server and its clients exchange.
 
-Defined once, here, in pure pydantic (no torch, nothing else of the project), and
+Defined once, here, in pure pydantic (no torch; of the project only the shared input
+limits of `framecast`), and
 imported by the server and by the Python client alike. The shapes follow the
 conventions users already know from OpenAI's Realtime and Videos APIs: JSON text
 messages with a ``type`` literal for control, binary WebSocket messages for media.
@@ -33,13 +34,13 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
+from framecast import MAX_PROMPT_CHARS, MAX_SEED
+
 PROTOCOL_VERSION = "1"
 REALTIME_PATH = "/v1/realtime/video"
 WEBRTC_PATH = "/v1/realtime/webrtc"
 START_TIMEOUT_S = 10.0
-MAX_PROMPT_CHARS = 1000
 MAX_MESSAGE_BYTES = 64 * 1024
-MAX_SEED = 2**63 - 1
 # Browsers cannot set headers on a WebSocket, and a key in the URL ends up in logs and
 # history: a browser offers both subprotocols, `new WebSocket(url, [SUBPROTOCOL,
 # api_key_subprotocol(key)])`, and the server selects SUBPROTOCOL (never echoing the key).

@@ -5,6 +5,11 @@ Variants: DMD, Re-DMD with the EMA sink (Reward Forcing), Stream-R1, and each of
 with diagonal distillation (4-3-2 steps, partially denoised context, trained so).
 Columns: prompt accuracy, motion smoothness, flicker, drift at minute N, frames per
 second and real-time factor. Writes report.json, report.md and drift.png.
+
+Any teacher works (`--teacher` a converted Wan2.1 too, the students following it, and
+`--train-prompts FILE`); the evaluator's accuracy columns judge Shapes scenes, so for a
+real-video teacher only fps, real-time factor and the training curves mean something.
+Under torchrun every process trains each variant (sharded), then process 0 evaluates.
 """
 
 from __future__ import annotations
@@ -29,8 +34,18 @@ def variant_run(base, name: str, init_from: str):
     if diag:
         model = model.model_copy(update={"sampler": model.sampler.model_copy(
             update={"steps_per_chunk": (4, 3, 2), "refresh_context": False})})
-    model = model.model_copy(update={"name": f"shapes-{name}"})
+    stem = "shapes" if base.model.name == "shapes-default" else base.model.name
+    model = model.model_copy(update={"name": f"{stem}-{name}"})
     return dataclasses.replace(base, model=model, method=method, init_from=init_from, ode_iters=0)
+
+
+def trained(model_dir: Path) -> bool:
+    """Whether model_dir holds a model, as every process sees it (rank 0 exports: wait for it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+    return (model_dir / "model.json").is_file()
 
 
 def stream_figures(model, prompt: str, minutes: float, window_s: float = 10.0) -> dict:
@@ -58,6 +73,8 @@ def stream_figures(model, prompt: str, minutes: float, window_s: float = 10.0) -
 
 def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts: int, seeds: int,
                  seconds: float, drift_minutes: float, threads: int = 0) -> dict:
+    import torch.distributed as dist
+
     from distill.eval import evaluate_generator, standard_prompts
     from distill.student import train_student
     from engine import load_model
@@ -66,23 +83,25 @@ def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts
     # --- the shared start: ODE initialisation only ------------------------------------------
     init = dataclasses.replace(base, teacher=teacher, dmd_iters=0)
     init_dir = run_dir / "ode_init" / "model"
-    if not (init_dir / "model.json").is_file():
+    if not trained(init_dir):
         train_student(init, run_dir / "ode_init", init_dir, threads)
     # --- each variant: the same DMD budget from there ---------------------------------------------
-    prompt_set = list(standard_prompts())[:prompts]
-    rows = {}
     # The shared start is a row too: what the ODE initialisation alone gives, so each
     # variant's row shows what its DMD stage added (or cost).
-    for name in [START] + list(variants):
-        if name == START:
-            out = init_dir
-        else:
-            run = variant_run(dataclasses.replace(base, teacher=teacher), name, str(init_dir))
-            out = run_dir / name / "model"
-        if not (out / "model.json").is_file():
+    outs = {START: init_dir}
+    for name in variants:
+        run = variant_run(dataclasses.replace(base, teacher=teacher), name, str(init_dir))
+        outs[name] = run_dir / name / "model"
+        if not trained(outs[name]):
             t0 = time.perf_counter()
-            train_student(run, run_dir / name, out, threads)
-            (run_dir / name / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
+            if train_student(run, run_dir / name, outs[name], threads).out_dir is not None:
+                (run_dir / name / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return {}
+    # --- evaluate each (one process) ----------------------------------------------------------
+    prompt_set = list(standard_prompts())[:prompts]
+    rows = {}
+    for name, out in outs.items():
         model = load_model(str(out))
         report = evaluate_generator(model.generate_clip, prompt_set, seeds, seconds, out_dir=out.parent / "eval",
                                     fps=model.fps)

@@ -49,7 +49,7 @@ def _config(args: argparse.Namespace):
 
 
 def _switches(items: list[str]) -> list[tuple[float, str]]:
-    from clients.cli import CommandError
+    from framecast import CommandError
 
     out = []
     for item in items:
@@ -65,7 +65,7 @@ def _switches(items: list[str]) -> list[tuple[float, str]]:
 
 
 def _read_prompts(spec: str, limit: int | None) -> list[str]:
-    from clients.cli import CommandError
+    from framecast import CommandError
     from distill.eval.prompts import PROMPT_SETS
 
     if spec in PROMPT_SETS:
@@ -87,7 +87,7 @@ def _read_prompts(spec: str, limit: int | None) -> list[str]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from clients.cli import CommandError
+    from framecast import CommandError
 
     config = _config(args)
     if args.video:
@@ -110,7 +110,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def _eval_video(args: argparse.Namespace, config) -> dict:
     import numpy as np
 
-    from clients.cli import CommandError
+    from framecast import CommandError
     from distill.data.video_folder import VideoDecodeError
     from distill.eval.evaluate import METRICS, evaluate_frames
     from distill.eval.media import read_video
@@ -134,7 +134,7 @@ def _eval_video(args: argparse.Namespace, config) -> dict:
 
 
 def _eval_model(args: argparse.Namespace, config) -> dict:
-    from clients.cli import CommandError
+    from framecast import CommandError
     from distill.eval.report import evaluate_generator
 
     try:
@@ -151,8 +151,11 @@ def _eval_model(args: argparse.Namespace, config) -> dict:
 
 
 def _print_summary(report: dict) -> None:
+    intervals = report.get("intervals") or {}
     for name, value in report["summary"].items():
         shown = "n/a" if value is None else f"{value:.3f}"
+        if (interval := intervals.get(name)) is not None:
+            shown += f"  [{interval[0]:.3f}, {interval[1]:.3f}]"
         print(f"{name:22s} {shown}")
     for window in report.get("windows") or []:
         print(f"window {window['start_s']:7.1f}-{window['end_s']:7.1f} s  prompt_accuracy "

@@ -1,5 +1,6 @@
 """Pieces every training run shares: checkpoints in safetensors + JSON (never pickle),
-resume by re-running, weight EMA, cached caption embeddings, and Shapes latent batches."""
+resume by re-running, weight EMA, cached caption embeddings, and latent batches of the
+Shapes world or of a folder of videos."""
 
 from __future__ import annotations
 
@@ -130,11 +131,12 @@ def warmup_cosine_lr(lr: float, step: int, warmup: int, steps: int, final_fracti
     return lr * (final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """A generator seeded from (seed, step, rank): a resumed run draws what an
-    uninterrupted one would have drawn at that step."""
-    mixed = int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0]) % 2**63
-    return torch.Generator().manual_seed(mixed)
+def step_generator(seed: int, step: int, rank: int = 0, stream: tuple[int, ...] = (),
+                   device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from (seed, step, rank, *stream): a resumed run draws what an
+    uninterrupted one would have drawn at that step. On `device`, for drawing there."""
+    mixed = int(np.random.SeedSequence([seed, step, rank, *stream]).generate_state(1, np.uint64)[0]) % 2**63
+    return torch.Generator(device=device).manual_seed(mixed)
 
 
 class MetricsLog:
@@ -190,42 +192,39 @@ class CaptionCache:
         missing = [c for c in dict.fromkeys(captions) if c not in self._cache]
         if missing:
             for caption, feats in zip(missing, self.encoder.encode(missing)):
-                self._cache[caption] = feats
+                self._cache[caption] = feats.cpu()  # kept in host memory, whatever device encodes
             while len(self._cache) > self.size:
                 self._cache.popitem(last=False)
         return torch.stack([self._cache[c] for c in captions])
 
 
-# --- Shapes latents ------------------------------------------------------------------------
+# --- latent batches: the Shapes world or a folder of videos --------------------------------------
 
-class ShapesLatents:
-    """Deterministic batches of (latents, captions) for a training step: clip seeds derive
-    from (seed, step), so a resumed run sees the data it would have seen.
+class ClipLatents:
+    """Deterministic batches of (latents, captions) for a training step: clips derive from
+    (seed, step), so a resumed run sees the data it would have seen. Subclasses say where
+    clips come from (`clips`).
 
     With `pool_size` > 0 the clips are rendered and encoded once (a pool, saved under
     `cache_dir` so a resumed run does not encode again) and each step draws clips from it
     with a random paraphrase of each caption: the autoencoder's encoder then costs nothing
     per step, which on 2 CPU cores more than doubles the teacher's steps per second."""
 
-    def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, height: int = 128,
-                 width: int = 128, fps: int = 16, max_start_frame: int = 480, pool_size: int = 0,
-                 cache_dir: str | Path | None = None, progress: bool = True):
-        from distill.data.shapes import ShapesConfig, ShapesWorld
+    pool_name = "latent-pool"
 
-        self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps))
+    def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, pool_size: int = 0,
+                 cache_dir: str | Path | None = None, progress: bool = True):
         self.autoencoder = autoencoder
         self.frames = latent_frames * autoencoder.config.temporal_compression
-        self.batch_size, self.seed, self.max_start = batch_size, seed, max_start_frame
+        self.batch_size, self.seed = batch_size, seed
         self.pool: torch.Tensor | None = None  # [N, C, F, h, w]
         self.pool_captions: list[list[str]] = []
         if pool_size > 0:
             self._build_pool(pool_size, Path(cache_dir) if cache_dir else None, progress)
 
-    def clips(self, step: int, stream: tuple[int, ...] = ()):
-        rng = np.random.default_rng([self.seed, *stream, step])
-        seeds = rng.integers(0, 2**62, size=self.batch_size)
-        starts = rng.integers(0, self.max_start + 1, size=self.batch_size)
-        return [self.world.sample(int(s), self.frames, int(o)) for s, o in zip(seeds, starts)]
+    def clips(self, step: int, stream: tuple[int, ...] = ()) -> list:
+        """batch_size clips (objects with uint8 `frames` [T, H, W, 3], `caption`, `captions`)."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def encode(self, clips) -> torch.Tensor:
@@ -246,7 +245,7 @@ class ShapesLatents:
     def _build_pool(self, size: int, cache_dir: Path | None, progress: bool) -> None:
         from tqdm import tqdm
 
-        file = cache_dir / f"latent-pool-{self.seed}-{size}x{self.frames}.safetensors" if cache_dir else None
+        file = cache_dir / f"{self.pool_name}-{self.seed}-{size}x{self.frames}.safetensors" if cache_dir else None
         if file is not None and file.is_file():
             self.pool = load_file(file)["latents"]
             self.pool_captions = json.loads(file.with_suffix(".json").read_text())
@@ -265,3 +264,40 @@ class ShapesLatents:
             file.parent.mkdir(parents=True, exist_ok=True)
             save_file({"latents": self.pool}, file)
             file.with_suffix(".json").write_text(json.dumps(captions))
+
+
+class ShapesLatents(ClipLatents):
+    """Clips of the procedural Shapes world: windows of random scenes' streams."""
+
+    def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, height: int = 128,
+                 width: int = 128, fps: int = 16, max_start_frame: int = 480, pool_size: int = 0,
+                 cache_dir: str | Path | None = None, progress: bool = True):
+        from distill.data.shapes import ShapesConfig, ShapesWorld
+
+        self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps))
+        self.max_start = max_start_frame
+        super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress)
+
+    def clips(self, step: int, stream: tuple[int, ...] = ()):
+        rng = np.random.default_rng([self.seed, *stream, step])
+        seeds = rng.integers(0, 2**62, size=self.batch_size)
+        starts = rng.integers(0, self.max_start + 1, size=self.batch_size)
+        return [self.world.sample(int(s), self.frames, int(o)) for s, o in zip(seeds, starts)]
+
+
+class VideoFolderLatents(ClipLatents):
+    """Clips of a folder of your own videos with a captions.jsonl (distill/data/video_folder.py)."""
+
+    pool_name = "latent-pool-videos"
+
+    def __init__(self, autoencoder, folder: str | Path, latent_frames: int, batch_size: int, seed: int,
+                 height: int = 128, width: int = 128, fps: float = 16, pool_size: int = 0,
+                 cache_dir: str | Path | None = None, progress: bool = True):
+        from distill.data.video_folder import VideoClips
+
+        self.source = VideoClips(folder, latent_frames * autoencoder.config.temporal_compression, height, width, fps)
+        super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress)
+
+    def clips(self, step: int, stream: tuple[int, ...] = ()):
+        rng = np.random.default_rng([self.seed, *stream, step])
+        return [self.source.sample(rng) for _ in range(self.batch_size)]

@@ -15,7 +15,7 @@ from engine.sampler import shift_sigma
 def sample_sigmas(batch: int, shift: float, generator: torch.Generator | None = None,
                   low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """s = shift(u), u ~ U(low, high): the shifted noise levels Wan trains at. -> [B]"""
-    u = low + (high - low) * torch.rand(batch, generator=generator)
+    u = low + (high - low) * torch.rand(batch, generator=generator, device=generator.device if generator else None)
     return shift_sigma(u, shift)
 
 

@@ -1,4 +1,5 @@
-"""The weighting formulas of Reward Forcing (Re-DMD) and Stream-R1, as pure functions.
+"""The weighting formulas of Reward Forcing (Re-DMD) and Stream-R1, as pure functions,
+and at the end the student trainer's use of them (`RewardWeighting`).
 
 Every weight returned here is detached: a constant to the generator. The generator's
 gradient flows through the DMD loss term only, never through the weight that scales it
@@ -36,6 +37,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -238,3 +241,64 @@ def stream_r1_pixel_weights(reward, video: torch.Tensor, prompts: list[str], bal
     latent layout. video [B, 3, T, H, W] -> [B, 1, F, h, w], mean 1 per sample, detached."""
     s = reward_saliency(reward, video, prompts, balance)
     return to_latent_weights(saliency_weights(s, temporal_floor, spatial_floor).weight, temporal, spatial)
+
+
+# --- the weights of a student's DMD step ----------------------------------------------------------
+
+
+class RewardWeighting:
+    """The DMD weight of each method for the student trainer (distill/student.py), from
+    rewards of the decoded rollout (constants to the generator: computed without gradient
+    to it). `run` is a StudentRun, `par` its distill.parallel.Parallel.
+
+    dmd        none
+    re_dmd     per rollout exp(beta * z(r_motion)) (Reward Forcing's Re-DMD)
+    stream_r1  per rollout exp(beta * sum_k lambda_k z(r_k)), lambda from the adaptive
+               balancer, times per-pixel saliency weights of the reward gradient pooled to
+               the latent grid (Stream-R1).
+
+    Under torchrun the z-scores, the renormalisation and the balancer take the global batch
+    (every process's rollouts): with one rollout per GPU a per-process z-score would be 0
+    and every weight 1. A pretrained vision-language reward is sharded like the transformer
+    (distill/parallel.py place_reward). Rollouts are decoded by the teacher's own decoder
+    (the Shapes autoencoder, or the Wan VAE of a converted teacher)."""
+
+    def __init__(self, run, teacher_dir: str, teacher_config, par):
+        from distill.parallel import place_reward
+        from distill.rewards.base import load_reward
+
+        if not run.reward:
+            raise ValueError(f"method {run.method} needs a reward model: --set reward=DIR (docs/rewards.md)")
+        self.run, self.par = run, par
+        self.reward = place_reward(load_reward(run.reward), par)
+        if teacher_config.decoder.kind == "shapes_ae":
+            from distill.teacher import load_autoencoder
+
+            # decoder.path is relative to the model dir (export_model copies the autoencoder there)
+            decoder_dir = Path(teacher_dir) / (teacher_config.decoder.path or ".")
+            self.decode = load_autoencoder(decoder_dir).to(par.device).decode
+        else:
+            from engine.components import build_decoder
+
+            from distill.student import frozen_dtype
+
+            decoder = build_decoder(teacher_config, Path(teacher_dir), str(par.device),
+                                    frozen_dtype(teacher_config, par))
+            self.decode = lambda latents: decoder.decode_chunk(latents, decoder.init_decoder_state(len(latents)))[0]
+        self.balancer = AdaptiveBalancer(window=run.balance_window)
+
+    def __call__(self, latents: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        from distill.parallel import gather_batch
+
+        with torch.no_grad():
+            video = self.decode(latents.detach())  # [B, 3, T, H, W]
+            scores = self.reward.score(video, prompts)
+        b, first = len(latents), self.par.rank * len(latents)
+        everyone = {k: gather_batch(v, self.par) for k, v in scores.items()}  # {dim: [world * B]}
+        if self.run.method == "re_dmd":
+            return re_dmd_weights(everyone["motion"], self.run.reward_beta)[first : first + b]  # [B]
+        self.balancer.update({k: everyone[k].mean() for k in self.balancer.dims})
+        balance = self.balancer.weights()
+        per_rollout = stream_r1_rollout_weights(everyone, balance, self.run.reward_beta)[first : first + b]  # [B]
+        per_pixel = stream_r1_pixel_weights(self.reward, video, prompts, balance)  # [B, 1, F, h, w]
+        return per_rollout.view(-1, 1, 1, 1, 1) * per_pixel

@@ -35,17 +35,23 @@ class Rollout:
 
 def rollout(student: CausalWanTransformer, config: ModelConfig, context: torch.Tensor, chunks: int,
             generator: torch.Generator, grad: bool = True, exit_steps: list[int] | None = None,
-            switch: tuple[int, torch.Tensor] | None = None) -> Rollout:
+            switch: tuple[int, torch.Tensor] | None = None, structure: torch.Generator | None = None,
+            cache_dtype: torch.dtype | None = None) -> Rollout:
     """context [B, L, D] projected text; returns `chunks` chunks of clean latents. The chunk
     loop, the step and the re-cache are the engine's own (engine/step.py): what the cache
     holds after a rollout is what a stream's cache would hold for the same noise.
 
     switch (chunk index, new context [B, L, D]): the prompt changes before that chunk, as a
     viewer's switch does (LongLive): the kept frames are re-cached under the new context and
-    the chunks from there on follow it."""
+    the chunks from there on follow it.
+
+    structure: the generator of the exit steps (default: `generator`, which draws the noise).
+    A sharded student needs every process to make the same forwards, so under torchrun it
+    is one that all processes share, while each draws its own noise. cache_dtype: the KV
+    cache's (default: the student's parameters')."""
     att, lat, samp = config.attention, config.latent, config.sampler
-    b = context.shape[0]
-    cache = KVCache.for_model(config, student.rope_tables, b, student.device, student.dtype)
+    b, device = context.shape[0], context.device
+    cache = KVCache.for_model(config, student.rope_tables, b, student.device, cache_dtype or student.dtype)
     stepper = Stepper(student, type(cache.policy), att.backend)
     kept = KeptFrames(att.sink_frames, att.window_frames)
     rows = list(range(b))
@@ -57,16 +63,19 @@ def rollout(student: CausalWanTransformer, config: ModelConfig, context: torch.T
                 for r in rows:
                     cache.restart_window(r)
                 for request in kept.recache(cache.policy, att.chunk_frames):
-                    stepper(cache, rows, request.latents, torch.full((b,), request.timestep), context, [True] * b)
+                    stepper(cache, rows, request.latents, torch.full((b,), request.timestep, device=device), context,
+                            [True] * b)
         shape = (b, lat.channels, att.chunk_frames, lat.latent_height, lat.latent_width)
-        noise = torch.randn(shape, generator=generator)
+        noise = torch.randn(shape, generator=generator, device=generator.device)
         steps = steps_for_chunk(samp, j)
-        exit_step = exit_steps[j] if exit_steps else int(torch.randint(steps, (1,), generator=generator))
+        draws = structure or generator
+        exit_step = exit_steps[j] if exit_steps else int(torch.randint(steps, (1,), generator=draws,
+                                                                       device=draws.device))
         loop = chunk_steps(samp, j, noise, generator, exit_step)
         request = next(loop)
         while True:
             with torch.set_grad_enabled(grad and request.grad):
-                v = stepper(cache, rows, request.latents, torch.full((b,), request.timestep), context,
+                v = stepper(cache, rows, request.latents, torch.full((b,), request.timestep, device=device), context,
                             [request.commit] * b)
             try:
                 request = loop.send(v)
@@ -104,9 +113,9 @@ def teacher_forcing_forward(student: CausalWanTransformer, config: ModelConfig, 
     """x0 predictions [B, C, F, h, w] for every noisy chunk given clean earlier chunks.
     clean, noisy [B, C, F, h, w]; sigma_per_frame [B, F]."""
     b, _, f = clean.shape[:3]
-    mask = teacher_forcing_mask(f, config.attention.chunk_frames, config.tokens_per_frame)
-    positions = torch.arange(f).repeat(2)
+    mask = teacher_forcing_mask(f, config.attention.chunk_frames, config.tokens_per_frame, device=clean.device)
+    positions = torch.arange(f, device=clean.device).repeat(2)
     attention = student.full_attention(2 * f, mask, positions)
-    timestep = torch.cat([torch.zeros(b, f), sigma_per_frame * 1000], dim=1)
+    timestep = torch.cat([torch.zeros(b, f, device=clean.device), sigma_per_frame * 1000], dim=1)
     v = student.denoise(torch.cat([clean, noisy], dim=2), timestep, context, attention)[:, :, f:]
     return noisy - sigma_per_frame[:, None, :, None, None] * v

@@ -1,38 +1,46 @@
-"""Distil the bidirectional teacher into the causal few-step student (Self-Forcing /
+"""Distil a bidirectional teacher into the causal few-step student (Self-Forcing /
 CausVid): ODE initialisation, then DMD with self-forcing rollouts.
 
     framecast distill student --preset shapes --teacher runs/teacher/model --out engine/models/shapes-default
+    torchrun --nproc_per_node 8 -m framecast distill student --preset wan --teacher models/wan2.1-t2v \
+        --prompts vidprom.txt          # docs/distill.md
 
 One linear loop over a global step: steps [0, ode_iters) regress the student onto
 teacher ODE trajectories; steps [ode_iters, ode_iters + dmd_iters) are DMD generator
-updates, each after `critic_ratio` updates of the fake-score critic.
+updates, each after `critic_ratio` updates of the fake-score critic. Any teacher the
+engine loads works: the student's architecture, chunking and step schedule follow it
+(`student_config`). Under torchrun every network is sharded with FSDP2 (distill/parallel.py);
+with one process they are plain modules, as before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from engine.config import ModelConfig
+from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelConfig, SamplerConfig,
+                           TextEncoderConfig, TransformerConfig)
 from engine.model import load_transformer_weights
 from engine.sampler import FewStepSampler
 from engine.transformer import build_transformer
 
-from .common import EMA, CaptionCache, Checkpointer, MetricsLog, TrainResult, autocast, run_to_json, step_generator
+from .common import EMA, CaptionCache, MetricsLog, TrainResult, autocast, run_to_json, step_generator
+from .data.prompts import FilePrompts, ShapesPrompts, prompt_source, shapes_captions  # noqa: F401 (tests use it)
 from .losses import add_noise, dmd_loss, flow_matching_loss, ode_regression_loss, sample_sigmas
+from .methods import RewardWeighting
+from .parallel import (DistCheckpointer, Parallel, full_state_dict, init_parallel, mean_over_processes,
+                       place_transformer, same_everywhere, weights_digest)
 from .rollout import rollout, teacher_forcing_forward
-from .teacher import SHAPES_MODEL, TINY_MODEL, build_text_encoder_for, export_model, sample_teacher
+from .teacher import SHAPES_MODEL, TINY_MODEL, export_model, sample_teacher
 
 SHAPES_STUDENT = SHAPES_MODEL.model_copy(update={
     "name": "shapes-default",
@@ -42,6 +50,22 @@ SHAPES_STUDENT = SHAPES_MODEL.model_copy(update={
 })
 TINY_STUDENT = TINY_MODEL.model_copy(update={
     "name": "tiny-student", "attention": TINY_MODEL.attention.model_copy(update={"policy": "sink_window"})})
+# Wan2.1-T2V-1.3B (diffusers' config of Wan-AI/Wan2.1-T2V-1.3B-Diffusers) as a streaming student: chunks of
+# 3 latent frames, Self-Forcing's 4 steps at shift 5, and LongLive's sink 3 + window 6 frames, so the cache
+# (and a rollout's attention context) stays 12 frames long. The text encoder and VAE paths come from the
+# converted teacher (student_config).
+WAN_STUDENT = ModelConfig(
+    name="wan2.1-t2v-1.3b-student",
+    description="Causal 4-step Wan2.1-T2V-1.3B student (DMD with self-forcing rollouts), sink 3 + window 6 frames.",
+    transformer=TransformerConfig(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30,
+                                  text_dim=4096, in_channels=16, out_channels=16),
+    attention=AttentionConfig(policy="sink_window", chunk_frames=3, sink_frames=3, window_frames=6),
+    sampler=SamplerConfig(timesteps=(1000.0, 750.0, 500.0, 250.0), shift=5.0),
+    latent=LatentConfig(channels=16, height=480, width=832, fps=16.0),
+    text_encoder=TextEncoderConfig(kind="umt5", dim=4096, max_tokens=512),
+    decoder=DecoderConfig(kind="wan_vae"),
+    dtype="bfloat16",
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +99,13 @@ class StudentRun:
     reward_beta: float = 2.0  # rollout weights exp(beta * normalised reward)
     balance_window: int = 50  # Stream-R1's adaptive balancing looks this many steps back
     grad_clip: float = 1.0
-    autocast: bool = False  # bf16 autocast for every forward (distill.common.autocast)
+    autocast: bool = False  # bf16 for every forward: torch autocast (distill.common.autocast), and under
+    #                         torchrun FSDP2's bf16 parameters; master weights, optimiser states and losses float32
+    prompts: str | None = None  # prompt file (one per line, or JSONL with "prompt"/"text"); None: Shapes captions
+    ode_pair_batch: int = 8  # teacher trajectories sampled at once
+    shard_size: int = 0  # under torchrun: processes each network is sharded over (0: all; 1: whole copies, as DDP)
+    activation_checkpointing: bool = False  # recompute each block in backward (student and critic)
+    device: str = "auto"  # auto: this process's GPU if there is one, else the CPU
     ema_decay: float = 0.99
     log_every: int = 10
     ckpt_every: int = 50
@@ -83,61 +113,68 @@ class StudentRun:
 
 
 PRESETS: dict[str, StudentRun] = {
-    # ~15 min on 2 idle CPU cores: 256 teacher trajectories, 800 ODE steps, 150 DMD steps.
-    "shapes": StudentRun(ode_pairs=256, ode_teacher_steps=20, ode_iters=800, ode_batch=8, ode_lr=5e-4,
-                         dmd_iters=150, lr_generator=5e-5),
+    # 512 teacher trajectories of 24 steps, 2000 ODE steps of 8, then 400 DMD steps on 9-frame
+    # rollouts (3 chunks: eviction starts), a quarter of them switching prompts before chunk 1 or
+    # 2 and judged after the switch. bf16 forwards throughout.
+    "shapes": StudentRun(ode_pairs=512, ode_teacher_steps=24, ode_iters=2000, ode_batch=8, ode_lr=5e-4,
+                         dmd_iters=400, rollout_frames=9, switch_prob=0.25, lr_generator=5e-5, autocast=True,
+                         ckpt_every=100),
     "tiny": StudentRun(model=TINY_STUDENT, latent_frames=2, ode_pairs=4, ode_teacher_steps=4, ode_iters=12,
                        ode_batch=2, ode_lr=2e-3, dmd_iters=4, batch_size=2, critic_ratio=2, lr_generator=1e-3,
                        lr_critic=1e-3, log_every=2, ckpt_every=4, ema_decay=0.5),
+    # Wan2.1-T2V-1.3B on one node of 8 GPUs, with the papers' settings (docs/distill.md): CausVid's ODE
+    # initialisation (1.5k trajectories of 50 teacher steps: 192 per process; 3000 steps of batch 2 per
+    # GPU at lr 2e-6) and Self-Forcing's DMD (21-frame rollouts, guidance 3, 5 critic updates per generator
+    # update, lr 2e-6 / 4e-7, betas (0, 0.999), EMA 0.99). Self-Forcing's 600 steps (a critic update each,
+    # a generator update every 5th) of 64 rollouts are 120 of our steps at batch 64: 960 at batch 8.
+    "wan": StudentRun(model=WAN_STUDENT, latent_frames=21, ode_pairs=192, ode_teacher_steps=50, ode_pair_batch=1,
+                      ode_iters=3000, ode_batch=2, ode_lr=2e-6, dmd_iters=960, batch_size=1, critic_ratio=5,
+                      lr_generator=2e-6, lr_critic=4e-7, guidance=3.0, reward="", autocast=True,
+                      activation_checkpointing=True, ema_decay=0.99, log_every=10, ckpt_every=100),
 }
 
 
-# --- data parallel (torchrun): average gradients over processes ---------------------------
-
-def world() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def average_gradients(module: torch.nn.Module, world_size: int) -> None:
-    """What DDP's reducer does, done explicitly: rollouts call the student many times per
-    backward, which DDP's one-forward-per-backward hooks do not allow."""
-    if world_size == 1:
-        return
-    for p in module.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= world_size
+def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
+    """The student a preset makes of `teacher`. What the teacher decides (architecture,
+    latent layout, text encoder, decoder, dtype) always comes from the teacher. What the
+    student decides (name, attention, step schedule) comes from the preset when the teacher
+    is of the preset's kind (the same transformer and latent layout: a Shapes teacher for the
+    Shapes presets, Wan2.1-1.3B at 832x480 for `wan`); for any other teacher, from the
+    teacher's own config: its chunking and step schedule, with the preset's attention policy
+    in place of full attention. A Shapes teacher thus gets SHAPES_STUDENT exactly."""
+    base = teacher.model_copy(update={"guidance_scale": 1.0, "provenance": {}})
+    if (teacher.transformer, teacher.latent) == (preset.transformer, preset.latent):
+        return base.model_copy(update={"name": preset.name, "description": preset.description,
+                                       "attention": preset.attention, "sampler": preset.sampler})
+    policy = preset.attention.policy if teacher.attention.policy == "full" else teacher.attention.policy
+    return base.model_copy(update={
+        "name": f"{teacher.name}-student",
+        "description": f"Causal few-step student distilled from {teacher.name}.",
+        "attention": teacher.attention.model_copy(update={"policy": policy})})
 
 
-def optimiser_step(loss: torch.Tensor, module: torch.nn.Module, opt: torch.optim.Optimizer, clip: float,
-                   world_size: int) -> None:
-    """backward, average over processes, clip, step."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    average_gradients(module, world_size)
-    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
-    opt.step()
+def for_teacher(run: StudentRun, teacher_dir: str | Path | None = None) -> StudentRun:
+    """The run with its model made the student of its teacher (`student_config`)."""
+    teacher = ModelConfig.load(Path(teacher_dir or run.teacher) / "model.json")
+    return dataclasses.replace(run, model=student_config(run.model, teacher))
 
 
-def broadcast_parameters(module: torch.nn.Module) -> None:
-    if dist.is_initialized():
-        for p in module.parameters():
-            dist.broadcast(p.data, 0)
+def check_fits_teacher(model: ModelConfig, teacher: ModelConfig, run: "StudentRun") -> None:
+    """Student and teacher must see the same latents and text features, and clips must be whole chunks."""
+    if (model.latent, model.text_encoder.dim, model.transformer.in_channels) != \
+            (teacher.latent, teacher.text_encoder.dim, teacher.transformer.in_channels):
+        raise ValueError(f"the student ({model.name}) does not share the teacher's ({teacher.name}) latent layout "
+                         "and text features; `framecast distill student --teacher DIR` derives the student from "
+                         "the teacher (distill.student.for_teacher)")
+    chunk = model.attention.chunk_frames
+    if run.latent_frames % chunk or run.rollout_frames % chunk:
+        raise ValueError(f"latent_frames {run.latent_frames} and rollout_frames {run.rollout_frames} must be "
+                         f"whole chunks of {chunk} frames")
+
+
 
 
 # --- the pieces of one step ------------------------------------------------------------------
-
-def shapes_captions(step: int, count: int, seed: int, rank: int) -> list[str]:
-    from distill.data.shapes import ShapesConfig, ShapesWorld
-
-    world_ = ShapesWorld(ShapesConfig(height=32, width=32))
-    rng = np.random.default_rng([seed, rank, step])
-    return [world_.sample(int(s), 1).caption for s in rng.integers(0, 2**62, size=count)]
-
 
 def student_sigmas(run: StudentRun) -> list[float]:
     sampler = FewStepSampler(run.model.sampler)
@@ -145,25 +182,65 @@ def student_sigmas(run: StudentRun) -> list[float]:
     return [float(s) for s in sampler.sigmas]
 
 
+@dataclass
+class StudentTraining:
+    """What every step works on: the networks (sharded under torchrun), their optimisers,
+    the prompts and their text features, and this process's place in the run."""
+
+    par: Parallel
+    teacher: torch.nn.Module
+    student: torch.nn.Module
+    critic: torch.nn.Module
+    ema: EMA
+    opt_ode: torch.optim.Optimizer
+    opt_gen: torch.optim.Optimizer
+    opt_critic: torch.optim.Optimizer
+    prompts: ShapesPrompts | FilePrompts
+    captions: CaptionCache
+    weighting: RewardWeighting | None
+    chunks: int  # of a DMD rollout
+    cache_dtype: torch.dtype | None  # of a rollout's KV cache (None: the student's parameters')
+
+    def features(self, prompts: list[str]) -> torch.Tensor:  # -> [B, L, text_dim] on the device
+        return self.captions(prompts).to(self.par.device)
+
+    def draw_prompts(self, key: int, count: int, seed: int) -> list[str]:
+        return self.prompts.draw(key, count, seed, self.par.rank)
+
+
+def generators(run: StudentRun, t: StudentTraining, step: int) -> tuple[torch.Generator, torch.Generator | None]:
+    """(this process's generator of the step, the one every process shares, or None with one
+    process). The shared one draws what decides which forwards a rollout makes (exit steps,
+    prompt switches): sharded networks need every process to make the same ones."""
+    device = t.par.device
+    gen = step_generator(run.seed, step, t.par.rank, device=device)
+    shared = step_generator(run.seed, step, 0, stream=(1,), device=device) if t.par.sharded else None
+    return gen, shared
+
+
 @torch.no_grad()
-def make_ode_pairs(run: StudentRun, teacher, captions: CaptionCache, path: Path, rank: int) -> dict:
-    """Teacher trajectories at the student's noise levels: xs [P, S, C, F, h, w], x0, feats."""
-    if path.is_file():
+def make_ode_pairs(run: StudentRun, t: StudentTraining, path: Path) -> dict:
+    """Teacher trajectories at the student's noise levels, from this process's prompts:
+    xs [P, S, C, F, h, w], x0, feats (on the CPU). Written once; a resumed run reads them."""
+    missing = torch.tensor([0.0 if path.is_file() else 1.0], device=t.par.device)
+    if t.par.sharded:  # the sharded teacher needs every process in the loop if any one lacks its file
+        dist.all_reduce(missing, op=dist.ReduceOp.MAX)
+    if not missing.item():
         return load_file(path)
     sigmas = student_sigmas(run)
-    gen = torch.Generator().manual_seed(run.seed * 7919 + rank)
+    gen = torch.Generator(device=t.par.device).manual_seed(run.seed * 7919 + t.par.rank)
     xs, x0s, feats_all = [], [], []
-    batch = 8
-    for i in tqdm(range(0, run.ode_pairs, batch), desc="teacher ODE pairs", unit="batch", dynamic_ncols=True):
-        feats = captions(shapes_captions(i, min(batch, run.ode_pairs - i), run.seed + 1, rank))
-        with autocast(teacher, run.autocast):
-            x0, traj = sample_teacher(teacher, run.model, feats, run.latent_frames, steps=run.ode_teacher_steps,
-                                      guidance=teacher_guidance(run, teacher), generator=gen,
+    batch = run.ode_pair_batch
+    for i in tqdm(range(0, run.ode_pairs, batch), desc="teacher ODE pairs", unit="batch", dynamic_ncols=True,
+                  disable=t.par.rank != 0):
+        feats = t.features(t.draw_prompts(i, min(batch, run.ode_pairs - i), run.seed + 1))
+        with autocast(t.teacher, run.autocast):
+            x0, traj = sample_teacher(t.teacher, run.model, feats, run.latent_frames, steps=run.ode_teacher_steps,
+                                      guidance=teacher_guidance(run, t.teacher), generator=gen,
                                       return_trajectory_at=sigmas)
-        x0, traj = x0.float(), [t.float() for t in traj]
-        xs.append(torch.stack(traj, dim=1))
-        x0s.append(x0)
-        feats_all.append(feats)
+        xs.append(torch.stack([s.float() for s in traj], dim=1).cpu())
+        x0s.append(x0.float().cpu())
+        feats_all.append(feats.cpu())
     pairs = {"xs": torch.cat(xs), "x0": torch.cat(x0s), "feats": torch.cat(feats_all)}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in pairs.items()}, path)
@@ -176,12 +253,13 @@ def teacher_guidance(run: StudentRun, teacher) -> float:
 
 def ode_step_loss(run: StudentRun, student, pairs: dict, gen: torch.Generator) -> torch.Tensor:
     """Every chunk at a random student noise level, clean teacher context before it."""
-    idx = torch.randint(len(pairs["x0"]), (run.ode_batch,), generator=gen)
-    xs, x0, feats = pairs["xs"][idx], pairs["x0"][idx], pairs["feats"][idx]  # [B, S, C, F, h, w]
+    device = gen.device
+    idx = torch.randint(len(pairs["x0"]), (run.ode_batch,), generator=gen, device=device).cpu()
+    xs, x0, feats = (pairs[k][idx].to(device) for k in ("xs", "x0", "feats"))  # xs [B, S, C, F, h, w]
     chunk = run.model.attention.chunk_frames
     chunks = run.latent_frames // chunk
-    sigmas = torch.tensor(student_sigmas(run))
-    level = torch.randint(len(sigmas), (run.ode_batch, chunks), generator=gen)  # [B, chunks]
+    sigmas = torch.tensor(student_sigmas(run), device=device)
+    level = torch.randint(len(sigmas), (run.ode_batch, chunks), generator=gen, device=device)  # [B, chunks]
     level_f = level.repeat_interleave(chunk, dim=1)  # [B, F]
     gather = level_f[:, None, None, :, None, None].expand(-1, 1, xs.shape[2], -1, *xs.shape[4:])
     noisy = torch.gather(xs, 1, gather).squeeze(1)  # [B, C, F, h, w]: frame f at its chunk's level
@@ -197,7 +275,7 @@ def judged_window(latents: torch.Tensor, run: StudentRun, gen: torch.Generator, 
     if frames <= run.latent_frames:
         return latents
     starts = (frames - run.latent_frames) // chunk + 1 - first_chunk
-    start = (first_chunk + int(torch.randint(starts, (1,), generator=gen))) * chunk
+    start = (first_chunk + int(torch.randint(starts, (1,), generator=gen, device=gen.device))) * chunk
     return latents[:, :, start : start + run.latent_frames]
 
 
@@ -205,62 +283,28 @@ def draw_switch(run: StudentRun, chunks: int, gen: torch.Generator) -> int | Non
     """The chunk before which a rollout switches prompts (with probability switch_prob, when
     a judged window fits after it), or None."""
     latest = chunks - run.latent_frames // run.model.attention.chunk_frames
-    if latest < 1 or float(torch.rand(1, generator=gen)) >= run.switch_prob:
+    if latest < 1 or float(torch.rand(1, generator=gen, device=gen.device)) >= run.switch_prob:
         return None
-    return int(torch.randint(1, latest + 1, (1,), generator=gen))
+    return int(torch.randint(1, latest + 1, (1,), generator=gen, device=gen.device))
 
 
-def student_rollout(run: StudentRun, student, prompts: list[str], chunks: int, gen: torch.Generator,
-                    captions: CaptionCache, caption_seed: tuple[int, int], rank: int, grad: bool):
+def student_rollout(run: StudentRun, t: StudentTraining, prompts: list[str], gen: torch.Generator,
+                    shared: torch.Generator | None, caption_seed: tuple[int, int], grad: bool):
     """A self-forcing rollout for DMD, with a prompt switch part of the time, and the window
     of it that the teacher and critic judge.
     -> (window [B, C, F, h, w], the prompts that window was generated under, their features)"""
-    feats = captions(prompts)
-    switch_at = draw_switch(run, chunks, gen)
+    student = t.student
+    feats = t.features(prompts)
+    switch_at = draw_switch(run, t.chunks, shared or gen)
     if switch_at is None:
-        out = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=grad)
+        out = rollout(student, run.model, student.embed_text(feats), t.chunks, gen, grad=grad, structure=shared,
+                      cache_dtype=t.cache_dtype)
         return judged_window(out.latents, run, gen), prompts, feats
-    after = shapes_captions(caption_seed[0], len(prompts), run.seed + 2 + caption_seed[1], rank)
-    after_feats = captions(after)
-    out = rollout(student, run.model, student.embed_text(feats), chunks, gen, grad=grad,
-                  switch=(switch_at, student.embed_text(after_feats)))
+    after = t.draw_prompts(caption_seed[0], len(prompts), run.seed + 2 + caption_seed[1])
+    after_feats = t.features(after)
+    out = rollout(student, run.model, student.embed_text(feats), t.chunks, gen, grad=grad,
+                  switch=(switch_at, student.embed_text(after_feats)), structure=shared, cache_dtype=t.cache_dtype)
     return judged_window(out.latents, run, gen, first_chunk=switch_at), after, after_feats
-
-
-class RewardWeighting:
-    """The DMD weight of each method, from rewards of the decoded rollout (constants to
-    the generator: computed without gradient to it).
-
-    dmd        none
-    re_dmd     per rollout exp(beta * z(r_motion)) (Reward Forcing's Re-DMD)
-    stream_r1  per rollout exp(beta * sum_k lambda_k z(r_k)), lambda from the adaptive
-               balancer, times per-pixel saliency weights of the reward gradient pooled to
-               the latent grid (Stream-R1)."""
-
-    def __init__(self, run: StudentRun, autoencoder_dir: str):
-        from distill.methods import AdaptiveBalancer
-        from distill.rewards.base import load_reward
-
-        from .teacher import load_autoencoder
-
-        self.run = run
-        self.reward = load_reward(run.reward)
-        self.autoencoder = load_autoencoder(autoencoder_dir)
-        self.balancer = AdaptiveBalancer(window=run.balance_window)
-
-    def __call__(self, latents: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        from distill.methods import re_dmd_weights, stream_r1_pixel_weights, stream_r1_rollout_weights
-
-        with torch.no_grad():
-            video = self.autoencoder.decode(latents.detach())  # [B, 3, T, H, W]
-            scores = self.reward.score(video, prompts)
-        if self.run.method == "re_dmd":
-            return re_dmd_weights(scores["motion"], self.run.reward_beta)  # [B]
-        self.balancer.update({k: scores[k].mean() for k in self.balancer.dims})
-        balance = self.balancer.weights()
-        per_rollout = stream_r1_rollout_weights(scores, balance, self.run.reward_beta)  # [B]
-        per_pixel = stream_r1_pixel_weights(self.reward, video, prompts, balance)  # [B, 1, F, h, w]
-        return per_rollout.view(-1, 1, 1, 1, 1) * per_pixel
 
 
 def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma: torch.Tensor,
@@ -277,6 +321,119 @@ def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma:
     return x0_real, x0_fake
 
 
+def optimiser_step(loss: torch.Tensor, module: torch.nn.Module, opt: torch.optim.Optimizer, clip: float) -> None:
+    """backward (a sharded module's gradients arrive reduce-scattered: each process holds its
+    shard of the mean over processes), clip by the global norm, step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+    opt.step()
+
+
+def ode_step(run: StudentRun, t: StudentTraining, pairs: dict, step: int) -> dict[str, list[float]]:
+    """ODE initialisation: regress onto teacher trajectories."""
+    gen, _ = generators(run, t, step)
+    with autocast(t.student, run.autocast):
+        loss = ode_step_loss(run, t.student, pairs, gen)
+    optimiser_step(loss, t.student, t.opt_ode, run.grad_clip)
+    return {"loss/ode": [loss.item()]}
+
+
+def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[float]]:
+    """critic_ratio updates of the critic, then one DMD update of the generator."""
+    gen, shared = generators(run, t, step)
+    dev, losses = t.par.device, {"loss/critic": []}
+    # Critic: flow matching on the student's own (detached) rollouts.
+    for k in range(run.critic_ratio):
+        prompts = t.draw_prompts(step * 31 + k, run.batch_size, run.seed)
+        with torch.no_grad(), autocast(t.student, run.autocast):
+            x, _, feats = student_rollout(run, t, prompts, gen, shared, (step * 31 + k, 1), grad=False)
+            x = x.float()
+        noise = torch.randn(x.shape, generator=gen, device=dev)
+        sigma = sample_sigmas(len(x), run.model.sampler.shift, gen)
+        with autocast(t.critic, run.autocast):
+            v = t.critic.denoise(add_noise(x, noise, sigma), sigma * 1000, t.critic.embed_text(feats),
+                                 t.critic.full_attention(x.shape[2]))
+        loss_c = flow_matching_loss(v, x, noise)
+        optimiser_step(loss_c, t.critic, t.opt_critic, run.grad_clip)
+        losses["loss/critic"].append(loss_c.item())
+    # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
+    with autocast(t.student, run.autocast):
+        x, prompts, feats = student_rollout(run, t, t.draw_prompts(step, run.batch_size, run.seed), gen, shared,
+                                            (step, 0), grad=True)
+        x = x.float()
+    sigma = sample_sigmas(len(x), run.model.sampler.shift, gen, run.dmd_sigma_low, run.dmd_sigma_high)
+    x_t = add_noise(x.detach(), torch.randn(x.shape, generator=gen, device=dev), sigma)
+    with torch.no_grad(), autocast(t.teacher, run.autocast):
+        x0_real, x0_fake = (x0.float() for x0 in real_and_fake_x0(run, t.teacher, t.critic, x_t, sigma, feats))
+    weight = t.weighting(x, prompts) if t.weighting is not None else None
+    loss = dmd_loss(x, x0_real, x0_fake, weight)
+    optimiser_step(loss, t.student, t.opt_gen, run.grad_clip)
+    losses["loss/dmd"] = [loss.item()]
+    return losses
+
+
+# --- building ------------------------------------------------------------------------------------
+
+def frozen_dtype(config: ModelConfig, par: Parallel) -> torch.dtype:
+    """The dtype of the frozen helpers (umT5, the Wan VAE for rewards): the model's on a GPU
+    (umt5-xxl: 11 GB in bfloat16, 23 in float32), float32 on a CPU (a rehearsal)."""
+    from engine.model import model_dtype
+
+    return model_dtype(config, par.device) if par.device.type == "cuda" else torch.float32
+
+
+def build_training(run: StudentRun, par: Parallel) -> StudentTraining:
+    """Teacher (frozen), the critic initialised from it, the student initialised from it (or
+    from init_from) and its EMA: built on the CPU one at a time and each placed (sharded)
+    before the next, so a process never holds more than two whole networks."""
+    from engine.components import build_text_encoder
+
+    teacher_dir = Path(run.teacher)
+    teacher_cfg = ModelConfig.load(teacher_dir / "model.json")
+    check_fits_teacher(run.model, teacher_cfg, run)
+    if run.method not in ("dmd", "re_dmd", "stream_r1"):
+        raise ValueError(f"unknown method {run.method!r}: dmd, re_dmd or stream_r1")
+
+    teacher = build_transformer(teacher_cfg).requires_grad_(False).eval()
+    load_transformer_weights(teacher, teacher_dir / "transformer.safetensors")  # checks every key and shape
+    teacher_weights = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+    teacher = place_transformer(teacher, teacher_cfg, par, bf16=run.autocast)
+    teacher.teacher_config = teacher_cfg
+
+    critic = build_transformer(teacher_cfg).train()
+    critic.load_state_dict(teacher_weights)
+    critic = place_transformer(critic, teacher_cfg, par, bf16=run.autocast, checkpointing=run.activation_checkpointing)
+
+    student = build_transformer(run.model).train()
+    if run.init_from:
+        init = build_transformer(ModelConfig.load(Path(run.init_from) / "model.json"))
+        load_transformer_weights(init, Path(run.init_from) / "transformer.safetensors")
+        student.load_state_dict(init.state_dict(), strict=False)  # linear readouts stay zero if absent
+        del init
+    else:
+        student.load_state_dict(teacher_weights, strict=False)  # same network; linear readouts stay zero
+    del teacher_weights
+    ema = EMA(student, run.ema_decay)
+    place_transformer(ema.shadow, run.model, par)
+    student = place_transformer(student, run.model, par, bf16=run.autocast, checkpointing=run.activation_checkpointing)
+
+    # Optimisers after placing: sharding replaces the parameters.
+    opt_ode = torch.optim.AdamW(student.parameters(), lr=run.ode_lr, weight_decay=0.0)
+    opt_gen = torch.optim.AdamW(student.parameters(), lr=run.lr_generator, weight_decay=0.0, betas=(0.0, 0.999))
+    opt_critic = torch.optim.AdamW(critic.parameters(), lr=run.lr_critic, weight_decay=0.0, betas=(0.0, 0.999))
+    weighting = RewardWeighting(run, run.teacher, teacher_cfg, par) if run.method != "dmd" else None
+    te = run.model.text_encoder
+    # Features are kept per prompt, 4 GiB of them at most (Wan's 512 x 4096 floats are 8 MB a prompt).
+    captions = CaptionCache(build_text_encoder(run.model, None, str(par.device), frozen_dtype(run.model, par)),
+                            size=min(50_000, max(64, (4 << 30) // (te.max_tokens * te.dim * 4))))
+    return StudentTraining(par=par, teacher=teacher, student=student, critic=critic, ema=ema, opt_ode=opt_ode,
+                           opt_gen=opt_gen, opt_critic=opt_critic, prompts=prompt_source(run.prompts, par.world_size),
+                           captions=captions, weighting=weighting,
+                           chunks=max(run.rollout_frames, run.latent_frames) // run.model.attention.chunk_frames,
+                           cache_dtype=torch.bfloat16 if par.sharded and run.autocast else None)
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, threads: int = 0,
@@ -284,117 +441,67 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     """Train (or resume) the student; rank 0 writes the EMA weights as a model dir (default run_dir/model)."""
     if threads:
         torch.set_num_threads(threads)
-    rank, world_size = world()
+    par = init_parallel(run.shard_size, run.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+    if par.rank == 0:
         (run_dir / "run.json").write_text(json.dumps(run_to_json(run), indent=2) + "\n")
 
-    # --- build: teacher (frozen), student and critic initialised from it ---------------------
-    from engine.config import ModelConfig as _MC
-
-    teacher_cfg = _MC.load(Path(run.teacher) / "model.json")
-    teacher = build_transformer(teacher_cfg).requires_grad_(False).eval()
-    load_transformer_weights(teacher, Path(run.teacher) / "transformer.safetensors")
-    teacher.teacher_config = teacher_cfg
-    student = build_transformer(run.model).train()
-    if run.init_from:
-        init = build_transformer(_MC.load(Path(run.init_from) / "model.json"))
-        load_transformer_weights(init, Path(run.init_from) / "transformer.safetensors")
-        student.load_state_dict(init.state_dict(), strict=False)  # linear readouts stay zero if absent
-    else:
-        student.load_state_dict(teacher.state_dict(), strict=False)  # same network; linear readouts stay zero
-    critic = build_transformer(teacher_cfg).train()
-    critic.load_state_dict(teacher.state_dict())
-    broadcast_parameters(student)
-    ema = EMA(student, run.ema_decay)
-    opt_ode = torch.optim.AdamW(student.parameters(), lr=run.ode_lr, weight_decay=0.0)
-    opt_gen = torch.optim.AdamW(student.parameters(), lr=run.lr_generator, weight_decay=0.0, betas=(0.0, 0.999))
-    opt_critic = torch.optim.AdamW(critic.parameters(), lr=run.lr_critic, weight_decay=0.0, betas=(0.0, 0.999))
-    captions = CaptionCache(build_text_encoder_for(run.model))
-    ckpt = Checkpointer(run_dir)
-    metrics = MetricsLog(run_dir, enabled=rank == 0)
-    if run.method not in ("dmd", "re_dmd", "stream_r1"):
-        raise ValueError(f"unknown method {run.method!r}: dmd, re_dmd or stream_r1")
-    weighting = RewardWeighting(run, run.teacher) if run.method != "dmd" else None
-    chunk = run.model.attention.chunk_frames
-    chunks = max(run.rollout_frames, run.latent_frames) // chunk
+    # --- build ----------------------------------------------------------------------------------
+    t = build_training(run, par)
+    ckpt = DistCheckpointer(run_dir, par)
+    metrics = MetricsLog(run_dir, enabled=par.rank == 0)
 
     # --- resume ---------------------------------------------------------------------------------
     step = 0
-    modules = {"student": student, "ema": ema.shadow, "critic": critic}
-    optimizers = {"ode": opt_ode, "gen": opt_gen, "critic": opt_critic}
+    modules = {"student": t.student, "ema": t.ema.shadow, "critic": t.critic}
+    optimizers = {"ode": t.opt_ode, "gen": t.opt_gen, "critic": t.opt_critic}
     if (latest := ckpt.latest()) is not None:
         step, extra = ckpt.load(latest, modules, optimizers)
-        if weighting is not None and "balancer" in extra:
-            weighting.balancer.load_state_dict(extra["balancer"])
-        print(f"resumed from {latest} at step {step}", file=sys.stderr)
-    pairs = make_ode_pairs(run, teacher, captions, run_dir / f"ode_pairs_rank{rank}.safetensors", rank) \
+        if t.weighting is not None and "balancer" in extra:
+            t.weighting.balancer.load_state_dict(extra["balancer"])
+        if par.rank == 0:
+            print(f"resumed from {latest} at step {step}", file=sys.stderr)
+    pairs = make_ode_pairs(run, t, run_dir / f"ode_pairs_rank{par.rank}.safetensors") \
         if step < run.ode_iters else None
 
-    # --- loop -------------------------------------------------------------------------------------
+    # --- loop: an ODE or a DMD step, EMA, log, checkpoint -----------------------------------------
     total = run.ode_iters + run.dmd_iters
     bar = tqdm(total=total, initial=step, desc="student", unit="step", dynamic_ncols=True,
-               disable=rank != 0 or not progress)
+               disable=par.rank != 0 or not progress)
     start, logs, all_losses = time.time(), {}, []
     while step < total:
-        gen = step_generator(run.seed, step, rank)
-        if step < run.ode_iters:
-            # ODE initialisation: regress onto teacher trajectories.
-            with autocast(student, run.autocast):
-                loss = ode_step_loss(run, student, pairs, gen)
-            optimiser_step(loss, student, opt_ode, run.grad_clip, world_size)
-            logs.setdefault("loss/ode", []).append(loss.item())
-            all_losses.append(logs["loss/ode"][-1])
-        else:
-            # Critic: flow matching on the student's own (detached) rollouts.
-            for k in range(run.critic_ratio):
-                prompts = shapes_captions(step * 31 + k, run.batch_size, run.seed, rank)
-                with torch.no_grad(), autocast(student, run.autocast):
-                    x, _, feats = student_rollout(run, student, prompts, chunks, gen, captions, (step * 31 + k, 1),
-                                                  rank, grad=False)
-                    x = x.float()
-                noise = torch.randn(x.shape, generator=gen)
-                sigma = sample_sigmas(len(x), run.model.sampler.shift, gen)
-                with autocast(critic, run.autocast):
-                    v = critic.denoise(add_noise(x, noise, sigma), sigma * 1000, critic.embed_text(feats),
-                                       critic.full_attention(x.shape[2]))
-                loss_c = flow_matching_loss(v, x, noise)
-                optimiser_step(loss_c, critic, opt_critic, run.grad_clip, world_size)
-                logs.setdefault("loss/critic", []).append(loss_c.item())
-            # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
-            with autocast(student, run.autocast):
-                x, prompts, feats = student_rollout(run, student, shapes_captions(step, run.batch_size, run.seed, rank),
-                                                    chunks, gen, captions, (step, 0), rank, grad=True)
-                x = x.float()
-            sigma = sample_sigmas(len(x), run.model.sampler.shift, gen, run.dmd_sigma_low, run.dmd_sigma_high)
-            x_t = add_noise(x.detach(), torch.randn(x.shape, generator=gen), sigma)
-            with torch.no_grad(), autocast(teacher, run.autocast):
-                x0_real, x0_fake = (x0.float() for x0 in real_and_fake_x0(run, teacher, critic, x_t, sigma, feats))
-            weight = weighting(x, prompts) if weighting is not None else None
-            loss = dmd_loss(x, x0_real, x0_fake, weight)
-            optimiser_step(loss, student, opt_gen, run.grad_clip, world_size)
-            logs.setdefault("loss/dmd", []).append(loss.item())
-            all_losses.append(logs["loss/dmd"][-1])
-        ema.update(student)
+        if step >= run.ode_iters and t.opt_ode.state:  # ODE stage over: free its optimiser states (2 floats a weight)
+            t.opt_ode.state.clear()
+        values = ode_step(run, t, pairs, step) if step < run.ode_iters else dmd_step(run, t, step)
+        for key, value in values.items():
+            logs.setdefault(key, []).extend(value)
+        all_losses.append(values["loss/ode" if step < run.ode_iters else "loss/dmd"][0])
+        t.ema.update(t.student)
         step += 1
         bar.update(1)
 
-        if rank == 0 and (step % run.log_every == 0 or step == total):
-            metrics.log(step, {k: sum(v) / len(v) for k, v in logs.items()})
-            bar.set_postfix({k.split("/")[1]: f"{sum(v) / len(v):.4f}" for k, v in logs.items()})
+        if step % run.log_every == 0 or step == total:
+            means = mean_over_processes({k: sum(v) / len(v) for k, v in logs.items()}, par)
+            metrics.log(step, means)
+            bar.set_postfix({k.split("/")[1]: f"{v:.4f}" for k, v in means.items()})
             logs = {}
-        if rank == 0 and (step % run.ckpt_every == 0 or step == total):
+        if step % run.ckpt_every == 0 or step == total:
             ckpt.save(step, modules, optimizers,
-                      {"balancer": weighting.balancer.state_dict()} if weighting is not None else None)
+                      {"balancer": t.weighting.balancer.state_dict()} if t.weighting is not None else None)
     bar.close()
-    if world_size > 1:  # every process must end with the same weights
-        checksum = torch.stack([p.detach().double().sum() for p in student.parameters()]).sum().reshape(1)
-        gathered = [torch.zeros_like(checksum) for _ in range(world_size)]
-        dist.all_gather(gathered, checksum)
-        metrics.log(step, {"ranks_in_sync": float(all(torch.equal(g, gathered[0]) for g in gathered))})
-    if rank != 0:
+
+    # --- export: the EMA weights, gathered onto rank 0 --------------------------------------------
+    if par.sharded:  # every process must hold the same weights (gathered, they must agree)
+        metrics.log(step, {"ranks_in_sync": float(same_everywhere(weights_digest(t.student, par), par))})
+    ema_weights = full_state_dict(t.ema.shadow, par)  # a collective: every process takes part
+    if par.rank != 0:
         return TrainResult(None, step, time.time() - start, all_losses)
     metrics.close()
     out_dir = out_dir or run_dir / "model"
-    export_model(run, run.teacher, ema.shadow, out_dir, seconds=time.time() - start, stage="student")
+    exported = t.ema.shadow
+    if par.sharded:
+        exported = build_transformer(run.model)
+        exported.load_state_dict(ema_weights)
+    export_model(run, run.teacher, exported, out_dir, seconds=time.time() - start, stage="student",
+                 data=f"prompts from {run.prompts}" if run.prompts else None)
     return TrainResult(out_dir, step, time.time() - start, all_losses)

@@ -1,8 +1,9 @@
 """The bidirectional teacher: the shared transformer with full attention, trained by flow
-matching on Shapes latents with caption dropout (for classifier-free guidance), and its
-50-step guided sampler.
+matching on Shapes latents (or latents of your own videos) with caption dropout (for
+classifier-free guidance), and its 50-step guided sampler.
 
     framecast distill teacher --preset shapes --autoencoder DIR --run-dir runs/teacher
+    framecast distill teacher --preset shapes --autoencoder DIR --data my-videos/   # + captions.jsonl
 """
 
 from __future__ import annotations
@@ -22,17 +23,19 @@ from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelCo
                            TextEncoderConfig, TransformerConfig)
 from engine.transformer import CausalWanTransformer, build_transformer
 
-from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, autocast, run_to_json,
-                     step_generator)
+from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
+                     autocast, run_to_json, step_generator)
 from .losses import add_noise, flow_matching_loss, sample_sigmas
 
-# The default model's architecture: 4 layers of 2 x 64 heads over 16x16x16 latents
-# (128x128 frames), MiniLM token features as context. Student and teacher share it.
-# Sized for training on 2 CPU cores: a step of 8 clips costs ~20 GFLOP; a streamed chunk
-# (0.75 s of video, 4 steps + refresh) ~2 GFLOP.
+# The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over
+# 16x16x16 latents (128x128 frames), MiniLM token features as context. Student and teacher
+# share it. Sized for 2 CPU cores: a teacher step of 16 clips in bf16 takes ~1-2 s there,
+# and the student streams a chunk (0.75 s of video, 4 steps + refresh) in ~0.1-0.2 s
+# (the 1.3 M model of the first default model was 3x cheaper and could not hold shapes
+# and motion).
 SHAPES_MODEL = ModelConfig(
     name="shapes-teacher",
-    transformer=TransformerConfig(num_attention_heads=2, attention_head_dim=64, ffn_dim=512, num_layers=4,
+    transformer=TransformerConfig(num_attention_heads=3, attention_head_dim=64, ffn_dim=768, num_layers=6,
                                   text_dim=384, in_channels=16, out_channels=16),
     attention=AttentionConfig(policy="full", chunk_frames=3, sink_frames=3, window_frames=6),
     sampler=SamplerConfig(),
@@ -59,6 +62,8 @@ TINY_MODEL = ModelConfig(
 class TeacherRun:
     model: ModelConfig = SHAPES_MODEL
     autoencoder: str = "engine/models/shapes-default"  # directory with autoencoder.json/.safetensors
+    data: str | None = None  # a folder of your videos with captions.jsonl (distill/data/video_folder.py);
+    #                          None: the Shapes world
     latent_frames: int = 6  # clip length in latent frames (x4 video frames)
     batch_size: int = 8
     # Clips rendered and encoded once, then drawn with random paraphrases (0: new clips
@@ -81,10 +86,10 @@ class TeacherRun:
 
 
 PRESETS: dict[str, TeacherRun] = {
-    # ~80 min on 2 CPU cores (2 threads): 5 min encoding the pool, then ~0.6 s a step.
-    # Measured along the way: backgrounds follow the prompt by step ~2000, objects later.
-    "shapes": TeacherRun(batch_size=16, steps=7000, decay_from=5000, pool_size=6144, warmup=100, ema_decay=0.999,
-                         log_every=25, ckpt_every=250),
+    # 12288 clips encoded once (their captions drawn anew each step), 12000 steps of 16 clips
+    # in bf16: lr held to 8000, then a linear decay to a tenth.
+    "shapes": TeacherRun(batch_size=16, steps=12000, lr=6e-4, decay_from=8000, pool_size=12288, warmup=300,
+                         ema_decay=0.9995, autocast=True, log_every=25, ckpt_every=250),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }
@@ -125,8 +130,12 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     autoencoder = load_autoencoder(run.autoencoder)
     captions = CaptionCache(build_text_encoder_for(run.model))
     lat = run.model.latent
-    data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
-                         int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
+    if run.data is None:
+        data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
+                             int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
+    else:
+        data = VideoFolderLatents(autoencoder, run.data, run.latent_frames, run.batch_size, run.seed, lat.height,
+                                  lat.width, lat.fps, pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
     attention = model.full_attention(run.latent_frames)
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir)
@@ -175,22 +184,26 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     metrics.close()
 
     out_dir = out_dir or run_dir / "model"
-    export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher")
+    export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher",
+                 data=f"videos and captions.jsonl of {run.data}" if run.data else None)
     return TrainResult(out_dir, step, time.time() - start, all_losses)
 
 
 def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module, out_dir: Path, seconds: float,
-                 stage: str) -> None:
-    """A self-contained model dir: model.json (config + provenance), transformer, autoencoder."""
+                 stage: str, data: str | None = None) -> None:
+    """A self-contained model dir: model.json (config + provenance), transformer, and the
+    autoencoder's files when the model has its own (a Wan model refers to its VAE's folder)."""
     from engine.model import save_model
 
     run_fields = {k: v for k, v in run_to_json(run).items() if k != "model"}
     provenance = {"stage": stage, "command": " ".join(["framecast"] + sys.argv[1:]),
-                  "data": "Shapes world (distill/data/shapes.py), generated on the fly",
+                  "data": data or "Shapes world (distill/data/shapes.py), generated on the fly",
                   "run": run_fields,
                   "train_seconds_last_invocation": round(seconds)}
     config = run.model.model_copy(update={"provenance": provenance})
     save_model(out_dir, config, transformer)
+    if config.decoder.kind != "shapes_ae":
+        return
     for name in ("autoencoder.json", "autoencoder.safetensors"):
         src = Path(autoencoder_dir) / name
         if src.resolve() != (out_dir / name).resolve():
@@ -209,8 +222,9 @@ def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_
     (noise levels s), also the states x_s on the way (for the student's ODE init)."""
     guidance = config.guidance_scale if guidance is None else guidance
     lat = config.latent
-    b = text_feats.shape[0]
-    x = torch.randn((b, lat.channels, latent_frames, lat.latent_height, lat.latent_width), generator=generator)
+    b, device = text_feats.shape[0], text_feats.device
+    x = torch.randn((b, lat.channels, latent_frames, lat.latent_height, lat.latent_width), generator=generator,
+                    device=generator.device if generator is not None else device)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=config.sampler.shift)
     scheduler.set_timesteps(steps)
     cond = transformer.embed_text(text_feats)
@@ -220,7 +234,7 @@ def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_
     trajectory: list[torch.Tensor] = []
     for i, t in enumerate(scheduler.timesteps):
         sigma, sigma_next = float(scheduler.sigmas[i]), float(scheduler.sigmas[i + 1])
-        tt = t.expand(b)
+        tt = t.to(device).expand(b)
         if guidance == 1.0:
             v = transformer.denoise(x, tt, cond, attention)
         else:

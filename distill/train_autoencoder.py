@@ -1,6 +1,8 @@
-"""Train the default model's autoencoder (engine/autoencoder.py) on the Shapes world.
+"""Train the default model's autoencoder (engine/autoencoder.py) on the Shapes world, or on
+a folder of your own videos.
 
     framecast distill autoencoder --preset shapes --run-dir runs/ae-shapes --threads 1
+    framecast distill autoencoder --preset shapes --data my-videos/ --run-dir runs/ae-videos
     framecast distill autoencoder --preset tiny --run-dir /tmp/ae --dry-run
 
 Re-running the same command resumes from the run dir's last checkpoint. The EMA weights,
@@ -13,8 +15,10 @@ with Gaussian noise added, scaled by each channel's (detached) batch std, so it
 tolerates a generator's imperfect latents and the encoder cannot outgrow the noise by
 scaling its output. The per-channel latent statistics are measured once at the end
 with the EMA weights and written to the config. Training clips are random crops of
-random windows of Shapes streams; the network is fully convolutional, so crops cost
-less and the shipped model runs at the full frame size.
+random windows of Shapes streams (or of the folder's videos, at the model's frame size
+and fps); the network is fully convolutional, so crops cost less and the shipped model
+runs at the full frame size. With a folder, the PSNR figure is measured on its first
+`eval_clips` videos from their start (not held out: a folder has no split).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class AutoencoderRun:
     """One training run: the network's config plus how to train it."""
 
     model: AutoencoderConfig
+    data: str | None = None  # a folder of your videos with captions.jsonl; None: the Shapes world
     steps: int = 3600
     batch_size: int = 4
     num_frames: int = 12  # video frames per training clip (a multiple of 4)
@@ -101,16 +106,31 @@ def clips_to_video(frames: list) -> torch.Tensor:
 
 def training_batch(world, run: AutoencoderRun, step: int) -> torch.Tensor:
     """The clips of `step`: deterministic in (seed, step), so a resumed run sees what it
-    would have seen. -> [B, 3, num_frames, crop, crop] in [-1, 1]"""
+    would have seen. `world` is the Shapes world or a folder's VideoClips.
+    -> [B, 3, num_frames, crop, crop] in [-1, 1]"""
     rng = np.random.default_rng([run.seed, step])
     frames = []
     for _ in range(run.batch_size):
-        seed = int(rng.integers(TRAIN_SEED_MIN, 2**62))
-        clip = world.sample(seed, run.num_frames, int(rng.integers(0, run.max_start_frame + 1)))
-        top = int(rng.integers(0, world.config.height - run.crop + 1))
-        left = int(rng.integers(0, world.config.width - run.crop + 1))
+        if isinstance(world, ShapesWorld):
+            seed = int(rng.integers(TRAIN_SEED_MIN, 2**62))
+            clip = world.sample(seed, run.num_frames, int(rng.integers(0, run.max_start_frame + 1)))
+        else:
+            clip = world.sample(rng)
+        height, width = clip.frames.shape[1:3]
+        top = int(rng.integers(0, height - run.crop + 1))
+        left = int(rng.integers(0, width - run.crop + 1))
         frames.append(clip.frames[:, top:top + run.crop, left:left + run.crop])
     return clips_to_video(frames)
+
+
+def clip_source(run: AutoencoderRun, num_frames: int):
+    """Where clips come from: the Shapes world, or the folder's videos (clips of num_frames) at
+    the model's size and fps."""
+    if run.data is None:
+        return ShapesWorld(ShapesConfig(height=run.model.height, width=run.model.width, fps=run.model.fps))
+    from distill.data.video_folder import VideoClips
+
+    return VideoClips(run.data, num_frames, run.model.height, run.model.width, run.model.fps)
 
 
 def heldout_video(world, index: int, num_frames: int) -> torch.Tensor:
@@ -127,25 +147,38 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def heldout_psnr(ae: ShapesAutoencoder, world, clips: int, num_frames: int = 16) -> float:
-    """Mean reconstruction PSNR over held-out clips 0..clips-1 at the full frame size."""
+    """Mean reconstruction PSNR over held-out clips 0..clips-1 at the full frame size (a
+    folder's first videos from their start: `world` is then its VideoClips)."""
     scores = []
     with torch.inference_mode():
         for index in range(clips):
-            video = heldout_video(world, index, num_frames)
+            if isinstance(world, ShapesWorld):
+                video = heldout_video(world, index, num_frames)
+            else:
+                video = folder_video(world, index)
             scores.append(psnr(ae.decode(ae.encode(video)), video))
     return sum(scores) / len(scores)
 
 
+def folder_video(clips, index: int) -> torch.Tensor:
+    """Video `index % count` of a folder from its start. -> [1, 3, T, H, W]"""
+    return clips.dataset[index % len(clips)]["video"][None]
+
+
 def latent_statistics(ae: ShapesAutoencoder, world, run: AutoencoderRun) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std [C] of the raw latents of `stats_clips` full-frame clips
-    from the training distribution (a seed stream of its own)."""
+    from the training distribution (a seed stream of its own; a folder's clips are
+    num_frames long, Shapes clips 16)."""
     rng = np.random.default_rng([run.seed, 0, 1])  # three words: never a training step's [seed, step]
     raws = []
     with torch.inference_mode():
         for _ in range(run.stats_clips):
-            seed, start = int(rng.integers(TRAIN_SEED_MIN, 2**62)), int(rng.integers(0, run.max_start_frame + 1))
-            clip = world.sample(seed, 16, start)
-            raws.append(ae.encode_raw(clips_to_video([clip.frames])))  # [1, C, 4, h, w]
+            if isinstance(world, ShapesWorld):
+                seed, start = int(rng.integers(TRAIN_SEED_MIN, 2**62)), int(rng.integers(0, run.max_start_frame + 1))
+                clip = world.sample(seed, 16, start)
+            else:
+                clip = world.sample(rng)
+            raws.append(ae.encode_raw(clips_to_video([clip.frames])))  # [1, C, T/4, h, w]
     raw = torch.cat(raws, dim=2)
     return raw.mean((0, 2, 3, 4)), raw.std((0, 2, 3, 4))
 
@@ -188,7 +221,7 @@ def train_autoencoder(run: AutoencoderRun, run_dir: Path, out_dir: Path | None =
     ae = ShapesAutoencoder(run.model).train()
     ema = EMA(ae, run.ema_decay)
     opt = torch.optim.Adam(ae.parameters(), lr=run.lr)
-    world = ShapesWorld(ShapesConfig(height=run.model.height, width=run.model.width, fps=run.model.fps))
+    world = clip_source(run, run.num_frames)
     ckpt = Checkpointer(run_dir)
     writer = SummaryWriter(str(run_dir / "tb"))
 

@@ -18,16 +18,17 @@ import json
 import typing
 from pathlib import Path
 
-from clients.cli import CommandError
+from framecast import CommandError
 
 # stage -> (module, trainer, default run dir, help)
 STAGES: dict[str, tuple[str, str, str, str]] = {
     "autoencoder": ("distill.train_autoencoder", "train_autoencoder", "runs/autoencoder",
-                    "train the default model's video autoencoder on the Shapes world"),
+                    "train the default model's video autoencoder on the Shapes world or a folder of videos"),
     "teacher": ("distill.teacher", "train_teacher", "runs/teacher",
-                "train the bidirectional teacher by flow matching on Shapes latents"),
+                "train the bidirectional teacher by flow matching on Shapes latents or a folder of videos"),
     "student": ("distill.student", "train_student", "runs/student",
-                "distil the teacher into the causal few-step student (ODE init, then DMD)"),
+                "distil a teacher into the causal few-step student (ODE init, then DMD); under torchrun "
+                "every network is sharded with FSDP2"),
     "reward": ("distill.rewards.train", "train_reward", "runs/reward",
                "train (or --evaluate) the Shapes video reward model: visual, motion, text scores"),
 }
@@ -36,7 +37,8 @@ DEFAULT_CHAIN = ("autoencoder", "teacher", "student")
 
 
 def _common(p: argparse.ArgumentParser, default_run_dir: str) -> None:
-    p.add_argument("--preset", default="shapes", help="preset from the stage's PRESETS table (shapes, tiny)")
+    p.add_argument("--preset", default="shapes",
+                   help="preset from the stage's PRESETS table (shapes, tiny; the student also has wan)")
     p.add_argument("--run-dir", type=Path, default=Path(default_run_dir),
                    help="checkpoints, TensorBoard logs, metrics.jsonl and run.json; re-running with the same "
                         "dir resumes")
@@ -56,10 +58,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         parser = dsub.add_parser(stage, help=text, description=text)
         _common(parser, run_dir)
         parser.set_defaults(func=run_stage)
+        if stage in ("autoencoder", "teacher"):
+            parser.add_argument("--data", default=None, metavar="DIR",
+                                help="train on your own videos: DIR holds them and a captions.jsonl "
+                                     '({"file": ..., "caption": ...} per line); default: the Shapes world')
         if stage == "teacher":
             parser.add_argument("--autoencoder", default=None, help="autoencoder directory (overrides the preset's)")
         if stage == "student":
-            parser.add_argument("--teacher", default=None, help="teacher model directory (overrides the preset's)")
+            parser.add_argument("--teacher", default=None,
+                                help="teacher model directory: any model the engine loads (a Shapes teacher, a "
+                                     "converted Wan2.1); the student's architecture, chunking and step schedule "
+                                     "follow it")
+            parser.add_argument("--prompts", default=None, metavar="FILE",
+                                help="prompt file: one prompt per line, or JSONL with a \"prompt\" or \"text\" "
+                                     "field (default: Shapes captions)")
         if stage == "reward":
             parser.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
                                 help="do not train: print the held-out pairwise accuracies of the reward model in DIR")
@@ -68,7 +80,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ablate = dsub.add_parser("ablate", help="DMD, Re-DMD (+EMA sink), Stream-R1, each +diagonal: same budget, "
                                             "evaluated side by side; writes report.md, report.json, drift.png")
     _common(ablate, "runs/ablate")
-    ablate.add_argument("--teacher", required=True, help="teacher model directory")
+    ablate.add_argument("--teacher", required=True,
+                        help="teacher model directory (any model the engine loads; the students follow it)")
+    ablate.add_argument("--train-prompts", default=None, metavar="FILE",
+                        help="prompt file the variants train on (one per line, or JSONL); default: Shapes captions")
     ablate.add_argument("--variants", default="all", help="comma-separated subset of " + ", ".join(
         ["dmd", "re_dmd", "stream_r1", "dmd+diag", "re_dmd+diag", "stream_r1+diag"]))
     ablate.add_argument("--prompts", type=int, default=16, help="standard prompts evaluated per variant")
@@ -118,15 +133,17 @@ def _model_update(model, path: list[str], item: str, value: str):
         raise CommandError(f"--set {item!r}: {exc}".replace("\n", " ")) from None
 
 
-def resolve(presets: dict, preset: str, sets: list[str], **paths):
-    """The preset's run with `sets` and the non-None `paths` applied."""
+def resolve(presets: dict, preset: str, sets: list[str], model_for=None, **paths):
+    """The preset's run with the non-None `paths` and `sets` applied. `model_for(run)`, when
+    given, replaces the preset's model before the `--set model.*` overrides (the student's
+    model follows its teacher)."""
     if preset not in presets:
         raise CommandError(f"unknown preset {preset!r}; choose from {', '.join(presets)}")
     run = presets[preset]
     fields = {f.name: f for f in dataclasses.fields(run)}
     hints = typing.get_type_hints(type(run))
     updates = {k: v for k, v in paths.items() if v is not None}
-    model = run.model
+    model_sets = []
     for item in sets:
         key, sep, value = item.partition("=")
         name, *path = key.split(".")
@@ -134,10 +151,27 @@ def resolve(presets: dict, preset: str, sets: list[str], **paths):
             raise CommandError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
                                f"{', '.join(sorted(set(fields) - {'model'}))} or model.<field>")
         if name == "model":
-            model = _model_update(model, path, item, value)
+            model_sets.append((path, item, value))
         else:
             updates[name] = _parse_value(item, value, hints[name])
-    return dataclasses.replace(run, model=model, **updates)
+    run = dataclasses.replace(run, **updates)
+    model = model_for(run) if model_for is not None else run.model
+    for path, item, value in model_sets:
+        model = _model_update(model, path, item, value)
+    return dataclasses.replace(run, model=model)
+
+
+def student_model_for(run):
+    """The student of the run's teacher (distill.student.student_config), once the teacher
+    exists; until then (a dry run before training one) the preset's model."""
+    from distill.student import for_teacher
+
+    if not (Path(run.teacher) / "model.json").is_file():
+        return run.model
+    try:
+        return for_teacher(run).model
+    except ValueError as exc:  # an unreadable model.json
+        raise CommandError(f"--teacher {run.teacher}: {exc}".replace("\n", " ")) from None
 
 
 def _print(run, **extra) -> None:
@@ -160,6 +194,10 @@ def _check_inputs(stage: str, run) -> None:
                            "or pass --autoencoder DIR")
     if stage == "student" and not (Path(run.teacher) / "model.json").is_file():
         raise CommandError(f"no teacher at {run.teacher}; train one with `framecast distill teacher` or pass --teacher")
+    if getattr(run, "prompts", None) is not None and not Path(run.prompts).is_file():
+        raise CommandError(f"no prompt file at {run.prompts}")
+    if getattr(run, "data", None) is not None and not (Path(run.data) / "captions.jsonl").is_file():
+        raise CommandError(f"no captions.jsonl in {run.data} (--data DIR: your videos and their captions)")
 
 
 def _report(stage: str, result) -> None:
@@ -170,8 +208,9 @@ def _report(stage: str, result) -> None:
 
 def run_stage(args: argparse.Namespace) -> int:
     presets, train = _stage(args.stage)
-    paths = {"autoencoder": getattr(args, "autoencoder", None), "teacher": getattr(args, "teacher", None)}
-    run = resolve(presets, args.preset, args.set, **{k: v for k, v in paths.items() if hasattr(args, k)})
+    paths = {k: getattr(args, k) for k in ("autoencoder", "teacher", "prompts", "data") if hasattr(args, k)}
+    run = resolve(presets, args.preset, args.set, model_for=student_model_for if args.stage == "student" else None,
+                  **paths)
     if args.stage == "reward" and args.evaluate is not None:
         return evaluate_reward(args, run)
     if args.dry_run:
@@ -227,7 +266,8 @@ def run_ablate(args: argparse.Namespace) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise CommandError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    run = resolve(_stage("student")[0], args.preset, args.set, teacher=args.teacher)
+    run = resolve(_stage("student")[0], args.preset, args.set, model_for=student_model_for, teacher=args.teacher,
+                  prompts=args.train_prompts)
     if args.dry_run:
         _print(run, variants=",".join(variants))
         return 0

@@ -19,13 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.set_defaults(func=run_demo)
     register_convert(sub)
 
-    from .runtime.command import register as register_runtime
-
-    register_runtime(sub)  # framecast build-engines
-
 
 def run_demo(args: argparse.Namespace) -> int:
-    from clients.cli import CommandError
+    from framecast import CommandError
 
     import numpy as np
     from PIL import Image
@@ -103,7 +99,7 @@ def register_convert(sub: argparse._SubParsersAction) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from clients.cli import CommandError
+    from framecast import CommandError
 
     from .checkpoints.formats import ALL_FORMATS
 

@@ -76,6 +76,14 @@ class StandInDecoder(nn.Module):
         return rgb, None
 
 
+def from_local(loader: Any, path: str | Path, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(path)` (a transformers class) from a local directory, never
+    from a model hub: local_files_only makes a folder that lacks a file fail at once instead
+    of turning into a download. (Setting HF_HUB_OFFLINE instead would be process-wide, and
+    too late once diffusers has imported huggingface_hub, which reads it at import.)"""
+    return loader.from_pretrained(str(path), local_files_only=True, **kwargs)
+
+
 def resolve(model_dir: Path | None, path: str | None) -> Path | None:
     if path is None:
         return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -143,6 +143,7 @@ class DecoderConfig(FrozenConfig):
 # How a model's forwards run (engine/runtime): eager torch (the reference), torch.compile,
 # ONNX Runtime or TensorRT. load_model(backend=...) and `--backend` override it.
 Runtime = Literal["eager", "compile", "onnxruntime", "tensorrt"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 
 
 class ModelConfig(FrozenConfig):

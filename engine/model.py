@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 
 from .cache import KVCache, policy_class
-from .checkpoints.files import save_weights
+from .checkpoints.files import describe_mismatch, save_weights
 from .components import build_decoder, build_text_encoder
 from .config import AttentionConfig, LatentConfig, ModelConfig, TextEncoderConfig, TransformerConfig
 from .errors import CheckpointError, InvalidConfig, InvalidInput, ModelNotFound
@@ -186,19 +186,9 @@ def load_transformer_weights(transformer: torch.nn.Module, path: Path) -> None:
         with safe_open(path, framework="pt") as f:
             found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
             expected = transformer.state_dict()
-            missing = sorted(set(expected) - set(found))
-            unexpected = sorted(set(found) - set(expected))
-            wrong = sorted(k for k in set(found) & set(expected) if found[k] != tuple(expected[k].shape))
-            if missing or unexpected or wrong:
-                parts = []
-                if missing:
-                    parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-                if unexpected:
-                    parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-                if wrong:
-                    parts.append("wrong shapes " + ", ".join(
-                        f"{k}: {found[k]} != {tuple(expected[k].shape)}" for k in wrong[:5]))
-                raise CheckpointError(f"{path}: " + "; ".join(parts))
+            problem = describe_mismatch(found, {k: tuple(v.shape) for k, v in expected.items()})
+            if problem:
+                raise CheckpointError(f"{path}: {problem}")
             with torch.no_grad():
                 for name, target in expected.items():
                     target.copy_(f.get_tensor(name))

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Generator
 import numpy as np
 import torch
 
+from framecast import MAX_PROMPT_CHARS, MAX_SEED
+
 from .cache import CacheMark, KVCache
 from .errors import InvalidPrompt, InvalidSeed, SessionClosed
 from .step import KeptFrames, chunk_steps
@@ -31,8 +33,6 @@ from .step import KeptFrames, chunk_steps
 if TYPE_CHECKING:
     from .model import StreamModel
 
-MAX_PROMPT_CHARS = 1000
-MAX_SEED = 2**63 - 1
 
 
 @dataclass

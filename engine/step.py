@@ -138,6 +138,8 @@ class Stepper:
         else:
             in_place = not grad and isinstance(cache.rows_index(rows), slice)
             inputs = step_inputs(cache, rows, latents, timestep, context)
+            if grad:  # autograd keeps what the readout read; later evictions change the state in place
+                inputs.update({name: inputs[name].clone() for name in cache.policy.state_names})
             flow, new_k, new_v = self.eager(**inputs, write_in_place=in_place)
         done = [i for i, c in enumerate(commit) if c]
         if done:

@@ -11,14 +11,13 @@ transformer's cross-attention almost blind to the prompt.
 Token-level features, not the pooled sentence vector: the transformer cross-attends to
 them as Wan does to umT5's token states, so "red ball, blue square" keeps which colour
 goes with which shape. Nothing is ever fetched from a model hub: the loader runs with
-HF_HUB_OFFLINE=1 and `local_files_only=True`, and the weight file's sha256 is checked
-against a pinned value before a byte of it is used.
+`local_files_only=True` (engine.components.from_local), and the weight file's sha256 is
+checked against a pinned value before a byte of it is used.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -70,13 +69,12 @@ class MiniLMTextEncoder:
         if max_tokens < 2:
             raise ValueError("max_tokens must be >= 2 (BERT spends two on [CLS] and [SEP])")
 
-        # Set before transformers touches huggingface_hub, so even a directory that lacks a
-        # file can never turn into a download.
-        os.environ["HF_HUB_OFFLINE"] = "1"
         from transformers import AutoModel, AutoTokenizer  # heavy: import on use
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(directory), local_files_only=True, use_safetensors=True)
+        from .components import from_local
+
+        self.tokenizer = from_local(AutoTokenizer, directory)
+        self.model = from_local(AutoModel, directory, use_safetensors=True)
         self.model.to(device).eval()
         self.device = torch.device(device)
         self.model_dir = directory

@@ -12,7 +12,6 @@ cross-attention sees those zeros; the students were trained on them).
 from __future__ import annotations
 
 import html
-import os
 import re
 from pathlib import Path
 
@@ -48,14 +47,13 @@ class UMT5TextEncoder:
         for folder in (encoder_dir, tokenizer_dir):
             if not folder.is_dir():
                 raise CheckpointError(f"{folder}: missing (the umT5 encoder needs its weights and its tokenizer)")
-        # Set before transformers touches huggingface_hub: a folder missing a file must fail,
-        # never turn into a download.
-        os.environ["HF_HUB_OFFLINE"] = "1"
         from transformers import AutoTokenizer, UMT5EncoderModel  # heavy: import on use
 
+        from .components import from_local
+
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
-            self.model = UMT5EncoderModel.from_pretrained(str(encoder_dir), local_files_only=True, dtype=dtype)
+            self.tokenizer = from_local(AutoTokenizer, tokenizer_dir)
+            self.model = from_local(UMT5EncoderModel, encoder_dir, dtype=dtype)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{encoder_dir}: cannot load the umT5 encoder or its tokenizer ({exc})") from exc
         self.model.to(device).eval().requires_grad_(False)

@@ -1,5 +1,8 @@
-"""`framecast serve`: run the server. Registration imports nothing heavy; the handler
-loads the model before binding, so a bad model path fails fast with a clean message."""
+"""`framecast serve`: run the server; `framecast build-engines`: build the engines it will
+load, ahead of serving (the Helm chart's init container and the GPU image's entrypoint run
+it). Both read the same FRAMECAST_* settings (server/settings.py), so build-engines builds
+exactly what serve loads. Registration imports nothing heavy; serve loads the model before
+binding, so a bad model path fails fast with a clean message."""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import argparse
 import signal
 from typing import Any
 
-from clients.cli import CommandError
+from engine.config import RUNTIMES
+from framecast import CommandError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                           "matching FRAMECAST_* environment variable.")
     p.add_argument("--model", help="model name or directory (default: the embedded default model)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when a GPU is visible, else cpu)")
-    p.add_argument("--backend", choices=["eager", "compile", "onnxruntime", "tensorrt"],
-                   help="runtime for the denoising steps (default: the model's `runtime`, eager)")
+    p.add_argument("--backend", choices=RUNTIMES,
+                   help="runtime for the denoising steps (default: the model's `runtime`)")
     p.add_argument("--engine-cache-dir", help="where `framecast build-engines` put the engines")
     p.add_argument("--host", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default: 8000)")
@@ -59,6 +63,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"],
                    help="log level (default: info)")
     p.set_defaults(func=serve)
+    register_build_engines(subparsers)
+
+
+def register_build_engines(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("build-engines", help="build a model's ONNX Runtime graphs or TensorRT engines ahead "
+                                                    "of serving", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model name or directory (default: $FRAMECAST_MODEL, else the embedded model)")
+    p.add_argument("--cache-dir", dest="engine_cache_dir",
+                   help="engine cache directory (default: $FRAMECAST_ENGINE_CACHE_DIR, else ~/.cache/framecast/engines)")
+    p.add_argument("--backend", choices=RUNTIMES,
+                   help="runtime to build for (default: $FRAMECAST_BACKEND, else the model config's `runtime`); "
+                        "eager and compile need no engines, so building for them does nothing")
+    p.add_argument("--device", help="device the server will run on (default: $FRAMECAST_DEVICE, else cuda when a "
+                                    "GPU is visible, else cpu: what the server picks)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="TensorRT: largest batch of sessions one engine call takes (default 8; larger batches "
+                        "run in slices)")
+    p.add_argument("--precision", choices=("fp8",), default=None,
+                   help="TensorRT only: fp8 GEMMs through NVIDIA ModelOpt Q/DQ nodes (default: the model's dtype)")
+    p.set_defaults(func=build_engines)
 
 
 def _settings(args: argparse.Namespace):
@@ -118,4 +142,48 @@ def serve(args: argparse.Namespace) -> int:
             raise
     if not server.started:
         raise CommandError(f"the server did not start on {settings.host}:{settings.port} (see the log above)", 1)
+    return 0
+
+
+def build_engines(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    import time
+
+    import torch
+
+    from engine import EngineError, load_model
+    from engine.model import default_device, model_dtype, resolve_model
+    from engine.runtime import DEFAULT_MAX_BATCH, RuntimeOptions, RuntimeUnavailable
+    from engine.runtime import build_engines as build
+    from engine.runtime.build import DTYPE_NAMES, EXPORTED_DECODERS
+
+    device = settings.device or default_device()
+    if args.max_batch is not None and args.max_batch < 1:
+        raise CommandError("--max-batch must be at least 1")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CommandError(f"device {device!r} was asked for but no CUDA GPU is visible here", 1)
+    try:
+        config, _ = resolve_model(settings.model)
+        backend = settings.backend or config.runtime
+        if backend in ("eager", "compile"):
+            print(f"{config.name}: the {backend} backend needs no engines; nothing to build")
+            return 0
+        # The engines are built from the eager model, in the dtype the server will run the
+        # backend in, and only the parts they export are loaded: never umT5 or a Wan VAE
+        # (a 1.3B student's build needs its transformer alone).
+        dtype = DTYPE_NAMES[model_dtype(config, device, backend=backend)]
+        model = load_model(settings.model, device, backend="eager", dtype=dtype, text_encoder=False,
+                           decoder=config.decoder.kind in EXPORTED_DECODERS)
+        options = RuntimeOptions(backend, settings.engine_cache_dir, args.max_batch or DEFAULT_MAX_BATCH,
+                                 args.precision)
+        started = time.perf_counter()
+        built = build(model, options)
+    except RuntimeUnavailable as exc:
+        raise CommandError(str(exc), 1) from None
+    except EngineError as exc:
+        raise CommandError(str(exc)) from None
+    elapsed = time.perf_counter() - started
+    for path in built:
+        print(path)
+    print(f"{model.name}: {len(built)} {backend} engine(s) ready in {elapsed:.1f} s")
     return 0

@@ -13,7 +13,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from clients.protocol import MAX_PROMPT_CHARS, START_TIMEOUT_S
+from clients.protocol import START_TIMEOUT_S
+from engine.config import Runtime
+from framecast import MAX_PROMPT_CHARS
 
 
 def default_data_dir() -> Path:
@@ -43,7 +45,7 @@ class Settings(BaseSettings):
     model: str | None = Field(None, description="model name or directory; None = the embedded default")
     device: str | None = Field(None, description="torch device the model runs on; None = cuda when a GPU is "
                                                  "visible, else cpu")
-    backend: Literal["eager", "compile", "onnxruntime", "tensorrt"] | None = Field(
+    backend: Runtime | None = Field(
         None, description="runtime for the denoising steps; None = the model config's `runtime`")
     engine_cache_dir: str | None = Field(
         None, description="where `framecast build-engines` put built engines (default ~/.cache/framecast/engines)")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clients.cli import main as cli_main
+from framecast.cli import main as cli_main
 from distill import train_autoencoder as tae
 from engine.autoencoder import AutoencoderConfig, ShapesAutoencoder
 from engine.errors import CheckpointError, ShapeMismatch

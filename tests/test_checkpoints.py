@@ -357,7 +357,7 @@ def test_convert_refuses_a_non_empty_output(base, tmp_path):
 # --- the command line ------------------------------------------------------------------------
 
 def test_cli_convert_success_and_one_line_errors(base, tmp_path, capsys):
-    from clients.cli import main
+    from framecast.cli import main
 
     _, path = write_causvid(tmp_path)
     out = tmp_path / "cli-model"

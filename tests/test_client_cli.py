@@ -30,7 +30,7 @@ def guarded_server():
 def framecast(capsys, *args: str) -> tuple[int, str, str]:
     """`framecast ARGS` in this process (a subprocess costs seconds of start-up per call):
     exit code, stdout, stderr."""
-    from clients.cli import main
+    from framecast.cli import main
 
     try:
         code = main(list(args))

@@ -75,7 +75,7 @@ def test_framecast_demo_streams_the_default_model_and_switches(tmp_path, capsys)
     PNG grid's rows are chunks, and the background follows the prompt."""
     from PIL import Image
 
-    from clients.cli import main
+    from framecast.cli import main
     from distill.eval.colour import COLOUR_NAMES, classify_pixels
 
     out = tmp_path / "demo.png"

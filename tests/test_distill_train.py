@@ -134,7 +134,7 @@ def test_student_resume_through_ode_and_dmd_continues_exactly(tiny_teacher, tmp_
 
 
 def test_dry_run_prints_the_resolved_config(capsys):
-    from clients.cli import main
+    from framecast.cli import main
 
     assert main(["distill", "student", "--preset", "tiny", "--set", "dmd_iters=7", "--dry-run"]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -145,7 +145,7 @@ def test_dry_run_prints_the_resolved_config(capsys):
 def test_two_process_data_parallel_on_gloo(tiny_teacher, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "clients.cli", "distill", "student", "--preset", "tiny", "--teacher", str(tiny_teacher),
+           "-m", "framecast", "distill", "student", "--preset", "tiny", "--teacher", str(tiny_teacher),
            "--run-dir", str(tmp_path / "ddp"), "--set", "ode_iters=4", "--set", "dmd_iters=2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -218,3 +219,42 @@ def test_image_matches_what_the_chart_assumes(variant):
     assert settings["BUILD_ENGINES_ON_START"] == ("1" if variant == "gpu" else "0")
     assert "docker/entrypoint.sh /usr/local/bin/framecast-entrypoint" in stage
     assert 'ENTRYPOINT ["framecast-entrypoint"]' in stage
+
+
+def test_the_real_entrypoint_chain_builds_engines_then_serves_on_them(tmp_path):
+    """The entrypoint with the real `framecast`: build-engines (ONNX Runtime, tiny-random)
+    into the cache, then serve, which loads those engines and streams on them."""
+    import httpx
+
+    from tests.server_fixtures import free_port
+
+    port, cache = free_port(), tmp_path / "engines"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "BUILD_ENGINES_ON_START": "1", "FRAMECAST_ENGINE_CACHE_DIR": str(cache), "FRAMECAST_BACKEND": "onnxruntime",
+           "FRAMECAST_DATA_DIR": str(tmp_path), "FRAMECAST_MAX_SESSIONS": "1", "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "entrypoint.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["sh", str(ENTRYPOINT), "serve", "--model", "tiny-random", "--port", str(port)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert "onnxruntime engine(s) ready" in log.read_text()  # build-engines ran first
+        assert list(cache.rglob("graph.ort.onnx")), "no engine in the cache"
+        assert httpx.get(url + "/v1/models").json()["data"][0]["backend"] == "onnxruntime"
+        job = httpx.post(url + "/v1/videos", json={"prompt": "a red ball", "seconds": 1}).json()
+        while (status := httpx.get(f"{url}/v1/videos/{job['id']}").json()["status"]) not in ("completed", "failed"):
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.2)
+        assert status == "completed"
+    finally:
+        proc.terminate()
+        proc.wait(30)

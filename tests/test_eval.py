@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients.cli import CommandError, main
+from framecast import CommandError
+from framecast.cli import main
 from distill.data import vocab
 from distill.data.captions import ObjectIntent, PromptIntent, parse_prompt
 from distill.data.render import render_background
@@ -287,3 +288,15 @@ def test_cli_samples_a_model_through_the_engine(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     # Untrained weights draw no red ball on a blue background.
     assert len(report["samples"]) == 1 and report["summary"]["prompt_accuracy"] <= 0.3
+
+
+def test_bootstrap_interval_of_the_mean():
+    from distill.eval.report import bootstrap_interval
+
+    assert bootstrap_interval([1.0]) is None and bootstrap_interval([None, 0.5]) is None
+    assert bootstrap_interval([0.7] * 10) == [0.7, 0.7]  # no spread, no doubt
+    coin = [float(i % 2) for i in range(40)]  # mean 0.5, sd 0.5: +-1.96 * 0.5 / sqrt(40) = 0.155
+    low, high = bootstrap_interval(coin)
+    assert 0.32 < low < 0.38 and 0.62 < high < 0.68
+    wide = bootstrap_interval(coin[:8])
+    assert wide[0] < low and wide[1] > high  # fewer samples, a wider interval

@@ -99,7 +99,7 @@ def test_build_engines_builds_in_the_dtype_the_server_will_load(tmp_path, monkey
     has no bfloat16 MatMul): build-engines must export that, or the server's engine key
     would not match (and ONNX Runtime could not even optimise a bfloat16 graph)."""
     import engine.runtime as runtime
-    from clients.cli import main as cli_main
+    from framecast.cli import main as cli_main
 
     config = BF16.model_copy(update={"runtime": "onnxruntime"})
     save_model(tmp_path / "m", config, build_transformer(config, dtype=torch.bfloat16))

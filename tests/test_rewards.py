@@ -203,7 +203,7 @@ def test_checkpoint_round_trip_and_loader(tmp_path):
 
 
 def test_cli_dry_run_and_errors(capsys):
-    from clients.cli import main as cli_main
+    from framecast.cli import main as cli_main
 
     assert cli_main(["distill", "reward", "--preset", "tiny", "--set", "steps=3", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 3
@@ -228,19 +228,27 @@ def test_reward_never_imports_the_evaluator_and_registers_without_torch():
 
 
 def test_shipped_reward_ranks_heldout_clips():
-    """Real clips above their corrupted copies and true captions above wrong ones, on 8
-    held-out scenes (training never draws these seeds). Measured on 64 held-out clips
-    (docs/rewards.md): visual 0.93, motion 0.97, text 0.73 (colour-like swaps 0.83, shape
-    and motion swaps under 0.6, so those are not asserted); on these 8: 0.93, 1.0, 0.6
-    (colour-like 0.75). The thresholds sit below both."""
+    """Real clips above their corrupted copies and true captions above wrong ones, on 24
+    held-out scenes (training never draws these seeds), against the same measure of a
+    randomly initialised reward, which must fail every threshold: they mean something.
+    Measured on these 24 (today's captions, synonyms and all): visual 0.94, motion 0.99,
+    text 0.69 (colour-like swaps 0.81); random inits (seeds 0-4) at most 0.66, 0.63, 0.60
+    (colour-like 0.65)."""
     model = load_reward(SHAPES_REWARD_DIR)
     run = dataclasses.replace(PRESETS["shapes"], model=model.config)
-    accuracy = heldout_accuracy(model, run, clips=8)
-    assert accuracy["visual"] >= 0.85, accuracy
-    assert accuracy["motion"] >= 0.9, accuracy
-    assert accuracy["text"] >= 0.55, accuracy
-    colour_like = [accuracy[f"text/{kind}"] for kind in ("other", "colour", "background")]
-    assert sum(colour_like) / 3 >= 0.65, accuracy
+
+    def scores(reward) -> dict[str, float]:
+        accuracy = heldout_accuracy(reward, run, clips=24)
+        colour_like = sum(accuracy[f"text/{kind}"] for kind in ("other", "colour", "background")) / 3
+        return {"visual": accuracy["visual"], "motion": accuracy["motion"], "text": accuracy["text"],
+                "colour_like": colour_like}
+
+    thresholds = {"visual": 0.85, "motion": 0.9, "text": 0.65, "colour_like": 0.75}
+    shipped = scores(model)
+    assert all(shipped[k] >= v for k, v in thresholds.items()), shipped
+    torch.manual_seed(0)
+    untrained = scores(ShapesVideoReward(model.config).eval())
+    assert all(untrained[k] < v for k, v in thresholds.items()), untrained
 
 
 # --- the pretrained adapter ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from clients.cli import main as cli_main
+from framecast.cli import main as cli_main
 from engine import PRESETS, load_model, save_model
 from engine.model import StreamModel, build_decoder, build_text_encoder, build_transformer
 from engine.runtime import (EngineCache, RuntimeOptions, RuntimeUnavailable, TorchStepRunner, attach_runtime,

@@ -93,7 +93,7 @@ def test_flags_override_environment(monkeypatch, tmp_path):
 def test_invalid_setting_is_a_clean_error():
     import argparse
 
-    from clients.cli import CommandError
+    from framecast import CommandError
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

@@ -3,6 +3,7 @@ tiny-random model, ffprobe on the received fMP4 stream."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -135,6 +136,41 @@ def test_stats_arrive_during_a_stream(tiny_model, tmp_path):
     assert elapsed >= 1.0
 
 
+async def _pause_midway(url: str) -> tuple[list[float], float]:
+    """Arrival times of each fragment, and when the stream was resumed after a 1.5 s pause."""
+    arrivals: list[float] = []
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({**START, "max_seconds": 3.0}))
+        got = await receive_all(ws, until=lambda r: len(r.media) >= 3)  # init + 2 chunks
+        arrivals += [time.monotonic()] * (len(got.media) - 1)
+        await ws.send(json.dumps({"type": "session.pause"}))
+        await receive_all(ws, got, until=lambda r: r.of_type("session.paused"))
+        await asyncio.sleep(1.5)
+        await ws.send(json.dumps({"type": "session.resume"}))
+        resumed = time.monotonic()
+        seen = len(got.media)
+        while True:
+            got = await receive_all(ws, got, until=lambda r: len(r.media) > seen or r.of_type("session.done"))
+            if len(got.media) == seen:
+                return arrivals, resumed
+            arrivals += [time.monotonic()] * (len(got.media) - seen)
+            seen = len(got.media)
+
+
+def test_pacing_follows_the_stream_clock_with_pauses_left_out(tiny_model, tmp_path):
+    """After a pause the stream picks up where it stopped: chunks keep coming at real-time
+    pace (a clock counting the pause would find them all overdue and send a burst), and
+    the first comes without a second wait (a clock counting it twice)."""
+    with live_server(tmp_path, tiny_model, stream_lead_s=0.1) as paced:
+        arrivals, resumed = run(_pause_midway(paced.ws_url))
+    after = [t for t in arrivals if t >= resumed]
+    chunk_s = tiny_model.frames_per_chunk / tiny_model.fps  # 0.5 s
+    assert len(after) >= 3, arrivals
+    assert after[0] - resumed < chunk_s + 0.3, "the stream waited longer than its clock says"
+    spans = [b - a for a, b in zip(after, after[1:])]
+    assert min(spans) > 0.6 * chunk_s, f"a burst after the pause: {spans}"
+
+
 async def _disconnect_midway(url: str) -> None:
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({**START, "format": "jpeg"}))
@@ -191,8 +227,9 @@ def test_a_client_that_stops_reading_stops_its_generation(server):
 
 def test_chunk_metadata_is_a_protocol_message(server):
     got = run(one_session(server.ws_url, {**START, "max_seconds": 0.5}))
-    for meta, _ in got.media:
-        VideoChunk.model_validate(meta)
+    assert len(got.media) == 2  # the init segment and one fragment: 0.5 s is one chunk
+    for meta, data in got.media:
+        assert VideoChunk.model_validate(meta).bytes == len(data)
 
 
 def test_metrics_record_streams(server):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -23,9 +22,24 @@ def mean_pooled(features: torch.Tensor) -> torch.Tensor:
 
 
 def test_loads_offline_with_pinned_hash(encoder):
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"
     assert sha256_file(encoder.model_dir / WEIGHTS_FILE) == MINILM_SHA256
     assert encoder.dim == 384 and encoder.max_tokens == 16
+
+
+def test_a_folder_missing_a_file_fails_without_asking_a_hub(tmp_path, monkeypatch):
+    import huggingface_hub
+    from transformers import AutoTokenizer
+
+    from engine.components import from_local
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a model hub was asked")
+
+    for name in ("hf_hub_download", "snapshot_download"):
+        monkeypatch.setattr(huggingface_hub, name, no_network)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises((OSError, ValueError)):  # fails at once, from what is on disk
+        from_local(AutoTokenizer, tmp_path)
 
 
 def test_shape_dtype_and_zero_padding(encoder):

@@ -11,6 +11,9 @@ source frame shown at its time), scaled so the shorter side fits and centre-crop
 A bad file never stops an epoch: files are probed up front and bad ones left out,
 and a file that fails to decode later is recorded, warned about once, and replaced
 by the next good one.
+
+The trainers draw from a folder through `VideoClips` (`--data DIR` of `framecast distill
+autoencoder` and `teacher`): random clips as uint8 frames, a function of a seed and step.
 """
 
 from __future__ import annotations
@@ -191,3 +194,48 @@ class VideoFolderDataset(Dataset):
             video = torch.from_numpy(frames[: self.num_frames]).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
             return {"video": video, "caption": caption, "file": file}  # video: [3, T, H, W]
         raise RuntimeError(f"every video in {self.folder} failed to decode: {self.skipped}")
+
+
+# --- random clips for the trainers -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VideoClip:
+    """A clip as the Shapes world gives one: uint8 frames [T, H, W, 3] and its caption."""
+
+    frames: np.ndarray
+    caption: str
+
+    @property
+    def captions(self) -> list[str]:  # the Shapes world's clips carry paraphrases; a video has its one caption
+        return [self.caption]
+
+
+class VideoClips:
+    """Random fixed-length clips of a folder's videos (captions.jsonl beside them), drawn
+    with the caller's numpy generator, so a trainer's batch is a function of its seed and
+    step: a resumed run sees the clips it would have seen. Each draw takes two numbers from
+    the generator (which video, where in it) whatever happens, and a video that fails to
+    decode is recorded and the next one used."""
+
+    def __init__(self, folder: str | Path, num_frames: int, height: int, width: int, fps: float):
+        folder = Path(folder)
+        self.dataset = VideoFolderDataset(folder, folder / "captions.jsonl", num_frames, height, width, fps)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, rng: np.random.Generator) -> VideoClip:
+        ds = self.dataset
+        index, where = int(rng.integers(len(ds.entries))), float(rng.random())
+        for step in range(len(ds.entries)):
+            file, caption, seconds = ds.entries[(index + step) % len(ds.entries)]
+            if any(s.file == file for s in ds.skipped):
+                continue
+            start = where * max(0.0, seconds - ds.num_frames / ds.fps)
+            try:
+                frames, _ = decode_video(ds.folder / file, ds.fps, ds.size, start, ds.num_frames)
+            except VideoDecodeError as exc:
+                ds._skip(file, f"decode failed: {exc}")
+                continue
+            return VideoClip(frames[: ds.num_frames], caption)
+        raise RuntimeError(f"every video in {ds.folder} failed to decode: {ds.skipped}")

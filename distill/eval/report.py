@@ -27,9 +27,26 @@ GRID_COLUMNS = 8  # frames per sample in grid.png, evenly spaced over the clip
 PREVIEW_SECONDS = 10.0  # how much of each sample samples.mp4 / samples.gif play
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
 def _mean(values) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
+
+
+def bootstrap_interval(values, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 0) -> list[float] | None:
+    """The percentile bootstrap interval of the mean: samples (prompt x seed) drawn with
+    replacement `resamples` times; the central `level` of the resampled means. With it two
+    models can be told apart, or not. None with fewer than two values."""
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    if len(values) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
 def evaluate_generator(generate: Generate, prompts: Sequence[str], seeds: int | Sequence[int], seconds: float,
@@ -54,6 +71,7 @@ def evaluate_generator(generate: Generate, prompts: Sequence[str], seeds: int | 
                 previews.append((prompt, frames[picks], frames[: int(PREVIEW_SECONDS * fps)]))
     report = {
         "summary": {m: _mean(s[m] for s in samples) for m in METRICS},
+        "intervals": {m: bootstrap_interval([s[m] for s in samples]) for m in METRICS},
         "per_prompt": [
             {"prompt": p, **{m: _mean(s[m] for s in samples if s["prompt"] == p) for m in METRICS}} for p in prompts
         ],

@@ -17,7 +17,6 @@ head.safetensors) is in docs/rewards.md.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -104,13 +103,13 @@ class PretrainedVideoReward(nn.Module):
         if missing := set(DIMENSIONS) - set(cfg.outputs):
             raise ValueError(f"{directory / MANIFEST}: outputs lacks {sorted(missing)}")
 
-        # Set before transformers touches huggingface_hub: a missing file never becomes a download.
-        os.environ["HF_HUB_OFFLINE"] = "1"
         from transformers import AutoModel, AutoTokenizer  # heavy: import on use
 
+        from engine.components import from_local
+
         dtype = getattr(torch, cfg.dtype)
-        self.backbone = AutoModel.from_pretrained(str(directory / cfg.backbone), local_files_only=True, dtype=dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(directory / cfg.backbone), local_files_only=True)
+        self.backbone = from_local(AutoModel, directory / cfg.backbone, dtype=dtype)
+        self.tokenizer = from_local(AutoTokenizer, directory / cfg.backbone)
         head = load_file(directory / cfg.head)
         self.head = nn.Linear(head["weight"].shape[1], head["weight"].shape[0], dtype=dtype)
         self.head.load_state_dict(head)

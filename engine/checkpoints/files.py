@@ -24,6 +24,23 @@ from ..errors import CheckpointError
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
+def describe_mismatch(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> str | None:
+    """What keeps a checkpoint from loading ({name: shape} found vs expected): missing keys,
+    unexpected keys and wrong shapes, a few of each; None when they match."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k]))
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} in all)")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if wrong:
+        parts.append("wrong shapes " + ", ".join(f"{k}: {tuple(found[k])} != expected {tuple(expected[k])}"
+                                                 for k in wrong[:5]))
+    return "; ".join(parts) or None
+
+
 def read_weights(path: str | Path) -> dict[str, Any]:
     """The content of one weights file: a flat {name: tensor} dict for safetensors, or
     whatever dict of dicts / tensors / numbers a torch pickle holds."""

@@ -31,6 +31,7 @@ import torch
 
 from ..config import TransformerConfig
 from ..errors import CheckpointError
+from .files import describe_mismatch
 
 # Path segments that distributed training and compilation wrappers insert into names.
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
@@ -123,20 +124,9 @@ def infer_transformer_config(state: dict[str, torch.Tensor], num_attention_heads
 
 def check_original(state: dict[str, torch.Tensor], t: TransformerConfig, source: str) -> None:
     """Missing keys, unexpected keys and wrong shapes, named in the original layout."""
-    expected = original_key_shapes(t)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != expected[k])
-    parts = []
-    if missing:
-        parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)} in all)")
-    if unexpected:
-        parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    if wrong:
-        parts.append("wrong shapes " + ", ".join(f"{k}: {tuple(state[k].shape)} != expected {expected[k]}"
-                                                 for k in wrong[:5]))
-    if parts:
-        raise CheckpointError(f"{source}: " + "; ".join(parts))
+    problem = describe_mismatch({k: tuple(v.shape) for k, v in state.items()}, original_key_shapes(t))
+    if problem:
+        raise CheckpointError(f"{source}: {problem}")
 
 
 def to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..cache import KVCache, policy_class
-from ..config import Runtime
+from ..config import RUNTIMES, Runtime
 from ..errors import InvalidConfig
 from ..step import Stepper
 from . import onnxrt
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS: tuple[Runtime, ...] = ("eager", "compile", "onnxruntime", "tensorrt")
+BACKENDS = RUNTIMES
 GRAPH_BACKENDS = ("onnxruntime", "tensorrt")
 DEFAULT_MAX_BATCH = 8  # TensorRT profile's largest batch; larger batches run in slices
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}

@@ -19,7 +19,7 @@ def model_card(model) -> ModelCard:
     return ModelCard(id=model.name, width=model.width, height=model.height, fps=model.fps,
                      chunk_frames=model.frames_per_chunk,
                      steps_per_chunk=list(config.sampler.steps_per_chunk),
-                     attention=config.attention.policy,
+                     attention=config.attention.policy, backend=model.step_fn.backend,
                      description=config.description)
 
 
