@@ -376,6 +376,7 @@ def main() -> None:
     ap.add_argument("--evict-clients", type=int, default=4, help="non-reading clients in the eviction check (0 = skip)")
     ap.add_argument("--stall-seconds", type=float, default=5.0, help="the server's stall timeout in the eviction check")
     ap.add_argument("--evict-only", action="store_true", help="run only the eviction check")
+    ap.add_argument("--ratio-only", action="store_true", help="run only the delivered-vs-raw rounds")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--data-dir", type=Path, default=Path("/tmp/framecast-bench"), help="server data dir")
     args = ap.parse_args()
@@ -403,6 +404,9 @@ def main() -> None:
         figures["one_session"] = {"per_session_fps": statistics.median(d for _, d in rounds),
                                   "delivered_over_raw": statistics.median(ratios), "ratios": ratios}
         raw.close()
+        if args.ratio_only:
+            print_ratio(figures)
+            return
         figures["concurrent"] = [asyncio.run(concurrent(batched.ws_url, n, seconds)) for n in counts]
         figures["slow_client"] = asyncio.run(with_slow_one(batched, 3, seconds, args.slow_fps))
         if args.rss_seconds > 0:
@@ -424,13 +428,17 @@ def main() -> None:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
-def print_table(f: dict) -> None:
+def print_ratio(f: dict) -> None:
     one = f["one_session"]
     print(f"\nmodel {f['model']}; server in its own process on loopback; fMP4; no real-time pacing\n")
     print(f"raw engine (one StreamSession, this process)   {f['raw_engine_fps']:8.1f} frames/s (median)")
     print(f"1 session delivered over WebSocket             {one['per_session_fps']:8.1f} frames/s (median)")
     print(f"delivered / raw, per round                     {', '.join(f'{r:.3f}' for r in one['ratios'])}"
           f"  (median {one['delivered_over_raw']:.3f})")
+
+
+def print_table(f: dict) -> None:
+    print_ratio(f)
     print(f"\n{'sessions':>8} {'aggregate fps':>14} {'per-session fps':>16} {'p95 interval ms':>16} "
           f"{'TTFF ms (median/max)':>21}")
     for c in f["concurrent"]:

@@ -69,6 +69,11 @@ class OnnxRuntimeRunner:
             # As many threads as torch uses: one setting (torch.set_num_threads) governs
             # the process, and the two backends compare on equal terms.
             options.intra_op_num_threads = threads or torch.get_num_threads()
+            # ORT's pool threads spin between ops by default. Between the graph's runs
+            # torch's sampler and cache code (and, in a server, encoding and the event loop)
+            # need those cores: on 2 cores the default model streamed 1.5x faster without
+            # spinning (bench/serve_load.py raw engine 197-217 vs 135 frames/s).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.device = device
         self.session = ort.InferenceSession(str(path), options, providers=providers_for(device))
         self.input_names = [i.name for i in self.session.get_inputs()]
