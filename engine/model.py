@@ -141,7 +141,7 @@ class StreamModel:
             cache = batch[0].session.cache
             rows = [r.session.row for r in batch]
             latents = torch.cat([r.latents for r in batch])  # [B, C, F, h, w]
-            timestep = torch.tensor([r.timestep for r in batch], device=self.device)
+            timestep = torch.tensor([r.timestep for r in batch], device=latents.device)
             context = torch.cat([r.context for r in batch])
             flow = self.step_fn(cache, rows, latents, timestep, context, [r.commit for r in batch])
             for j, i in enumerate(idx):

@@ -195,7 +195,7 @@ class StreamSession:
         cfg = self.model.config
         att, lat = cfg.attention, cfg.latent
         shape = (1, lat.channels, att.chunk_frames, lat.latent_height, lat.latent_width)
-        noise = torch.randn(shape, generator=self.generator, device=self.model.device).to(self.model.dtype)
+        noise = torch.randn(shape, generator=self.generator, device=self.generator.device).to(self.context.dtype)
         steps = chunk_steps(cfg.sampler, self.chunk_index, noise, self.generator)
         request = next(steps)
         try:
