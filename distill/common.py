@@ -166,17 +166,26 @@ class MetricsLog:
 # --- weight EMA ----------------------------------------------------------------------------
 
 class EMA(nn.Module):
-    """theta_ema <- d * theta_ema + (1 - d) * theta after every optimiser step."""
+    """theta_ema <- d * theta_ema + (1 - d) * theta after every optimiser step, with
+    d = min(decay, (1 + step) / (10 + step)): early on the average forgets the random init
+    quickly. Without that warm-up a 0.9995 average keeps 0.9995^4500 = 10 % of the init
+    after 4500 steps: the Shapes teacher's prompt accuracy was 0.21 from that average and
+    0.39 from the raw weights (12 standard prompts)."""
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
         self.decay = decay
         self.shadow = copy.deepcopy(model).requires_grad_(False).eval()
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int) -> None:
+        """After optimiser step `step` (0 for the first)."""
+        weight = 1 - self.decay_at(step)
         for ema_p, p in zip(self.shadow.parameters(), model.parameters()):
-            ema_p.lerp_(p.detach(), 1 - self.decay)
+            ema_p.lerp_(p.detach(), weight)
 
 
 # --- captions ------------------------------------------------------------------------------

@@ -476,7 +476,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
         for key, value in values.items():
             logs.setdefault(key, []).extend(value)
         all_losses.append(values["loss/ode" if step < run.ode_iters else "loss/dmd"][0])
-        t.ema.update(t.student)
+        t.ema.update(t.student, step)
         step += 1
         bar.update(1)
 

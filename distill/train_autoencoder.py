@@ -253,8 +253,7 @@ def train_autoencoder(run: AutoencoderRun, run_dir: Path, out_dir: Path | None =
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        ema.decay = min(run.ema_decay, (1 + step) / (10 + step))  # warm-up: early EMAs forget the init
-        ema.update(ae)
+        ema.update(ae, step)
         step += 1
 
         losses.append(loss.item())

@@ -81,6 +81,23 @@ def test_teacher_lr_warms_up_holds_then_decays_linearly():
     assert teacher_mod.lr_at(replace(run, decay_from=0), 99) == pytest.approx(1e-3)  # no decay by default
 
 
+def test_ema_forgets_the_random_init_within_a_short_run():
+    """A slow average (0.9995) over a run of 4500 steps must end near the trained weights,
+    not keep a tenth of the init (which cost the Shapes teacher half its prompt accuracy)."""
+    from distill.common import EMA
+
+    model = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = EMA(model, 0.9995)
+    with torch.no_grad():
+        model.weight.fill_(0.0)  # trained weights: 0; the init was 1
+    for step in range(4500):
+        ema.update(model, step)
+    assert ema.shadow.weight.abs().max() < 0.01  # without warm-up: 0.9995 ** 4500 = 0.105
+    assert ema.decay_at(0) < 0.2 and ema.decay_at(100_000) == 0.9995
+
+
 def test_latent_pool_is_encoded_once_and_reused(tiny_autoencoder, tmp_path):
     from distill.common import ShapesLatents
 

@@ -237,7 +237,7 @@ def train_reward(run: RewardRun, run_dir: Path, out_dir: Path | None = None, thr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        ema.update(model)
+        ema.update(model, step)
         step += 1
         bar.update(1)
         losses.append(logs["loss/total"])
