@@ -329,3 +329,32 @@ class LiveStream:
                                               latency_ms=round(1000 * sum(latencies) / len(latencies), 3),
                                               frames=self._sent_frames, chunks=self._sent_messages))
                 stats_start, stats_frames, latencies = now, 0, []
+
+
+# --- what every transport reads from its client ------------------------------------------------
+
+async def receive_start(receive, send_message, deadline: float, within: str) -> tuple[SessionStart, float]:
+    """The client's session.start (pings answered meanwhile) and when it came; `receive()`
+    gives the transport's next parsed client message. A start that does not come before
+    `deadline` (monotonic) fails with start_timeout, `within` saying what was waited for."""
+    while True:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise ApiError("start_timeout", f"no session.start {within}") from None
+        if isinstance(message, SessionStart):
+            return message, time.monotonic()
+        if isinstance(message, SessionPing):
+            await send_message(SessionPong(ts=message.ts))
+            continue
+        raise ApiError("not_started", f"send session.start first, not {message.type}")
+
+
+async def read_controls(receive, live: LiveStream) -> str:
+    """The client's control messages, handled by its stream, until one ends it (its reason)."""
+    while True:
+        message = await receive()
+        if isinstance(message, SessionStart):
+            raise ApiError("already_started", f"this connection already streams {live.session_id}")
+        if (reason := await live.handle(message)) is not None:
+            return reason

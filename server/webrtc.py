@@ -41,13 +41,13 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerCon
                     RTCSessionDescription)
 from aiortc.mediastreams import MediaStreamError
 
-from clients.protocol import (Error, SessionDone, SessionPaused, SessionPing, SessionPong, SessionResumed,
+from clients.protocol import (Error, SessionDone, SessionPaused, SessionResumed,
                               SessionStart, SessionStarted, VideoChunk)
 
 from .admission import Ticket
 from .auth import Caller
 from .errors import ApiError
-from .live import ChunkOut, LiveStream
+from .live import ChunkOut, LiveStream, read_controls, receive_start
 from .state import ServerState
 from .websocket import parse_client_message
 
@@ -452,27 +452,11 @@ class WebRTCStream:
 
     async def _receive_start(self) -> tuple[SessionStart, float]:
         timeout = self.settings.start_timeout_s
-        deadline = self.created_at + timeout
-        while True:
-            try:
-                message = await asyncio.wait_for(self._receive(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise ApiError("start_timeout", f"no session.start on the data channel within {timeout:g} s "
-                               "of the offer") from None
-            if isinstance(message, SessionStart):
-                return message, time.monotonic()
-            if isinstance(message, SessionPing):
-                await self.send_message(SessionPong(ts=message.ts))
-                continue
-            raise ApiError("not_started", f"send session.start first, not {message.type}")
+        return await receive_start(self._receive, self.send_message, self.created_at + timeout,
+                                   f"on the data channel within {timeout:g} s of the offer")
 
     async def _read(self) -> str:
-        while True:
-            message = await self._receive()
-            if isinstance(message, SessionStart):
-                raise ApiError("already_started", f"this connection already streams {self.live.session_id}")
-            if (reason := await self.live.handle(message)) is not None:
-                return reason
+        return await read_controls(self._receive, self.live)
 
     # --- sending (the LiveStream's Transport) ---------------------------------------------
     def _send_text(self, text: str) -> None:

@@ -18,13 +18,13 @@ import time
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from clients.protocol import (CLIENT_MESSAGE_TYPES, MAX_MESSAGE_BYTES, SUBPROTOCOL, Error, SessionPing, SessionPong,
+from clients.protocol import (CLIENT_MESSAGE_TYPES, MAX_MESSAGE_BYTES, SUBPROTOCOL, Error,
                               SessionStart, SessionStarted, VideoChunk, client_message_adapter)
 
 from .auth import caller, websocket_key
 from .encoding import Fmp4StreamEncoder, JpegEncoder
 from .errors import ApiError, from_validation_error
-from .live import ChunkOut, LiveStream
+from .live import ChunkOut, LiveStream, read_controls, receive_start
 from .state import ServerState
 
 log = logging.getLogger("framecast.server")
@@ -149,26 +149,12 @@ class WebSocketStream:
         return parse_client_message(message.get("text") or "")
 
     async def _receive_start(self) -> tuple[SessionStart, float]:
-        deadline = time.monotonic() + self.settings.start_timeout_s
-        while True:
-            try:
-                message = await asyncio.wait_for(self._receive(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise ApiError("start_timeout", f"no session.start within {self.settings.start_timeout_s:g} s") from None
-            if isinstance(message, SessionStart):
-                return message, time.monotonic()
-            if isinstance(message, SessionPing):
-                await self.send_message(SessionPong(ts=message.ts))
-                continue
-            raise ApiError("not_started", f"send session.start first, not {message.type}")
+        timeout = self.settings.start_timeout_s
+        return await receive_start(self._receive, self.send_message, time.monotonic() + timeout,
+                                   f"within {timeout:g} s")
 
     async def _read(self) -> str:
-        while True:
-            message = await self._receive()
-            if isinstance(message, SessionStart):
-                raise ApiError("already_started", f"this connection already streams {self.live.session_id}")
-            if (reason := await self.live.handle(message)) is not None:
-                return reason
+        return await read_controls(self._receive, self.live)
 
     # --- sending (the LiveStream's Transport) ------------------------------------------------
     async def _unless_stalled(self, sending) -> None:
