@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from engine import PRESETS
@@ -45,3 +51,20 @@ class ExplicitWindowAttention(AttentionMode):
             out[:, qi] = attend(apply_rope(q[:, qi], q_cos[None], q_sin[None]),
                                 apply_rope(k[:, ki], k_cos[None], k_sin[None]), v[:, ki], None, "native")
         return out
+
+
+def torchrun_two_processes(args: list[str], timeout: float) -> tuple[int, str]:
+    """`torchrun --standalone --nproc_per_node=2 ARGS` from the repo root, one thread each;
+    (exit code, stderr). Every worker is killed if it outlives the timeout."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # never leave worker processes behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, stderr

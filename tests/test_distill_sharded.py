@@ -5,11 +5,7 @@ sharded over two processes. Stop and resume equals the uninterrupted run; sharde
 replicated; a two-process checkpoint resumes on one process."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from framecast.cli import main
+from tests.engine_helpers import torchrun_two_processes
 from tests.checkpoint_fixtures import tiny_wan_diffusers
 from tests.distill_sharded_worker import student_args
 
@@ -49,19 +46,10 @@ def sharded(tmp_path_factory) -> Path:
     # a one-process run to step 3 (safetensors checkpoint); the worker resumes it on two processes
     assert main(student_args(root / "teacher", root / "prompts.txt", root / "from_single", dmd_iters=1)) == 0
     shutil.copytree(root / "from_single" / "model", root / "single_at3")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "tests" / "distill_sharded_worker.py"), str(root / "teacher"), str(root / "prompts.txt"),
-           str(root / "reward"), str(root)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:  # never leave worker processes behind
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, stderr[-4000:]
+    returncode, stderr = torchrun_two_processes(
+        [str(ROOT / "tests" / "distill_sharded_worker.py"), str(root / "teacher"), str(root / "prompts.txt"),
+         str(root / "reward"), str(root)], timeout=600)
+    assert returncode == 0, stderr[-4000:]
     return root
 
 

@@ -2,10 +2,6 @@
 resume continues exactly, exported models stream, and 2-process data parallel agrees."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,8 +12,8 @@ import torch
 from distill import student as student_mod
 from distill import teacher as teacher_mod
 from engine import load_model
+from tests.engine_helpers import torchrun_two_processes
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -160,19 +156,10 @@ def test_dry_run_prints_the_resolved_config(capsys):
 
 
 def test_two_process_data_parallel_on_gloo(tiny_teacher, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "framecast", "distill", "student", "--preset", "tiny", "--teacher", str(tiny_teacher),
-           "--run-dir", str(tmp_path / "ddp"), "--set", "ode_iters=4", "--set", "dmd_iters=2"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:  # never leave worker processes behind
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, stderr[-3000:]
+    returncode, stderr = torchrun_two_processes(
+        ["-m", "framecast", "distill", "student", "--preset", "tiny", "--teacher", str(tiny_teacher),
+         "--run-dir", str(tmp_path / "ddp"), "--set", "ode_iters=4", "--set", "dmd_iters=2"], timeout=300)
+    assert returncode == 0, stderr[-3000:]
     logged = metrics(tmp_path / "ddp")
     assert logged[-1].get("ranks_in_sync") == 1.0
     assert (tmp_path / "ddp" / "model" / "transformer.safetensors").is_file()
