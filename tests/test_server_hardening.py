@@ -199,7 +199,16 @@ def test_streams_per_address_without_keys(tiny_model, tmp_path):
         assert second.error is not None, "a second stream from the same address was served"
         assert second.error["code"] == "rate_limited" and "127.0.0.1" in second.error["message"]
         assert second.close_code == CloseCode.TRY_AGAIN_LATER
-        assert run(one_session(limited.ws_url, START)).of_type("session.done")
+        # Once the first stream's close has reached the server, the address may stream again. The
+        # client's close handshake can finish a moment before the server's handler frees the slot,
+        # so a refusal inside that moment is retried (seen once in a full run); never served fails.
+        deadline = time.monotonic() + 10
+        third = run(one_session(limited.ws_url, START))
+        while not third.of_type("session.done") and time.monotonic() < deadline:
+            assert third.error is not None and third.error["code"] == "rate_limited", third.error
+            time.sleep(0.2)
+            third = run(one_session(limited.ws_url, START))
+        assert third.of_type("session.done"), "the address was never served again after its stream closed"
 
 
 # --- 6. the job queue is capped ----------------------------------------------------------------
