@@ -217,11 +217,15 @@ def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module,
 @torch.no_grad()
 def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_feats: torch.Tensor,
                    latent_frames: int, steps: int = 50, guidance: float | None = None,
-                   generator: torch.Generator | None = None, return_trajectory_at: list[float] | None = None):
+                   generator: torch.Generator | None = None, return_trajectory_at: list[float] | None = None,
+                   start: tuple[torch.Tensor, float] | None = None):
     """Euler sampling of the probability-flow ODE with classifier-free guidance.
 
     text_feats [B, L, text_dim] -> x0 [B, C, F, h, w]; with `return_trajectory_at`
-    (noise levels s), also the states x_s on the way (for the student's ODE init)."""
+    (noise levels s), also the states x_s on the way (for the student's ODE init). With
+    `start` = (x_s, s), sampling begins from that noisy state and skips the schedule's
+    levels above s (SDEdit: how much of a clip the teacher keeps from each level; x_s is
+    taken to be at the first level of the schedule at or below s, one step of it away at most)."""
     guidance = config.guidance_scale if guidance is None else guidance
     lat = config.latent
     b, device = text_feats.shape[0], text_feats.device
@@ -229,12 +233,17 @@ def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_
                     device=generator.device if generator is not None else device)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=config.sampler.shift)
     scheduler.set_timesteps(steps)
+    first = 0
+    if start is not None:
+        x, level = start[0].to(x), start[1]
+        first = int((scheduler.sigmas[:-1] > level + 1e-6).sum())
+        scheduler.set_begin_index(first)
     cond = transformer.embed_text(text_feats)
     uncond = transformer.embed_text(torch.zeros_like(text_feats))
     attention = transformer.full_attention(latent_frames)
     targets = sorted(return_trajectory_at or [], reverse=True)
     trajectory: list[torch.Tensor] = []
-    for i, t in enumerate(scheduler.timesteps):
+    for i, t in enumerate(scheduler.timesteps[first:], start=first):
         sigma, sigma_next = float(scheduler.sigmas[i]), float(scheduler.sigmas[i + 1])
         tt = t.to(device).expand(b)
         if guidance == 1.0:

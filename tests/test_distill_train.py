@@ -54,6 +54,29 @@ def test_teacher_loss_decreases_and_model_exports(tiny_teacher):
     assert (tiny_teacher / "autoencoder.safetensors").is_file()
 
 
+def test_teacher_sampling_can_start_from_a_noised_clip(tiny_teacher):
+    """SDEdit (bench/teacher_noise_levels.py): from s = 1 it is plain sampling from that noise;
+    from a low level only the schedule's levels at or below it run."""
+    gen = teacher_mod.TeacherGenerator(tiny_teacher, steps=8)
+    feats = gen.text_encoder.encode(["a red circle"])
+    shape = (1, gen.config.latent.channels, 2, gen.config.latent.latent_height, gen.config.latent.latent_width)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    plain = teacher_mod.sample_teacher(gen.transformer, gen.config, feats, 2, steps=8,
+                                       generator=torch.Generator().manual_seed(3))
+    from_one = teacher_mod.sample_teacher(gen.transformer, gen.config, feats, 2, steps=8, start=(noise, 1.0))
+    assert torch.allclose(plain, from_one)
+
+    calls = []
+    denoise = gen.transformer.denoise
+    gen.transformer.denoise = lambda x, t, *rest: calls.append(float(t[0])) or denoise(x, t, *rest)
+    clip = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    level = 0.3
+    teacher_mod.sample_teacher(gen.transformer, gen.config, feats, 2, steps=8,
+                               start=((1 - level) * clip + level * noise, level))
+    assert calls and max(calls) <= level * 1000 + 1e-3, calls  # no level above s was run
+    assert len(calls) < 8
+
+
 def test_teacher_resume_continues_exactly(tiny_autoencoder, tmp_path):
     run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, ckpt_every=5)
     straight = teacher_mod.train_teacher(run, tmp_path / "straight").out_dir
