@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from framecast.cli import main
-from tests.engine_helpers import torchrun_two_processes
 from tests.checkpoint_fixtures import tiny_wan_diffusers
 from tests.distill_sharded_worker import student_args
+from tests.engine_helpers import torchrun_two_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red ball bouncing on blue background", '{"prompt": "the green square moving left slowly"}',

@@ -15,7 +15,6 @@ from engine import load_model
 from tests.engine_helpers import torchrun_two_processes
 
 
-
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
