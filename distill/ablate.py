@@ -23,6 +23,7 @@ import numpy as np
 
 VARIANTS = ("dmd", "re_dmd", "stream_r1", "dmd+diag", "re_dmd+diag", "stream_r1+diag")
 START = "ode init only"  # the row of the shared starting point
+ROW_METRICS = ("prompt_accuracy", "colour_accuracy", "shape_accuracy", "motion_accuracy", "smoothness", "flicker")
 
 
 def variant_run(base, name: str, init_from: str):
@@ -72,7 +73,7 @@ def stream_figures(model, prompt: str, minutes: float, window_s: float = 10.0) -
 
 
 def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts: int, seeds: int,
-                 seconds: float, drift_minutes: float, threads: int = 0) -> dict:
+                 seconds: float, drift_minutes: float, threads: int = 0, progress: bool = True) -> dict:
     import torch.distributed as dist
 
     from distill.eval import evaluate_generator, standard_prompts
@@ -84,7 +85,7 @@ def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts
     init = dataclasses.replace(base, teacher=teacher, dmd_iters=0)
     init_dir = run_dir / "ode_init" / "model"
     if not trained(init_dir):
-        train_student(init, run_dir / "ode_init", init_dir, threads)
+        train_student(init, run_dir / "ode_init", init_dir, threads, progress)
     # --- each variant: the same DMD budget from there ---------------------------------------------
     # The shared start is a row too: what the ODE initialisation alone gives, so each
     # variant's row shows what its DMD stage added (or cost).
@@ -94,7 +95,7 @@ def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts
         outs[name] = run_dir / name / "model"
         if not trained(outs[name]):
             t0 = time.perf_counter()
-            if train_student(run, run_dir / name, outs[name], threads).out_dir is not None:
+            if train_student(run, run_dir / name, outs[name], threads, progress).out_dir is not None:
                 (run_dir / name / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
     if dist.is_initialized() and dist.get_rank() != 0:
         return {}
@@ -106,11 +107,17 @@ def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts
         report = evaluate_generator(model.generate_clip, prompt_set, seeds, seconds, out_dir=out.parent / "eval",
                                     fps=model.fps)
         figures = stream_figures(model, prompt_set[0], drift_minutes)
-        rows[name] = {**{k: report["summary"][k] for k in ("prompt_accuracy", "smoothness", "flicker",
-                                                           "motion_accuracy")}, **figures}
+        rows[name] = {**{k: report["summary"][k] for k in ROW_METRICS},
+                      "intervals": {k: report["intervals"][k] for k in ("prompt_accuracy", "motion_accuracy")},
+                      **figures}
         print(f"{name}: {json.dumps({k: v for k, v in rows[name].items() if k != 'drift'})}", flush=True)
     write_report(rows, run_dir, drift_minutes)
     return rows
+
+
+def _with_interval(row: dict, metric: str) -> str:
+    low_high = row.get("intervals", {}).get(metric)
+    return f"{row[metric]:.3f}" + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "")
 
 
 def write_report(rows: dict, run_dir: Path, drift_minutes: float) -> None:
@@ -120,10 +127,12 @@ def write_report(rows: dict, run_dir: Path, drift_minutes: float) -> None:
     import matplotlib.pyplot as plt
 
     (run_dir / "report.json").write_text(json.dumps(rows, indent=2))
-    lines = [f"| variant | prompt acc | motion acc | smoothness | flicker | drift: first 10 s | drift: at {drift_minutes:g} min "
-             "| fps | real-time factor |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| variant | prompt acc [95 % interval] | colour | shape | motion [95 % interval] | smoothness | flicker "
+             f"| drift: first 10 s | drift: at {drift_minutes:g} min | fps | real-time factor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['prompt_accuracy']:.3f} | {r['motion_accuracy']:.3f} | {r['smoothness']:.3f} | "
+        lines.append(f"| {name} | {_with_interval(r, 'prompt_accuracy')} | {r['colour_accuracy']:.3f} | "
+                     f"{r['shape_accuracy']:.3f} | {_with_interval(r, 'motion_accuracy')} | {r['smoothness']:.3f} | "
                      f"{r['flicker']:.4f} | {r['drift_first']:.3f} | {r['drift_last']:.3f} | {r['fps']:.1f} | "
                      f"{r['rtf']:.2f} |")
     (run_dir / "report.md").write_text("\n".join(lines) + "\n")

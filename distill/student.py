@@ -219,7 +219,7 @@ def generators(run: StudentRun, t: StudentTraining, step: int) -> tuple[torch.Ge
 
 
 @torch.no_grad()
-def make_ode_pairs(run: StudentRun, t: StudentTraining, path: Path) -> dict:
+def make_ode_pairs(run: StudentRun, t: StudentTraining, path: Path, progress: bool = True) -> dict:
     """Teacher trajectories at the student's noise levels, from this process's prompts:
     xs [P, S, C, F, h, w], x0, feats (on the CPU). Written once; a resumed run reads them."""
     missing = torch.tensor([0.0 if path.is_file() else 1.0], device=t.par.device)
@@ -232,7 +232,7 @@ def make_ode_pairs(run: StudentRun, t: StudentTraining, path: Path) -> dict:
     xs, x0s, feats_all = [], [], []
     batch = run.ode_pair_batch
     for i in tqdm(range(0, run.ode_pairs, batch), desc="teacher ODE pairs", unit="batch", dynamic_ncols=True,
-                  disable=t.par.rank != 0):
+                  disable=t.par.rank != 0 or not progress):
         feats = t.features(t.draw_prompts(i, min(batch, run.ode_pairs - i), run.seed + 1))
         with autocast(t.teacher, run.autocast):
             x0, traj = sample_teacher(t.teacher, run.model, feats, run.latent_frames, steps=run.ode_teacher_steps,
@@ -461,7 +461,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
             t.weighting.balancer.load_state_dict(extra["balancer"])
         if par.rank == 0:
             print(f"resumed from {latest} at step {step}", file=sys.stderr)
-    pairs = make_ode_pairs(run, t, run_dir / f"ode_pairs_rank{par.rank}.safetensors") \
+    pairs = make_ode_pairs(run, t, run_dir / f"ode_pairs_rank{par.rank}.safetensors", progress) \
         if step < run.ode_iters else None
 
     # --- loop: an ODE or a DMD step, EMA, log, checkpoint -----------------------------------------

@@ -273,5 +273,5 @@ def run_ablate(args: argparse.Namespace) -> int:
         return 0
     _check_inputs("student", run)
     run_ablation(run, run.teacher, args.run_dir, variants, args.prompts, args.seeds, args.seconds,
-                 args.drift_minutes, args.threads)
+                 args.drift_minutes, args.threads, not args.no_progress)
     return 0

@@ -242,19 +242,25 @@ def test_each_method_hands_its_weights_to_the_dmd_loss(tiny_teacher, tiny_reward
         assert (weight > 0).all() and weight.std() > 0
 
 
-def test_ablation_writes_a_report_with_every_column(tiny_teacher, tiny_reward, tmp_path):
+def test_ablation_writes_a_report_with_every_column(tiny_teacher, tiny_reward, tmp_path, capsys):
     from distill.ablate import run_ablation
 
     base = replace(student_mod.PRESETS["tiny"], reward=str(tiny_reward), ode_iters=4, dmd_iters=1)
     rows = run_ablation(base, str(tiny_teacher), tmp_path, ["dmd", "re_dmd+diag"], prompts=2, seeds=1,
-                        seconds=1.0, drift_minutes=0.05)
+                        seconds=1.0, drift_minutes=0.05, progress=False)
+    err = capsys.readouterr().err
+    assert "student:" not in err and "ODE pairs" not in err  # --no-progress reaches every bar of every run
     assert set(rows) == {"ode init only", "dmd", "re_dmd+diag"}
     for row in rows.values():
-        for key in ("prompt_accuracy", "smoothness", "flicker", "drift_first", "drift_last", "fps", "rtf"):
+        for key in ("prompt_accuracy", "colour_accuracy", "shape_accuracy", "motion_accuracy", "smoothness",
+                    "flicker", "drift_first", "drift_last", "fps", "rtf"):
             assert np.isfinite(row[key]), key
+        low, high = row["intervals"]["prompt_accuracy"]  # 2 prompts x 1 seed: an interval exists
+        assert low <= row["prompt_accuracy"] <= high
         assert row["fps"] > 0 and len(row["drift"]) >= 2
     table = (tmp_path / "report.md").read_text()
     assert "| re_dmd+diag |" in table and "| ode init only |" in table and (tmp_path / "drift.png").stat().st_size > 1000
+    assert f"{rows['dmd']['prompt_accuracy']:.3f} [" in table  # the interval is printed beside the mean
     # both variants started from the one shared ODE-initialised student
     assert json.loads((tmp_path / "re_dmd+diag" / "run.json").read_text())["init_from"].endswith("ode_init/model")
 
