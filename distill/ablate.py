@@ -3,13 +3,14 @@ seed, all starting from one shared ODE-initialised student, judged by the evalua
 
 Variants: DMD, Re-DMD with the EMA sink (Reward Forcing), Stream-R1, and each of them
 with diagonal distillation (4-3-2 steps, partially denoised context, trained so).
-Columns: prompt accuracy, motion smoothness, flicker, drift at minute N, frames per
-second and real-time factor. Writes report.json, report.md and drift.png.
+Columns: prompt accuracy and motion accuracy with 95 % intervals, colour and shape accuracy,
+motion smoothness, flicker, drift at minute N, frames per second and real-time factor.
+Writes report.json, report.md and drift.png, rewritten as each row is finished.
 
 Any teacher works (`--teacher` a converted Wan2.1 too, the students following it, and
 `--train-prompts FILE`); the evaluator's accuracy columns judge Shapes scenes, so for a
 real-video teacher only fps, real-time factor and the training curves mean something.
-Under torchrun every process trains each variant (sharded), then process 0 evaluates.
+Under torchrun every process trains each variant (sharded), and process 0 judges it.
 """
 
 from __future__ import annotations
@@ -86,32 +87,37 @@ def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts
     init_dir = run_dir / "ode_init" / "model"
     if not trained(init_dir):
         train_student(init, run_dir / "ode_init", init_dir, threads, progress)
-    # --- each variant: the same DMD budget from there ---------------------------------------------
+    # --- each variant: the same DMD budget from there, judged as soon as it is trained -----------
     # The shared start is a row too: what the ODE initialisation alone gives, so each
-    # variant's row shows what its DMD stage added (or cost).
-    outs = {START: init_dir}
-    for name in variants:
-        run = variant_run(dataclasses.replace(base, teacher=teacher), name, str(init_dir))
-        outs[name] = run_dir / name / "model"
-        if not trained(outs[name]):
-            t0 = time.perf_counter()
-            if train_student(run, run_dir / name, outs[name], threads, progress).out_dir is not None:
-                (run_dir / name / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
-    if dist.is_initialized() and dist.get_rank() != 0:
-        return {}
-    # --- evaluate each (one process) ----------------------------------------------------------
+    # variant's row shows what its DMD stage added (or cost). Each row is kept in its run dir
+    # (row.json) and the table rewritten after it, so a stopped ablation resumes where it was
+    # and its finished rows are readable meanwhile.
+    settings = {"prompts": prompts, "seeds": seeds, "seconds": seconds, "drift_minutes": drift_minutes}
     prompt_set = list(standard_prompts())[:prompts]
     rows = {}
-    for name, out in outs.items():
-        model = load_model(str(out))
-        report = evaluate_generator(model.generate_clip, prompt_set, seeds, seconds, out_dir=out.parent / "eval",
-                                    fps=model.fps)
-        figures = stream_figures(model, prompt_set[0], drift_minutes)
-        rows[name] = {**{k: report["summary"][k] for k in ROW_METRICS},
-                      "intervals": {k: report["intervals"][k] for k in ("prompt_accuracy", "motion_accuracy")},
-                      **figures}
-        print(f"{name}: {json.dumps({k: v for k, v in rows[name].items() if k != 'drift'})}", flush=True)
-    write_report(rows, run_dir, drift_minutes)
+    for name in [START, *variants]:
+        out = init_dir if name == START else run_dir / name / "model"
+        if not trained(out):
+            run = variant_run(dataclasses.replace(base, teacher=teacher), name, str(init_dir))
+            t0 = time.perf_counter()
+            if train_student(run, run_dir / name, out, threads, progress).out_dir is not None:
+                (run_dir / name / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.0f}\n")
+        if dist.is_initialized() and dist.get_rank() != 0:
+            continue  # one process judges
+        saved = out.parent / "row.json"
+        if saved.is_file() and (row := json.loads(saved.read_text())).get("settings") == settings:
+            rows[name] = row
+        else:
+            model = load_model(str(out))
+            report = evaluate_generator(model.generate_clip, prompt_set, seeds, seconds, out_dir=out.parent / "eval",
+                                        fps=model.fps)
+            rows[name] = {**{k: report["summary"][k] for k in ROW_METRICS},
+                          "intervals": {k: report["intervals"][k] for k in ("prompt_accuracy", "motion_accuracy")},
+                          **stream_figures(model, prompt_set[0], drift_minutes), "settings": settings}
+            saved.write_text(json.dumps(rows[name], indent=2))
+        print(f"{name}: {json.dumps({k: v for k, v in rows[name].items() if k not in ('drift', 'settings')})}",
+              flush=True)
+        write_report(rows, run_dir, drift_minutes)
     return rows
 
 

@@ -263,6 +263,12 @@ def test_ablation_writes_a_report_with_every_column(tiny_teacher, tiny_reward, t
     assert f"{rows['dmd']['prompt_accuracy']:.3f} [" in table  # the interval is printed beside the mean
     # both variants started from the one shared ODE-initialised student
     assert json.loads((tmp_path / "re_dmd+diag" / "run.json").read_text())["init_from"].endswith("ode_init/model")
+    # re-run: every row is read back from its run dir, nothing trained or judged again
+    saved = {name: (tmp_path / name / "row.json").stat().st_mtime_ns for name in ("ode_init", "dmd", "re_dmd+diag")}
+    again = run_ablation(base, str(tiny_teacher), tmp_path, ["dmd", "re_dmd+diag"], prompts=2, seeds=1,
+                         seconds=1.0, drift_minutes=0.05, progress=False)
+    assert again == json.loads(json.dumps(rows))
+    assert saved == {name: (tmp_path / name / "row.json").stat().st_mtime_ns for name in saved}
 
 
 def test_switch_rollouts_judge_the_window_after_the_switch_under_the_new_prompt(tiny_teacher, tmp_path, monkeypatch):
