@@ -27,26 +27,9 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
     return (1 - s) * x0 + s * noise
 
 
-def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Conditional flow matching (Lipman et al. 2023, eq. 23): || v(x_t) - (eps - x0) ||^2,
-    optionally weighted per element (`weight` broadcastable to x0, e.g. foreground_weights)."""
-    if weight is None:
-        return F.mse_loss(v_pred.float(), (noise - x0).float())
-    return (weight * (v_pred.float() - (noise - x0).float()) ** 2).mean()
-
-
-def foreground_weights(x0: torch.Tensor, strength: float, max_ratio: float = 16.0) -> torch.Tensor:
-    """Per latent cell weights [B, 1, F, h, w], mean 1 per clip, that give cells unlike their
-    frame's background a larger share of the loss: w = 1 + strength * min(d / mean(d), max_ratio),
-    d the distance of a cell's latent from the frame's spatial median. A small object covers
-    a few cells of a flat frame, so unweighted it is a few % of the loss (a gradient
-    background's cells are weighted along its ramp too)."""
-    median = x0.float().flatten(3).median(dim=-1).values[..., None, None]  # [B, C, F, 1, 1]
-    d = (x0.float() - median).norm(dim=1, keepdim=True)  # [B, 1, F, h, w]
-    ratio = d / d.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
-    w = 1 + strength * ratio.clamp(max=max_ratio)
-    return w / w.mean(dim=(1, 2, 3, 4), keepdim=True)
+def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Conditional flow matching (Lipman et al. 2023, eq. 23): || v(x_t) - (eps - x0) ||^2."""
+    return F.mse_loss(v_pred.float(), (noise - x0).float())
 
 
 def ode_regression_loss(x0_pred: torch.Tensor, x0_teacher: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from engine.transformer import CausalWanTransformer, build_transformer
 
 from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
                      autocast, run_to_json, step_generator)
-from .losses import add_noise, flow_matching_loss, foreground_weights, sample_sigmas
+from .losses import add_noise, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over
 # 16x16x16 latents (128x128 frames), MiniLM token features as context. Student and teacher
@@ -77,12 +77,6 @@ class TeacherRun:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     caption_dropout: float = 0.1
-    # The shift of the noise levels trained at (s = shift(u), u uniform); None: the model's
-    # sampler shift. A lower one trains more at the middle noise levels where objects take shape.
-    train_shift: float | None = None
-    # > 0: weight the loss towards latent cells unlike their frame's background (objects),
-    # which are a few % of the cells (distill.losses.foreground_weights)
-    object_weight: float = 0.0
     autocast: bool = False  # bf16 autocast for the forwards (distill.common.autocast)
     ema_decay: float = 0.99
     log_every: int = 10
@@ -164,10 +158,10 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         drop = torch.rand(len(texts), generator=gen) < run.caption_dropout
         feats = torch.where(drop[:, None, None], torch.zeros_like(feats), feats)  # unconditional = zeros
         noise = torch.randn(x0.shape, generator=gen)
-        sigma = sample_sigmas(len(texts), run.model.sampler.shift if run.train_shift is None else run.train_shift, gen)
+        sigma = sample_sigmas(len(texts), run.model.sampler.shift, gen)
         with autocast(model, run.autocast):
             v = model.denoise(add_noise(x0, noise, sigma), sigma * 1000, model.embed_text(feats), attention)
-        loss = flow_matching_loss(v, x0, noise, foreground_weights(x0, run.object_weight) if run.object_weight else None)
+        loss = flow_matching_loss(v, x0, noise)
 
         for group in opt.param_groups:
             group["lr"] = lr_at(run, step)

@@ -89,48 +89,6 @@ def test_teacher_resume_continues_exactly(tiny_autoencoder, tmp_path):
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
-def test_teacher_trains_at_its_own_noise_shift(tiny_autoencoder, tmp_path, monkeypatch):
-    """train_shift moves the training noise levels only; the exported sampler keeps its shift."""
-    seen = []
-    real = teacher_mod.sample_sigmas
-    monkeypatch.setattr(teacher_mod, "sample_sigmas", lambda n, shift, gen: seen.append(shift) or real(n, shift, gen))
-    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=2, ckpt_every=2)
-    teacher_mod.train_teacher(run, tmp_path / "default")
-    out = teacher_mod.train_teacher(replace(run, train_shift=1.0), tmp_path / "low").out_dir
-    assert seen == [run.model.sampler.shift] * 2 + [1.0] * 2 and run.model.sampler.shift != 1.0
-    assert json.loads((out / "model.json").read_text())["sampler"]["shift"] == run.model.sampler.shift
-
-
-def test_foreground_weights_raise_the_objects_share_of_the_loss():
-    from distill.losses import flow_matching_loss, foreground_weights
-
-    x0 = torch.zeros(1, 4, 2, 8, 8)
-    x0[:, 0] = 0.5  # a flat background...
-    x0[:, :, :, 2:4, 5:7] += 1.0  # ...and a 2x2-cell object
-    w = foreground_weights(x0, strength=2.0)
-    assert w.shape == (1, 1, 2, 8, 8) and w.mean().item() == pytest.approx(1.0)
-    obj, bg = w[..., 2:4, 5:7], w.clone()
-    bg[..., 2:4, 5:7] = float("nan")
-    assert obj.min() > 10 * torch.nanmean(bg)  # 4 of 64 cells, most of the weight
-    # an error on the object costs more than the same error on the background
-    noise, v_obj, v_bg = torch.zeros_like(x0), -x0.clone(), -x0.clone()
-    v_obj[..., 2, 5] += 1.0
-    v_bg[..., 6, 1] += 1.0
-    assert flow_matching_loss(v_obj, x0, noise, w) > 5 * flow_matching_loss(v_bg, x0, noise, w)
-    assert flow_matching_loss(v_obj, x0, noise) == flow_matching_loss(v_bg, x0, noise)
-
-
-def test_teacher_object_weight_reaches_the_loss(tiny_autoencoder, tmp_path, monkeypatch):
-    weights = []
-    real = teacher_mod.flow_matching_loss
-    monkeypatch.setattr(teacher_mod, "flow_matching_loss",
-                        lambda v, x0, noise, weight=None: weights.append(weight) or real(v, x0, noise, weight))
-    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=2, ckpt_every=2)
-    teacher_mod.train_teacher(run, tmp_path / "plain")
-    teacher_mod.train_teacher(replace(run, object_weight=2.0), tmp_path / "weighted")
-    assert weights[:2] == [None, None] and all(w is not None and w.std() > 0 for w in weights[2:]) and len(weights) == 4
-
-
 def test_teacher_lr_warms_up_holds_then_decays_linearly():
     run = replace(teacher_mod.PRESETS["tiny"], lr=1e-3, warmup=10, steps=100, decay_from=60, final_lr_fraction=0.1)
     lrs = [teacher_mod.lr_at(run, s) for s in range(100)]
