@@ -97,7 +97,7 @@ def run_ablation(base, teacher: str, run_dir: Path, variants: list[str], prompts
     rows = {}
     for name in [START, *variants]:
         out = init_dir if name == START else run_dir / name / "model"
-        if not trained(out):
+        if name != START and not trained(out):  # the start was trained above
             run = variant_run(dataclasses.replace(base, teacher=teacher), name, str(init_dir))
             t0 = time.perf_counter()
             if train_student(run, run_dir / name, out, threads, progress).out_dir is not None:
