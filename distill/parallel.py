@@ -92,6 +92,18 @@ def init_parallel(shard_size: int = 0, device: str = "auto") -> Parallel:
     return Parallel(rank, world_size, dev, mesh)
 
 
+def leave_process_group(wait: bool = True) -> None:
+    """Leave the torchrun process group (a no-op without one): once every process is done
+    with `wait` (rank 0 may still be exporting the model), at once without (after an error,
+    when the others may never arrive). A process that exits with its gloo group still alive
+    can abort in the group's destructor ("terminate called without an active exception",
+    SIGABRT) after its work is done, failing the whole torchrun; every distill command ends here."""
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 # --- placing the networks ----------------------------------------------------------------------
 
 def mixed_precision(enabled: bool):

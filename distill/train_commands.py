@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
+import sys
 import typing
 from pathlib import Path
 
@@ -51,13 +53,35 @@ def _common(p: argparse.ArgumentParser, default_run_dir: str) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved run config as JSON and exit")
 
 
+def _leaving_process_group(handler):
+    """`handler`, then out of the torchrun process group if the handler joined one (a caller
+    that joined it before, like a test running several commands in one group, keeps it)."""
+    def joined() -> bool:  # without loading torch: registration and --help stay light
+        dist = sys.modules.get("torch.distributed")
+        return dist is not None and dist.is_available() and dist.is_initialized()
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        owner, done = not joined(), False
+        try:
+            code = handler(args)
+            done = True
+            return code
+        finally:
+            if owner and joined():
+                from .parallel import leave_process_group
+
+                leave_process_group(wait=done)
+    return run
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     distill = sub.add_parser("distill", help="offline training: autoencoder, teacher, student, reward, ablation")
     dsub = distill.add_subparsers(dest="stage", metavar="STAGE")
     for stage, (_, _, run_dir, text) in STAGES.items():
         parser = dsub.add_parser(stage, help=text, description=text)
         _common(parser, run_dir)
-        parser.set_defaults(func=run_stage)
+        parser.set_defaults(func=_leaving_process_group(run_stage))
         if stage in ("autoencoder", "teacher"):
             parser.add_argument("--data", default=None, metavar="DIR",
                                 help="train on your own videos: DIR holds them and a captions.jsonl "
@@ -90,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ablate.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     ablate.add_argument("--seconds", type=float, default=1.5, help="clip length evaluated")
     ablate.add_argument("--drift-minutes", type=float, default=5.0, help="stream length for the drift column")
-    ablate.set_defaults(func=run_ablate)
+    ablate.set_defaults(func=_leaving_process_group(run_ablate))
     default = dsub.add_parser(
         "default", help="reproduce the embedded default model: autoencoder, teacher, student, in one command")
     default.add_argument("--run-dir", type=Path, default=Path("runs/default"),
@@ -100,7 +124,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     default.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     default.add_argument("--no-progress", action="store_true", help="no progress bars")
     default.add_argument("--dry-run", action="store_true", help="print the three stages' configs and exit")
-    default.set_defaults(func=run_default)
+    default.set_defaults(func=_leaving_process_group(run_default))
     distill.set_defaults(func=lambda args: distill.print_help() or 2)
 
 

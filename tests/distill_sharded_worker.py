@@ -39,6 +39,8 @@ if __name__ == "__main__":
 
     teacher, prompts, reward, root = sys.argv[1:5]
     root = Path(root)
+    # Joined here, not by the first command: a command leaves the group only if it joined it.
+    dist.init_process_group("gloo")
 
     def student(run_dir: str, **changes) -> None:
         assert main(student_args(teacher, prompts, root / run_dir, **changes)) == 0, run_dir

@@ -187,6 +187,34 @@ def test_two_process_data_parallel_on_gloo(tiny_teacher, tmp_path):
     assert (tmp_path / "ddp" / "model" / "transformer.safetensors").is_file()
 
 
+def test_a_command_leaves_the_process_group_it_joined_and_only_that(tmp_path, monkeypatch):
+    # A torchrun worker that exits with its gloo group alive can abort (SIGABRT) in the group's
+    # destructor after its work is done: a distill command leaves the group it joined. One it
+    # found already joined (a caller running several commands in one group) is the caller's.
+    import torch.distributed as dist
+
+    from distill.train_commands import _leaving_process_group
+
+    def join(args):
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / args), 1), rank=0, world_size=1)
+        return 0
+
+    def fail(args):
+        join(args)
+        raise RuntimeError("the training failed")
+
+    assert _leaving_process_group(join)("own") == 0 and not dist.is_initialized()
+    with pytest.raises(RuntimeError):  # after an error too (at once: the others may never arrive)
+        _leaving_process_group(fail)("failed")
+    assert not dist.is_initialized()
+    join("caller")
+    try:
+        assert _leaving_process_group(join)("inner") == 0 and dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.fixture(scope="module")
 def tiny_reward(tmp_path_factory) -> Path:
     from distill.rewards.shapes import ShapesVideoReward
