@@ -2,8 +2,9 @@
 
 Scores (every accuracy with its 95 % bootstrap interval over prompts x seeds) for any of:
 ground truth through the autoencoder (standard set only: its scenes are known), the
-teacher at 50 guided steps, the student at 4 steps, the student with a diagonal 4-3-2
-schedule; the speed of each per second of video, measured in this one run; the
+teacher at 50 guided steps, the student with its own step schedule, the student with the
+other one (plain: 4 steps and a context refresh a chunk; diagonal: 4, 3, then 2 steps, the
+context from the last pass); the speed of each per second of video, measured in this one run; the
 student's streaming real-time factor; drift: prompt accuracy in the last 10 s of minute
 N of a stream against its first 10 s, over several prompts.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -91,8 +93,9 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=None, help="only the first N prompts of the set")
     ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
     ap.add_argument("--seconds", type=float, default=1.5, help="clip length scored (the teacher's clip length)")
-    ap.add_argument("--only", default="gt,teacher,student,diagonal",
-                    help="comma-separated rows: gt (standard set only), teacher, student, diagonal")
+    ap.add_argument("--only", default="gt,teacher,student,other",
+                    help="comma-separated rows: gt (standard set only), teacher, student (its own step "
+                         "schedule), other (the student with the other schedule: plain or diagonal)")
     ap.add_argument("--teacher-steps", type=int, default=50, help="teacher sampling steps")
     ap.add_argument("--guidance", type=float, default=None, help="teacher guidance (default: its config's)")
     ap.add_argument("--drift-prompts", type=int, default=0, help="prompts streamed for the drift figure (0: none)")
@@ -111,6 +114,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     prompts = PROMPT_SETS[args.set]()[: args.prompts]
     rows_wanted = args.only.split(",")
+    if unknown := set(rows_wanted) - {"gt", "teacher", "student", "other", "none"}:
+        ap.error(f"--only: unknown rows {sorted(unknown)}")
     student = load_model(args.student)
     contenders = {}
     if "gt" in rows_wanted and args.set == "standard":
@@ -120,19 +125,26 @@ def main() -> None:
 
         contenders[f"teacher {args.teacher_steps} steps"] = TeacherGenerator(
             args.teacher, steps=args.teacher_steps, guidance=args.guidance).generate
+    from distill.student import DIAGONAL_SCHEDULE, PLAIN_SCHEDULE
+
+    def schedule_name(sampler) -> str:
+        steps = "-".join(map(str, sampler.steps_per_chunk))
+        return f"{steps} steps" + (", refresh" if sampler.refresh_context else "")
+
     if "student" in rows_wanted:
-        contenders["student 4 steps"] = student.generate_clip
-    if "diagonal" in rows_wanted:
-        sampler = student.config.sampler.model_copy(update={"steps_per_chunk": (4, 3, 2)})
-        diagonal = StreamModel(student.config.model_copy(update={"sampler": sampler}), student.transformer,
-                               student.text_encoder, student.decoder, student.model_dir)
-        contenders["student diagonal 4-3-2"] = diagonal.generate_clip
+        contenders[f"student {schedule_name(student.config.sampler)}"] = student.generate_clip
+    if "other" in rows_wanted:
+        diagonal = tuple(student.config.sampler.steps_per_chunk) == DIAGONAL_SCHEDULE["steps_per_chunk"]
+        sampler = student.config.sampler.model_copy(update=PLAIN_SCHEDULE if diagonal else DIAGONAL_SCHEDULE)
+        other = StreamModel(student.config.model_copy(update={"sampler": sampler}), student.transformer,
+                            student.text_encoder, student.decoder, student.model_dir)
+        contenders[f"student {schedule_name(sampler)}"] = other.generate_clip
 
     rows = {}
     for name, generate in contenders.items():
         run, stats = timed(generate, student.fps)
         report = evaluate_generator(run, prompts, args.seeds, args.seconds, fps=student.fps,
-                                    out_dir=out / name.replace(" ", "_"))
+                                    out_dir=out / re.sub(r"[^\w.-]+", "_", name))
         rows[name] = {"summary": report["summary"], "intervals": report["intervals"],
                       "seconds_per_video_second": stats["wall"] / max(stats["video_s"], 1e-9)}
         print(f"{name}: prompt accuracy {report['summary']['prompt_accuracy']:.3f} "
