@@ -29,13 +29,15 @@ ROW_METRICS = ("prompt_accuracy", "colour_accuracy", "shape_accuracy", "motion_a
 
 def variant_run(base, name: str, init_from: str):
     """The StudentRun of one variant: same budget and seed as `base`, no ODE stage."""
+    from .student import DIAGONAL_SCHEDULE, PLAIN_SCHEDULE
+
     method, _, diag = name.partition("+")
     model = base.model
     if method == "re_dmd":  # Reward Forcing: EMA sink in training and inference
         model = model.model_copy(update={"attention": model.attention.model_copy(update={"policy": "ema_sink"})})
-    if diag:
-        model = model.model_copy(update={"sampler": model.sampler.model_copy(
-            update={"steps_per_chunk": (4, 3, 2), "refresh_context": False})})
+    # Every variant names its schedule: the base (the default student) may have either.
+    model = model.model_copy(update={"sampler": model.sampler.model_copy(
+        update=DIAGONAL_SCHEDULE if diag else PLAIN_SCHEDULE)})
     stem = "shapes" if base.model.name == "shapes-default" else base.model.name
     model = model.model_copy(update={"name": f"{stem}-{name}"})
     return dataclasses.replace(base, model=model, method=method, init_from=init_from, ode_iters=0)

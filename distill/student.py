@@ -42,10 +42,18 @@ from .parallel import (DistCheckpointer, Parallel, full_state_dict, init_paralle
 from .rollout import rollout, teacher_forcing_forward
 from .teacher import SHAPES_MODEL, TINY_MODEL, export_model, sample_teacher
 
+# Step schedules a student is trained (and streams) with: 4 steps a chunk, each chunk's clean latents
+# re-run once to fill the cache; or diagonal distillation: 4, 3, then 2 steps a chunk, the cache filled
+# from the last denoising pass (partially denoised context). The Shapes ablation (docs/default-model.md)
+# found diagonal as good as plain DMD and 1.5x faster: the default model streams with it.
+PLAIN_SCHEDULE = {"steps_per_chunk": (4,), "refresh_context": True}
+DIAGONAL_SCHEDULE = {"steps_per_chunk": (4, 3, 2), "refresh_context": False}
 SHAPES_STUDENT = SHAPES_MODEL.model_copy(update={
     "name": "shapes-default",
-    "description": "Framecast's embedded default: a causal 4-step student distilled on the procedural Shapes world.",
+    "description": "Framecast's embedded default: a causal few-step student (4, 3, then 2 steps a chunk) "
+                   "distilled on the procedural Shapes world.",
     "attention": SHAPES_MODEL.attention.model_copy(update={"policy": "sink_window"}),
+    "sampler": SHAPES_MODEL.sampler.model_copy(update=DIAGONAL_SCHEDULE),
     "guidance_scale": 1.0,
 })
 TINY_STUDENT = TINY_MODEL.model_copy(update={

@@ -226,6 +226,20 @@ def tiny_reward(tmp_path_factory) -> Path:
     return path
 
 
+def test_every_ablation_variant_names_its_schedule_whatever_the_default_streams_with():
+    # The default student streams with the diagonal schedule: the ablation's plain variants must
+    # still be plain (4 steps and a refresh a chunk), its +diag ones diagonal.
+    from distill.ablate import VARIANTS, variant_run
+
+    base = student_mod.PRESETS["shapes"]
+    assert base.model.sampler.model_dump(include={"steps_per_chunk", "refresh_context"}) == \
+        {"steps_per_chunk": (4, 3, 2), "refresh_context": False}
+    for name in VARIANTS:
+        sampler = variant_run(base, name, init_from="start").model.sampler
+        expected = student_mod.DIAGONAL_SCHEDULE if name.endswith("+diag") else student_mod.PLAIN_SCHEDULE
+        assert (sampler.steps_per_chunk, sampler.refresh_context) == tuple(expected.values()), name
+
+
 @pytest.mark.parametrize("method,diagonal", [("re_dmd", False), ("stream_r1", True)])
 def test_reward_methods_and_diagonal_train_and_export(tiny_teacher, tiny_reward, tmp_path, method, diagonal):
     from distill.ablate import variant_run
