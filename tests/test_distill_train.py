@@ -187,7 +187,7 @@ def test_two_process_data_parallel_on_gloo(tiny_teacher, tmp_path):
     assert (tmp_path / "ddp" / "model" / "transformer.safetensors").is_file()
 
 
-def test_a_command_leaves_the_process_group_it_joined_and_only_that(tmp_path, monkeypatch):
+def test_a_command_leaves_the_process_group_it_joined_and_only_that(tmp_path):
     # A torchrun worker that exits with its gloo group alive can abort (SIGABRT) in the group's
     # destructor after its work is done: a distill command leaves the group it joined. One it
     # found already joined (a caller running several commands in one group) is the caller's.
