@@ -56,3 +56,29 @@ def dmd_loss(x: torch.Tensor, x0_real: torch.Tensor, x0_fake: torch.Tensor,
         w = weight.view(-1, *([1] * (x.ndim - 1))) if weight.ndim == 1 else weight
         per_elem = per_elem * w
     return per_elem.mean()
+
+
+def object_cells(x0: torch.Tensor, share: float = 0.1) -> torch.Tensor:
+    """[B, 1, F, h, w] mask of each clip's `share` of latent cells furthest from their
+    frame's median latent: on Shapes clips, the objects (a plain, gradient or striped
+    background sits near its median). x0: [B, C, F, h, w]."""
+    median = x0.median(dim=-1, keepdim=True).values.median(dim=-2, keepdim=True).values
+    dev = (x0 - median).pow(2).mean(1, keepdim=True)
+    return (dev > dev.flatten(2).quantile(1 - share, dim=2)[:, :, None, None, None]).to(x0.dtype)
+
+
+def masked_flow_error(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample flow-matching error inside `mask` [B, 1, F, h, w]. -> [B]"""
+    err = (v_pred.float() - (noise - x0).float()).pow(2) * mask
+    return err.sum(dim=(1, 2, 3, 4)) / (mask.sum(dim=(1, 2, 3, 4)) * v_pred.shape[1]).clamp_min(1)
+
+
+def hard_negative_loss(v_true: torch.Tensor, v_negative: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+                       margin: float = 0.2) -> torch.Tensor:
+    """A hinge that holds the true caption's fit of the objects at least `margin` better than
+    the fit under a caption describing some other clip (`swapped_caption`): zero once the
+    model's prediction depends on the swapped word that much. Same x_t for both forwards."""
+    mask = object_cells(x0)
+    true = masked_flow_error(v_true, x0, noise, mask)
+    negative = masked_flow_error(v_negative, x0, noise, mask)
+    return F.relu(true * (1 + margin) - negative).mean()

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm import tqdm
@@ -25,6 +26,7 @@ from engine.transformer import CausalWanTransformer, build_transformer
 
 from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
                      autocast, run_to_json, step_generator)
+from .data.captions import swapped_caption
 from .losses import add_noise, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over
@@ -77,6 +79,13 @@ class TeacherRun:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     caption_dropout: float = 0.1
+    # > 0: weight of a hard-negative hinge (distill.losses.hard_negative_loss): each captioned
+    # clip is also denoised under its caption with a shape noun or the directions swapped
+    # (distill.data.captions.swapped_caption), whose fit of the objects must be `negative_margin`
+    # worse. One more forward per step (~1.7x the step). The teacher ignores shape and motion
+    # words otherwise (bench/teacher_conditioning.py; docs/default-model.md).
+    negative_captions: float = 0.0
+    negative_margin: float = 0.2
     autocast: bool = False  # bf16 autocast for the forwards (distill.common.autocast)
     ema_decay: float = 0.99
     log_every: int = 10
@@ -150,7 +159,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
 
     # --- loop: sample, loss, step, EMA, log, checkpoint ---------------------------------
     bar = tqdm(total=run.steps, initial=step, desc="teacher", unit="step", dynamic_ncols=True, disable=not progress)
-    start, losses, all_losses = time.time(), [], []
+    start, losses, all_losses, negatives = time.time(), [], [], []
     while step < run.steps:
         gen = step_generator(run.seed, step)
         x0, texts = data.batch(step)  # [B, C, F, h, w]
@@ -159,9 +168,15 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         feats = torch.where(drop[:, None, None], torch.zeros_like(feats), feats)  # unconditional = zeros
         noise = torch.randn(x0.shape, generator=gen)
         sigma = sample_sigmas(len(texts), run.model.sampler.shift, gen)
+        xt = add_noise(x0, noise, sigma)
         with autocast(model, run.autocast):
-            v = model.denoise(add_noise(x0, noise, sigma), sigma * 1000, model.embed_text(feats), attention)
+            v = model.denoise(xt, sigma * 1000, model.embed_text(feats), attention)
         loss = flow_matching_loss(v, x0, noise)
+        if run.negative_captions > 0:
+            negative = hard_negative_term(model, captions, texts, drop, xt, sigma, x0, noise, v, attention, run, step)
+            if negative is not None:
+                loss = loss + run.negative_captions * negative
+                negatives.append(negative.item())
 
         for group in opt.param_groups:
             group["lr"] = lr_at(run, step)
@@ -176,9 +191,12 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         all_losses.append(losses[-1])
         if step % run.log_every == 0 or step == run.steps:
             mean = sum(losses) / len(losses)
-            metrics.log(step, {"loss/flow": mean, "grad_norm": float(grad_norm), "lr": lr_at(run, step)})
+            logged = {"loss/flow": mean, "grad_norm": float(grad_norm), "lr": lr_at(run, step)}
+            if negatives:
+                logged["loss/negative"] = sum(negatives) / len(negatives)
+            metrics.log(step, logged)
             bar.set_postfix(loss=f"{mean:.4f}")
-            losses = []
+            losses, negatives = [], []
         bar.update(1)
         if step % run.ckpt_every == 0 or step == run.steps:
             ckpt.save(step, {"model": model, "ema": ema.shadow}, {"opt": opt})
@@ -189,6 +207,25 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher",
                  data=f"videos and captions.jsonl of {run.data}" if run.data else None)
     return TrainResult(out_dir, step, time.time() - start, all_losses)
+
+
+def hard_negative_term(model, captions: CaptionCache, texts: list[str], dropped: torch.Tensor, xt: torch.Tensor,
+                       sigma: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, v: torch.Tensor, attention,
+                       run: TeacherRun, step: int) -> torch.Tensor | None:
+    """The hard-negative hinge over the step's captioned clips that have a swappable word
+    (None when none has): their x_t denoised again under the swapped captions."""
+    from .losses import hard_negative_loss
+
+    rng = np.random.default_rng([run.seed, 3, step])
+    pairs = [(i, swapped) for i, text in enumerate(texts)
+             if not dropped[i] and (swapped := swapped_caption(text, rng)) is not None]
+    if not pairs:
+        return None
+    keep = torch.tensor([i for i, _ in pairs])
+    with autocast(model, run.autocast):
+        v_negative = model.denoise(xt[keep], sigma[keep] * 1000,
+                                   model.embed_text(captions([s for _, (s, _) in pairs])), attention)
+    return hard_negative_loss(v[keep], v_negative, x0[keep], noise[keep], run.negative_margin)
 
 
 def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module, out_dir: Path, seconds: float,

@@ -142,3 +142,30 @@ def test_framecast_demo_streams_the_default_model_and_switches(tmp_path, capsys)
 
     assert main_colour(rows[0]) == "blue"
     assert main(["demo", "a red ball", "--seconds", "0", "-o", str(out)]) == 2  # bad input: a clear error
+
+
+def test_conditioning_probe_reports_each_attribute_against_the_true_caption(tmp_path):
+    """bench/teacher_conditioning.py on the default model: every attribute row, with an
+    interval around its mean, and a text pathway that matters (no text fits differently)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cond.json"
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "bench" / "teacher_conditioning.py"), "--model",
+                           str(DEFAULT_MODEL_DIR), "--clips", "6", "--levels", "0.7,0.9", "--threads", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [result] = json.loads(out.read_text())
+    assert result["clips"] == 6 and set(result["levels"]) == {"0.7", "0.9"}
+    for row in result["levels"].values():
+        assert row["object_error_true"] > 0
+        for name in ("colour", "shape", "motion", "no text"):
+            low, high = row[name]["interval"]
+            assert low <= row[name]["increase"] <= high
+        assert abs(row["no text"]["increase"]) > 0.01
+    true, shape = result["examples"]["true"][0], result["examples"]["shape"][0]
+    assert true != shape and len(true.split()) == len(shape.split())
+    bad = subprocess.run([sys.executable, str(repo / "bench" / "teacher_conditioning.py"), "--model",
+                          str(DEFAULT_MODEL_DIR), "--levels", "1.5"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--levels" in bad.stderr

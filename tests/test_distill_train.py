@@ -341,3 +341,37 @@ def test_switch_rollouts_judge_the_window_after_the_switch_under_the_new_prompt(
     before = encoder.encode(student_mod.shapes_captions(0, run.batch_size, run.seed, 0))
     after = encoder.encode(student_mod.shapes_captions(0, run.batch_size, run.seed + 2, 0))
     assert torch.equal(seen[0], after) and not torch.equal(seen[0], before)  # step 0: judged under the new prompts
+
+
+def test_hard_negative_loss_is_zero_once_the_wrong_caption_fits_the_objects_worse():
+    from distill.losses import hard_negative_loss, object_cells
+
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.zeros(2, 4, 2, 8, 8)
+    x0[:, :, :, 2:4, 2:4] = 3.0  # an object on a flat background
+    noise = torch.randn(x0.shape, generator=gen)
+    mask = object_cells(x0)
+    assert mask[:, :, :, 2:4, 2:4].all() and mask.sum() == 2 * 2 * 4  # the object's cells, no others
+    target = noise - x0
+    good = (target + 0.1 * torch.randn(x0.shape, generator=gen)).requires_grad_(True)
+    same = good.detach().clone().requires_grad_(True)
+    loss = hard_negative_loss(good, same, x0, noise, margin=0.2)
+    loss.backward()
+    assert loss > 0 and good.grad.abs().sum() > 0 and same.grad.abs().sum() > 0
+    far = target + 5.0  # the wrong caption's fit is much worse: nothing left to learn
+    assert hard_negative_loss(good.detach(), far, x0, noise, margin=0.2) == 0
+
+
+def test_teacher_trains_with_hard_negative_captions(tiny_autoencoder, tmp_path):
+    """negative_captions > 0: a second forward under swapped captions, logged as
+    loss/negative, and it changes what the teacher learns."""
+    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, log_every=5)
+    plain = teacher_mod.train_teacher(run, tmp_path / "plain").out_dir
+    with_negatives = teacher_mod.train_teacher(replace(run, negative_captions=0.5), tmp_path / "negative").out_dir
+    logged = metrics(tmp_path / "negative")
+    assert all(np.isfinite(m["loss/negative"]) and m["loss/negative"] >= 0 for m in logged)
+    assert any(m["loss/negative"] > 0 for m in logged)
+    assert "loss/negative" not in metrics(tmp_path / "plain")[0]
+    a = load_model(str(plain)).transformer.state_dict()
+    b = load_model(str(with_negatives)).transformer.state_dict()
+    assert any(not torch.allclose(a[k], b[k]) for k in a)

@@ -171,3 +171,35 @@ def test_workers_and_ranks_split_the_stream_without_repeats():
     assert not set(ranks[0]) & set(ranks[1]) and sorted(ranks[0] + ranks[1]) == sorted(single)
     batch = next(iter(DataLoader(ShapesDataset(config, num_frames=2, seed=9, length=8), batch_size=4)))
     assert batch["video"].shape == (4, 3, 2, 16, 16) and len(batch["caption"]) == 4
+
+
+def test_swapped_caption_changes_one_shape_or_reverses_the_directions():
+    """Hard negatives for teacher training: the swapped caption parses to a scene that differs
+    in exactly the swapped attribute; motion words that have no direction stay as they are."""
+    from distill.data.captions import swapped_caption
+    from distill.data.shapes import ShapesConfig, ShapesWorld
+
+    rng = np.random.default_rng(0)
+    world = ShapesWorld(ShapesConfig(height=64, width=64, fps=16))
+    seen = set()
+    for seed in range(60):
+        for text in world.sample(seed, 4).captions:
+            result = swapped_caption(text, rng)
+            if result is None:
+                continue
+            swapped, kind = result
+            seen.add(kind)
+            before, after = parse_prompt(text), parse_prompt(swapped)
+            assert len(before.objects) == len(after.objects) and before.background == after.background
+            pairs = list(zip(before.objects, after.objects))
+            assert all(a.colour == b.colour for a, b in pairs)
+            if kind == "shape":
+                assert sum(a.shape != b.shape for a, b in pairs) == 1, (text, swapped)
+                assert all(a.motion == b.motion for a, b in pairs)
+            else:
+                assert all(a.shape == b.shape for a, b in pairs)
+                assert any(a.motion != b.motion for a, b in pairs), (text, swapped)
+    assert seen == {"shape", "motion"}
+    assert swapped_caption("a red ball bouncing up and down", rng)[1] == "shape"
+    assert swapped_caption("a blue box moves in a circle", rng)[0].endswith("moves in a circle")
+    assert swapped_caption("red things on a green background", rng) is None

@@ -145,6 +145,45 @@ def scene_captions(scene: Scene, rng: np.random.Generator, count: int = 6, motio
     return captions
 
 
+# --- hard negatives: a caption with one attribute made wrong ------------------------
+
+_SHAPE_OF_NOUN = {noun: shape for shape, nouns in vocab.SHAPE_NOUNS.items() for noun in nouns}
+_OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "leftward": "rightward",
+             "rightward": "leftward", "upward": "downward", "downward": "upward", "top": "bottom", "bottom": "top"}
+# verbs that carry their direction: each to a verb of the other way, same form
+_OPPOSITE.update({down: up for (down, up) in zip(
+    [f for pair in vocab.DOWN_VERBS for f in pair], [f for pair in vocab.UP_VERBS * 3 for f in pair])})
+_OPPOSITE.update({up: down for (up, down) in zip(
+    [f for pair in vocab.UP_VERBS for f in pair], [f for pair in vocab.DOWN_VERBS for f in pair])})
+_DIRECTION_WORDS = re.compile(r"\b(" + "|".join(sorted(map(re.escape, _OPPOSITE), key=len, reverse=True)) + r")\b")
+
+
+def swapped_caption(caption: str, rng: np.random.Generator) -> tuple[str, str] | None:
+    """The caption with one shape noun changed to another shape's ("a red square" -> "a red
+    star") or every direction reversed ("moves leftward" -> "moves rightward", "up-left" ->
+    "down-right"), whichever it has (a coin toss when both): a caption that describes some
+    other clip, for teaching the words that tell them apart. -> (caption, "shape" | "motion"),
+    or None when it names neither. "circle" in a motion ("in a circle") is not a shape, and a
+    bounce ("up and down") has no direction to reverse."""
+    words = list(re.finditer(r"[a-z]+", caption))
+    shapes = [m for i, m in enumerate(words) if m.group() in _SHAPE_OF_NOUN
+              and not (m.group() == "circle" and "in" in (w.group() for w in words[max(0, i - 2):i]))]
+    bounce = re.search(r"\b(up and down|down and up)\b", caption)
+    directions = [] if bounce else list(_DIRECTION_WORDS.finditer(caption))
+    if not shapes and not directions:
+        return None
+    if shapes and (not directions or rng.random() < 0.5):
+        m = shapes[int(rng.integers(len(shapes)))]
+        others = [s for s in vocab.SHAPES if s != _SHAPE_OF_NOUN[m.group()]]
+        nouns = vocab.SHAPE_NOUNS[others[int(rng.integers(len(others)))]]
+        return caption[:m.start()] + nouns[int(rng.integers(len(nouns)))] + caption[m.end():], "shape"
+    out, last = [], 0
+    for m in directions:
+        out += [caption[last:m.start()], _OPPOSITE[m.group()]]
+        last = m.end()
+    return "".join(out) + caption[last:], "motion"
+
+
 # --- reading prompts ---------------------------------------------------------------
 
 
