@@ -171,11 +171,11 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         xt = add_noise(x0, noise, sigma)
         with autocast(model, run.autocast):
             v = model.denoise(xt, sigma * 1000, model.embed_text(feats), attention)
-        loss = flow_matching_loss(v, x0, noise)
+        loss = flow = flow_matching_loss(v, x0, noise)
         if run.negative_captions > 0:
             negative = hard_negative_term(model, captions, texts, drop, xt, sigma, x0, noise, v, attention, run, step)
             if negative is not None:
-                loss = loss + run.negative_captions * negative
+                loss = flow + run.negative_captions * negative
                 negatives.append(negative.item())
 
         for group in opt.param_groups:
@@ -187,7 +187,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         ema.update(model, step)
         step += 1
 
-        losses.append(loss.item())
+        losses.append(flow.item())  # the flow-matching loss alone; the hinge is logged apart
         all_losses.append(losses[-1])
         if step % run.log_every == 0 or step == run.steps:
             mean = sum(losses) / len(losses)

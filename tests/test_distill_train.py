@@ -365,13 +365,15 @@ def test_hard_negative_loss_is_zero_once_the_wrong_caption_fits_the_objects_wors
 def test_teacher_trains_with_hard_negative_captions(tiny_autoencoder, tmp_path):
     """negative_captions > 0: a second forward under swapped captions, logged as
     loss/negative, and it changes what the teacher learns."""
-    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, log_every=5)
+    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, log_every=1)
     plain = teacher_mod.train_teacher(run, tmp_path / "plain").out_dir
     with_negatives = teacher_mod.train_teacher(replace(run, negative_captions=0.5), tmp_path / "negative").out_dir
     logged = metrics(tmp_path / "negative")
     assert all(np.isfinite(m["loss/negative"]) and m["loss/negative"] >= 0 for m in logged)
     assert any(m["loss/negative"] > 0 for m in logged)
     assert "loss/negative" not in metrics(tmp_path / "plain")[0]
+    # loss/flow is the flow-matching loss alone: the first step's, before any update, is the plain run's
+    assert logged[0]["loss/flow"] == pytest.approx(metrics(tmp_path / "plain")[0]["loss/flow"], rel=1e-6)
     a = load_model(str(plain)).transformer.state_dict()
     b = load_model(str(with_negatives)).transformer.state_dict()
     assert any(not torch.allclose(a[k], b[k]) for k in a)
