@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distill.data import vocab  # noqa: E402
 from distill.data.captions import scene_caption  # noqa: E402
 from distill.data.shapes import ShapesConfig, ShapesWorld  # noqa: E402
+from distill.eval.report import bootstrap_interval  # noqa: E402
 from distill.losses import add_noise, masked_flow_error, object_cells  # noqa: E402
 
 ATTRIBUTES = {"colour": tuple(vocab.OBJECT_COLOURS), "shape": vocab.SHAPES, "motion": vocab.MOTIONS}
@@ -48,12 +49,6 @@ def changed(scene, field: str, rng: np.random.Generator):
     options = [v for v in ATTRIBUTES[field] if v != getattr(obj, field)]
     value = options[int(rng.integers(len(options)))]
     return dataclasses.replace(scene, objects=(dataclasses.replace(obj, **{field: value}),))
-
-
-def bootstrap(values: np.ndarray, reps: int = 2000, seed: int = 0) -> list[float]:
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(reps, len(values)))].mean(axis=1)
-    return [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
 
 
 @torch.no_grad()
@@ -83,7 +78,7 @@ def measure(model_dir: str, clips, levels: list[float], seed: int) -> dict:
                                           mask).numpy() for name, f in feats.items()}
         true = errors["true"]
         rows[str(level)] = {"object_error_true": float(true.mean()), **{
-            name: {"increase": float((e / true - 1).mean()), "interval": bootstrap(e / true - 1)}
+            name: {"increase": float((e / true - 1).mean()), "interval": bootstrap_interval(e / true - 1)}
             for name, e in errors.items() if name != "true"}}
     return {"model": model_dir, "clips": len(clips), "levels": rows, "examples": {k: v[:2] for k, v in captions.items()}}
 
