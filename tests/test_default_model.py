@@ -169,3 +169,42 @@ def test_conditioning_probe_reports_each_attribute_against_the_true_caption(tmp_
     bad = subprocess.run([sys.executable, str(repo / "bench" / "teacher_conditioning.py"), "--model",
                           str(DEFAULT_MODEL_DIR), "--levels", "1.5"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--levels" in bad.stderr
+
+
+def test_attention_probe_measures_how_sharply_each_head_attends():
+    """bench/teacher_attention.py: with its q/k gains at 0 every head attends uniformly (all
+    tokens, own-frame share 1/frames, every prompt token); with large gains far fewer."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from teacher_attention import measure_model
+
+    from distill.teacher import load_autoencoder
+    from engine import load_model
+
+    def set_qk_norm_gain(transformer, gain: float) -> None:
+        with torch.no_grad():
+            for block in transformer.blocks:
+                for attn in (block.attn1, block.attn2):
+                    attn.norm_q.weight.fill_(gain)
+                    attn.norm_k.weight.fill_(gain)
+
+    model = load_model(str(DEFAULT_MODEL_DIR), device="cpu", backend="eager")
+    autoencoder = load_autoencoder(DEFAULT_MODEL_DIR)
+    trained = measure_model(model, autoencoder, 2, [0.5], 0)
+    n, frames, prompt = trained["tokens"], trained["frames"], trained["prompt_tokens"]
+    assert (n, frames, prompt) == (6 * 64, 6, 32)
+    for row in trained["levels"]["0.5"]:
+        assert all(1 <= t <= n + 1e-3 for t in row["self_tokens"]) and all(0 <= s <= 1 for s in row["own_frame"])
+        assert all(1 <= t <= prompt + 1e-3 for t in row["cross_tokens"])
+    set_qk_norm_gain(model.transformer, 0.0)
+    uniform = measure_model(model, autoencoder, 2, [0.5], 0)
+    for row in uniform["levels"]["0.5"]:
+        assert row["self_tokens"] == pytest.approx([n] * 3, rel=1e-4)
+        assert row["own_frame"] == pytest.approx([1 / frames] * 3, rel=1e-4)
+        assert row["cross_tokens"] == pytest.approx([prompt] * 3, rel=1e-4)
+        assert row["on_words"] == pytest.approx([uniform["words"] / prompt] * 3, rel=1e-4)
+    assert uniform["gains"][0]["self"] == [0.0, 0.0]
+    set_qk_norm_gain(model.transformer, 20.0)
+    sharp = measure_model(model, autoencoder, 2, [0.5], 0)
+    assert max(max(row["self_tokens"]) for row in sharp["levels"]["0.5"]) < n / 4
