@@ -137,6 +137,8 @@ def _parse_value(item: str, value: str, kind) -> object:
     except json.JSONDecodeError as exc:
         if kind is str or typing.get_origin(kind) is typing.Union and str in typing.get_args(kind):
             return value
+        if typing.get_origin(kind) is typing.Literal and value in typing.get_args(kind):
+            return value  # a choice of words: model.attention.text_padding=mask
         raise CommandError(f"--set {item!r}: VALUE must be JSON for this field ({exc})") from None
 
 

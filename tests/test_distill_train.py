@@ -175,6 +175,13 @@ def test_dry_run_prints_the_resolved_config(capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["dmd_iters"] == 7 and printed["model"]["name"] == "tiny-student"
     assert main(["distill", "student", "--preset", "tiny", "--set", "nonsense=1", "--dry-run"]) == 2
+    # a choice of words takes the plain word, and only one of its choices
+    assert main(["distill", "teacher", "--preset", "tiny", "--set", "model.attention.text_padding=mask",
+                 "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["attention"]["text_padding"] == "mask"
+    assert main(["distill", "teacher", "--preset", "tiny", "--set", "model.attention.text_padding=maybe",
+                 "--dry-run"]) == 2
+    assert "text_padding" in capsys.readouterr().err
 
 
 def test_two_process_data_parallel_on_gloo(tiny_teacher, tmp_path):
@@ -377,3 +384,4 @@ def test_teacher_trains_with_hard_negative_captions(tiny_autoencoder, tmp_path):
     a = load_model(str(plain)).transformer.state_dict()
     b = load_model(str(with_negatives)).transformer.state_dict()
     assert any(not torch.allclose(a[k], b[k]) for k in a)
+
