@@ -152,8 +152,10 @@ def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
     in place of full attention. A Shapes teacher thus gets SHAPES_STUDENT exactly."""
     base = teacher.model_copy(update={"guidance_scale": 1.0, "provenance": {}})
     if (teacher.transformer, teacher.latent) == (preset.transformer, preset.latent):
+        # how the transformer reads its prompt is the teacher's (its weights were trained so)
+        attention = preset.attention.model_copy(update={"text_padding": teacher.attention.text_padding})
         return base.model_copy(update={"name": preset.name, "description": preset.description,
-                                       "attention": preset.attention, "sampler": preset.sampler})
+                                       "attention": attention, "sampler": preset.sampler})
     policy = preset.attention.policy if teacher.attention.policy == "full" else teacher.attention.policy
     return base.model_copy(update={
         "name": f"{teacher.name}-student",

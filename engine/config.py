@@ -63,6 +63,12 @@ class AttentionConfig(FrozenConfig):
                   sink <- a * sink + (1 - a) * evicted (Reward Forcing, a = ema_decay).
     linear_state  as sink_window, plus a running linear-attention state of evicted frames read
                   through a zero-initialised projection (Hybrid Forcing).
+
+    `text_padding` is how the cross-attention treats the zero padding after a prompt's tokens:
+    attend   as diffusers' Wan does: every padding position is the projection of zeros, one
+             key repeated (L - words) times, which a small model learns to use as a sink.
+    mask     the prompt's tokens only (a prompt with none, the unconditional branch, attends
+             to its all-zero context).
     """
 
     policy: Policy = "sink_window"
@@ -71,6 +77,7 @@ class AttentionConfig(FrozenConfig):
     window_frames: int = Field(9, ge=1)  # past latent frames kept beside the sink
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
     backend: str = "native"  # a diffusers attention backend name: native (torch SDPA), xformers, flash ...
+    text_padding: Literal["attend", "mask"] = "attend"
 
     @property
     def streaming(self) -> bool:

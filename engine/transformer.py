@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from diffusers import WanTransformer3DModel
 
-from .attention import AttentionMode, FullAttention, RopeTables
+from .attention import AttentionMode, FullAttention, RopeTables, attend
 from .cache import POLICIES
 from .config import ModelConfig
 from .errors import ShapeMismatch
@@ -49,6 +49,26 @@ class SelfAttnProcessor:
         return out
 
 
+class CrossAttnProcessor:
+    """Replaces diffusers' WanAttnProcessor on `attn2` when the model masks the prompt's
+    padding (`attention.text_padding: mask`): the same projections and norms, attending only
+    to the context's non-zero positions (`embed_text` leaves padding exactly zero). A row with
+    none (the unconditional, all-zero context) attends to all of them."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        context = encoder_hidden_states
+        q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))  # [B, N, H, Dh]
+        k = attn.norm_k(attn.to_k(context)).unflatten(2, (attn.heads, -1))  # [B, L, H, Dh]
+        v = attn.to_v(context).unflatten(2, (attn.heads, -1))
+        words = context.ne(0).any(-1)  # [B, L]
+        words = words | ~words.any(-1, keepdim=True)
+        out = attend(q, k, v, words[:, None, None, :], self.backend).flatten(2).type_as(q)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
 class CausalWanTransformer(WanTransformer3DModel):
     """diffusers' Wan transformer with streaming attention. Build with `from_config`."""
 
@@ -60,8 +80,11 @@ class CausalWanTransformer(WanTransformer3DModel):
         self.rope_tables = RopeTables(t.attention_head_dim, grid_h, grid_w, t.rope_max_seq_len,
                                       device=self.device)
         self.attention_backend = config.attention.backend
+        self.mask_text_padding = config.attention.text_padding == "mask"
         for i, block in enumerate(self.blocks):
             block.attn1.set_processor(SelfAttnProcessor(i))
+            if self.mask_text_padding:
+                block.attn2.set_processor(CrossAttnProcessor(config.attention.backend))
             policy = POLICIES.get(config.attention.policy)  # None: 'full' attention keeps no cache
             if policy is not None and policy.has_readout and not hasattr(block.attn1, "temporal_state_out"):
                 proj = nn.Linear(t.inner_dim, t.inner_dim)
@@ -72,8 +95,13 @@ class CausalWanTransformer(WanTransformer3DModel):
 
     # --- pieces --------------------------------------------------------------------
     def embed_text(self, text_states: torch.Tensor) -> torch.Tensor:
-        """[B, L, text_dim] encoder features -> [B, L, D] context. Once per prompt."""
-        return self.condition_embedder.text_embedder(text_states)
+        """[B, L, text_dim] encoder features (zero past each prompt's tokens) -> [B, L, D]
+        context. Once per prompt. A model that masks the padding keeps it exactly zero here,
+        which is how its cross-attention tells padding from words."""
+        context = self.condition_embedder.text_embedder(text_states)
+        if getattr(self, "mask_text_padding", False):
+            context = context * text_states.ne(0).any(-1, keepdim=True)
+        return context
 
     def _time_embedding(self, timestep: torch.Tensor, tokens_per_frame: int):
         """timestep [B] or [B, F] (model units, 0..1000) -> temb, projection as the blocks
@@ -164,4 +192,4 @@ def build_transformer(config: ModelConfig, device: str | torch.device = "cpu",
     return model.enable_streaming(config)
 
 
-__all__ = ["CausalWanTransformer", "SelfAttnProcessor", "build_transformer"]
+__all__ = ["CausalWanTransformer", "CrossAttnProcessor", "SelfAttnProcessor", "build_transformer"]

@@ -175,6 +175,10 @@ def test_the_student_config_follows_the_teacher(tmp_path, capsys):
     # a Shapes teacher gets exactly the Shapes student (the embedded default's recipe is unchanged)
     trained = SHAPES_MODEL.model_copy(update={"provenance": {"stage": "teacher"}})
     assert student_config(SHAPES_STUDENT, trained) == SHAPES_STUDENT
+    # ... and reads its prompt as the teacher does (its weights learnt to)
+    masked = trained.model_copy(update={"attention": trained.attention.model_copy(update={"text_padding": "mask"})})
+    derived = student_config(SHAPES_STUDENT, masked)
+    assert derived.attention == SHAPES_STUDENT.attention.model_copy(update={"text_padding": "mask"})
     # a converted Wan2.1 teacher: its architecture, chunking and schedule, made causal; --set on top
     base = tiny_wan_diffusers(tmp_path / "wan")
     assert main(["convert", "--format", "wan-diffusers", "--input", str(base), "--size", "32x32",

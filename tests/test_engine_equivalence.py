@@ -71,3 +71,32 @@ def test_skipping_the_refresh_changes_the_context_but_keeps_it_bounded():
     a, b = stream_latents(base, 3), stream_latents(skip, 3)
     assert (a[:, :, :2] - b[:, :, :2]).abs().max() < 1e-6  # first chunk has no context
     assert (a[:, :, 2:] - b[:, :, 2:]).abs().max() > 1e-4  # later chunks see noisy-step K/V
+
+
+def test_masked_text_padding_reads_only_the_prompts_words():
+    """attention.text_padding: mask. A prompt padded to any length gives what diffusers' Wan
+    gives for its words alone (no padding); an all-zero (unconditional) context still
+    works; the default ('attend') keeps diffusers' behaviour, in which padding counts."""
+    model = tiny_model(text_padding="mask")
+    reference = WanTransformer3DModel.from_config(model.transformer.config).eval()
+    reference.load_state_dict(model.transformer.state_dict())
+    x, t = torch.randn(2, 16, 4, 8, 8), torch.tensor([500.0, 900.0])
+    words = torch.randn(2, 5, 32)
+    padded = torch.cat([words, torch.zeros(2, 11, 32)], dim=1)
+    padded[1, 3:] = 0  # the second prompt has 3 words
+    tr = model.transformer
+    with torch.no_grad():
+        got = tr.denoise(x, t, tr.embed_text(padded), tr.full_attention(4))
+        expected = torch.cat([reference(x[:1], t[:1], words[:1], return_dict=False)[0],
+                              reference(x[1:], t[1:], words[1:, :3], return_dict=False)[0]])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        uncond = tr.denoise(x, t, tr.embed_text(torch.zeros(2, 16, 32)), tr.full_attention(4))
+        assert torch.isfinite(uncond).all() and not torch.allclose(uncond, got, atol=1e-3)
+        attend = tiny_model()
+        attend.transformer.load_state_dict(tr.state_dict())
+        plain = attend.transformer.denoise(x, t, attend.transformer.embed_text(padded), tr.full_attention(4))
+        assert (plain - got).abs().max() > 1e-3
+    # a streaming session of the masked model: finite chunks, and the same frames from the cache
+    cached = stream_latents(model, chunks=3)
+    assert torch.isfinite(cached).all()
+    assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=3)).abs().max() < 1e-4

@@ -171,6 +171,17 @@ def test_onnxruntime_linear_state_equals_eager(engine_dir):
     assert graph.step_fn.calls == CHUNKS * 5
 
 
+def test_onnxruntime_masked_text_padding_equals_eager(engine_dir):
+    """attention.text_padding: mask puts the padding mask into the exported graph."""
+    eager = tiny_model(text_padding="mask")
+    graph = with_weights_of(tiny_model(text_padding="mask"), eager)
+    attach_runtime(graph, RuntimeOptions("onnxruntime", engine_dir))
+    assert (stream(eager) - stream(graph)).abs().max() < CPU_ATOL
+    assert graph.step_fn.calls == CHUNKS * 5
+    plain = with_weights_of(tiny_model(), eager)
+    assert (stream(plain) - stream(eager)).abs().max() > 1e-3  # the mask is in what ran
+
+
 def small_autoencoder():
     from engine.autoencoder import AutoencoderConfig, ShapesAutoencoder
 
