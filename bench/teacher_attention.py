@@ -78,7 +78,10 @@ def measure_model(model, autoencoder, count: int, levels: list[float], seed: int
     def cross_probs(attn, hidden, ctx):
         q = attn.norm_q(attn.to_q(hidden)).unflatten(2, (attn.heads, -1))
         k = attn.norm_k(attn.to_k(ctx)).unflatten(2, (attn.heads, -1))
-        return (torch.einsum("bnhd,bmhd->bhnm", q, k) / q.shape[-1] ** 0.5).softmax(-1)
+        logits = torch.einsum("bnhd,bmhd->bhnm", q, k) / q.shape[-1] ** 0.5
+        if tr.mask_text_padding:  # as engine.transformer.CrossAttnProcessor: the words only
+            logits = logits.masked_fill(~words.bool()[:, None, None, :], float("-inf"))
+        return logits.softmax(-1)
 
     hooks = []
     for i, block in enumerate(tr.blocks):

@@ -205,6 +205,15 @@ def test_attention_probe_measures_how_sharply_each_head_attends():
         assert row["cross_tokens"] == pytest.approx([prompt] * 3, rel=1e-4)
         assert row["on_words"] == pytest.approx([uniform["words"] / prompt] * 3, rel=1e-4)
     assert uniform["gains"][0]["self"] == [0.0, 0.0]
+    from engine.transformer import CrossAttnProcessor
+
+    model.transformer.mask_text_padding = True  # as attention.text_padding: mask builds it
+    for block in model.transformer.blocks:
+        block.attn2.set_processor(CrossAttnProcessor("native"))
+    masked = measure_model(model, autoencoder, 2, [0.5], 0)
+    for row in masked["levels"]["0.5"]:
+        assert row["on_words"] == pytest.approx([1.0] * 3)
+        assert row["cross_tokens"] == pytest.approx([masked["words"]] * 3, rel=1e-4)  # uniform over the words
     set_qk_norm_gain(model.transformer, 20.0)
     sharp = measure_model(model, autoencoder, 2, [0.5], 0)
     assert max(max(row["self_tokens"]) for row in sharp["levels"]["0.5"]) < n / 4
