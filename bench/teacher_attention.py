@@ -4,8 +4,8 @@ uniform head over the clip's tokens scores all of them), the share of its attent
 its own latent frame (uniform: 1 / frames), and, for the cross-attention, the effective
 number of prompt tokens and the share of attention on the prompt's words rather than on
 the zero padding after them (every padding position has the same key: together they act
-as one "nothing" token with the weight of their count). Also the gains of the q/k RMS norms, which bound how sharp a
-head can be (max logit ~ gain_q * gain_k * sqrt(head_dim)).
+as one "nothing" token with the weight of their count). Also the gains of the q/k RMS
+norms, which bound how sharp a head can be (max logit ~ gain_q * gain_k * sqrt(head_dim)).
 
 A head that spreads over most of the clip averages it: it can carry the clip's colours,
 not where an object is or which way it moves.
@@ -38,7 +38,6 @@ def effective_tokens(p: torch.Tensor) -> torch.Tensor:
     return torch.exp(-(p * p.clamp_min(1e-12).log()).sum(-1))
 
 
-@torch.no_grad()
 def measure(model_dir: str, count: int, levels: list[float], seed: int) -> dict:
     """Attention statistics of the model at `model_dir` (see `measure_model`)."""
     from distill.teacher import load_autoencoder
