@@ -152,8 +152,9 @@ def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
     in place of full attention. A Shapes teacher thus gets SHAPES_STUDENT exactly."""
     base = teacher.model_copy(update={"guidance_scale": 1.0, "provenance": {}})
     if (teacher.transformer, teacher.latent) == (preset.transformer, preset.latent):
-        # how the transformer reads its prompt is the teacher's (its weights were trained so)
-        attention = preset.attention.model_copy(update={"text_padding": teacher.attention.text_padding})
+        # how the transformer reads its prompt and positions is the teacher's (its weights were trained so)
+        attention = preset.attention.model_copy(update={"text_padding": teacher.attention.text_padding,
+                                                        "rope_theta": teacher.attention.rope_theta})
         return base.model_copy(update={"name": preset.name, "description": preset.description,
                                        "attention": attention, "sampler": preset.sampler})
     policy = preset.attention.policy if teacher.attention.policy == "full" else teacher.attention.policy

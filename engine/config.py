@@ -69,6 +69,11 @@ class AttentionConfig(FrozenConfig):
              key repeated (L - words) times, which a small model learns to use as a sink.
     mask     the prompt's tokens only (a prompt with none, the unconditional branch, attends
              to its all-zero context).
+
+    `rope_theta` is the base of the 3D rotary position tables (Wan: 10000). Its rotation
+    frequencies run from 1 down to theta^-1 radians per position; on a small latent grid (8x8
+    tokens) theta = 10000 leaves most of a head's rotated pairs turning by under 0.2 rad across
+    the whole grid, so they carry no position. A smaller base spreads them over the grid.
     """
 
     policy: Policy = "sink_window"
@@ -78,6 +83,7 @@ class AttentionConfig(FrozenConfig):
     ema_decay: float = Field(0.999, gt=0.0, lt=1.0)
     backend: str = "native"  # a diffusers attention backend name: native (torch SDPA), xformers, flash ...
     text_padding: Literal["attend", "mask"] = "attend"
+    rope_theta: float = Field(10000.0, gt=1.0)
 
     @property
     def streaming(self) -> bool:

@@ -78,7 +78,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         lat, t = config.latent, config.transformer
         grid_h, grid_w = lat.latent_height // t.patch_size[1], lat.latent_width // t.patch_size[2]
         self.rope_tables = RopeTables(t.attention_head_dim, grid_h, grid_w, t.rope_max_seq_len,
-                                      device=self.device)
+                                      theta=config.attention.rope_theta, device=self.device)
         self.attention_backend = config.attention.backend
         self.mask_text_padding = config.attention.text_padding == "mask"
         for i, block in enumerate(self.blocks):

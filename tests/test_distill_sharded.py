@@ -176,9 +176,11 @@ def test_the_student_config_follows_the_teacher(tmp_path, capsys):
     trained = SHAPES_MODEL.model_copy(update={"provenance": {"stage": "teacher"}})
     assert student_config(SHAPES_STUDENT, trained) == SHAPES_STUDENT
     # ... and reads its prompt as the teacher does (its weights learnt to)
-    masked = trained.model_copy(update={"attention": trained.attention.model_copy(update={"text_padding": "mask"})})
+    # and positions: the teacher's rotary base
+    masked = trained.model_copy(update={"attention": trained.attention.model_copy(
+        update={"text_padding": "mask", "rope_theta": 10.0})})
     derived = student_config(SHAPES_STUDENT, masked)
-    assert derived.attention == SHAPES_STUDENT.attention.model_copy(update={"text_padding": "mask"})
+    assert derived.attention == SHAPES_STUDENT.attention.model_copy(update={"text_padding": "mask", "rope_theta": 10.0})
     # a converted Wan2.1 teacher: its architecture, chunking and schedule, made causal; --set on top
     base = tiny_wan_diffusers(tmp_path / "wan")
     assert main(["convert", "--format", "wan-diffusers", "--input", str(base), "--size", "32x32",

@@ -100,3 +100,25 @@ def test_masked_text_padding_reads_only_the_prompts_words():
     cached = stream_latents(model, chunks=3)
     assert torch.isfinite(cached).all()
     assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=3)).abs().max() < 1e-4
+
+
+def test_rope_theta_sets_the_rotation_frequencies():
+    """attention.rope_theta: the tables rotate pair i of each axis by theta^(-2i/dim) per
+    position (Wan's layout with another base); the default is diffusers' Wan (tested above);
+    a small base changes what a model computes and keeps the cache equal to recompute."""
+    model = tiny_model(rope_theta=10.0, policy="sink_window", sink_frames=0, window_frames=64)
+    tables = model.transformer.rope_tables
+    head = model.config.transformer.attention_head_dim
+    h_dim = 2 * (head // 6)
+    t_dim = head - 2 * h_dim
+    t_freq = 10.0 ** -(torch.arange(0, t_dim, 2, dtype=torch.float64) / t_dim)
+    torch.testing.assert_close(tables.t_cos[1], t_freq.cos().float())
+    torch.testing.assert_close(tables.t_sin[3], (3 * t_freq).sin().float())
+    h_freq = 10.0 ** -(torch.arange(0, h_dim, 2, dtype=torch.float64) / h_dim)
+    w = tables.grid_w
+    torch.testing.assert_close(tables.s_cos[2 * w + 1], torch.cat([(2 * h_freq).cos(), h_freq.cos()]).float())
+    cached = stream_latents(model, chunks=4)
+    assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=4)).abs().max() < 1e-4
+    wan = tiny_model(policy="sink_window", sink_frames=0, window_frames=64)
+    wan.transformer.load_state_dict(model.transformer.state_dict())
+    assert (stream_latents(wan, chunks=4) - cached).abs().max() > 1e-3
