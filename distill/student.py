@@ -142,6 +142,10 @@ PRESETS: dict[str, StudentRun] = {
 }
 
 
+# The attention fields a student always takes from its teacher: its weights were trained with them.
+TEACHER_ATTENTION_FIELDS: tuple[str, ...] = ("text_padding", "rope_theta")
+
+
 def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
     """The student a preset makes of `teacher`. What the teacher decides (architecture,
     latent layout, text encoder, decoder, dtype) always comes from the teacher. What the
@@ -153,8 +157,8 @@ def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
     base = teacher.model_copy(update={"guidance_scale": 1.0, "provenance": {}})
     if (teacher.transformer, teacher.latent) == (preset.transformer, preset.latent):
         # how the transformer reads its prompt and positions is the teacher's (its weights were trained so)
-        attention = preset.attention.model_copy(update={"text_padding": teacher.attention.text_padding,
-                                                        "rope_theta": teacher.attention.rope_theta})
+        attention = preset.attention.model_copy(
+            update={field: getattr(teacher.attention, field) for field in TEACHER_ATTENTION_FIELDS})
         return base.model_copy(update={"name": preset.name, "description": preset.description,
                                        "attention": attention, "sampler": preset.sampler})
     policy = preset.attention.policy if teacher.attention.policy == "full" else teacher.attention.policy

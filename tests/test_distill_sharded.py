@@ -175,8 +175,7 @@ def test_the_student_config_follows_the_teacher(tmp_path, capsys):
     # a Shapes teacher gets exactly the Shapes student (the embedded default's recipe is unchanged)
     trained = SHAPES_MODEL.model_copy(update={"provenance": {"stage": "teacher"}})
     assert student_config(SHAPES_STUDENT, trained) == SHAPES_STUDENT
-    # ... and reads its prompt as the teacher does (its weights learnt to)
-    # and positions: the teacher's rotary base
+    # ... and reads its prompt and positions as the teacher does (its weights learnt to)
     masked = trained.model_copy(update={"attention": trained.attention.model_copy(
         update={"text_padding": "mask", "rope_theta": 10.0})})
     derived = student_config(SHAPES_STUDENT, masked)
