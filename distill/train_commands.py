@@ -17,6 +17,7 @@ import functools
 import importlib
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def _parse_value(item: str, value: str, kind) -> object:
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        if kind is str or typing.get_origin(kind) is typing.Union and str in typing.get_args(kind):
+        if kind is str or typing.get_origin(kind) in (typing.Union, types.UnionType) and str in typing.get_args(kind):
             return value
         if typing.get_origin(kind) is typing.Literal and value in typing.get_args(kind):
             return value  # a choice of words: model.attention.text_padding=mask
