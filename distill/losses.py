@@ -82,3 +82,28 @@ def hard_negative_loss(v_true: torch.Tensor, v_negative: torch.Tensor, x0: torch
     true = masked_flow_error(v_true, x0, noise, mask)
     negative = masked_flow_error(v_negative, x0, noise, mask)
     return F.relu(true * (1 + margin) - negative).mean()
+
+
+class DiscriminatorHead(torch.nn.Module):
+    """DMD2's classifier (Yin et al. 2024, "Improved Distribution Matching Distillation"):
+    a small head on the critic's tokens that tells noised real clips from noised student
+    rollouts; one logit per token (a patch discriminator: where a clip looks made up, not
+    only whether). The critic's cross-attention makes it conditional on the prompt."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, dim), torch.nn.SiLU(),
+                                       torch.nn.Linear(dim, 1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> logits [B, N]
+        return self.net(tokens.float()).squeeze(-1)
+
+
+def gan_critic_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """The non-saturating GAN loss of the discriminator: real -> 1, fake -> 0."""
+    return F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
+
+
+def gan_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """The non-saturating GAN loss of the generator: its rollouts judged real."""
+    return F.softplus(-logits_fake).mean()

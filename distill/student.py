@@ -33,9 +33,10 @@ from engine.model import load_transformer_weights
 from engine.sampler import FewStepSampler
 from engine.transformer import build_transformer
 
-from .common import EMA, CaptionCache, MetricsLog, TrainResult, autocast, run_to_json, step_generator
+from .common import EMA, CaptionCache, ClipLatents, MetricsLog, TrainResult, autocast, run_to_json, step_generator
 from .data.prompts import FilePrompts, ShapesPrompts, prompt_source, shapes_captions  # noqa: F401 (tests use it)
-from .losses import add_noise, dmd_loss, flow_matching_loss, ode_regression_loss, sample_sigmas
+from .losses import (DiscriminatorHead, add_noise, dmd_loss, flow_matching_loss, gan_critic_loss, gan_generator_loss,
+                     ode_regression_loss, sample_sigmas)
 from .methods import RewardWeighting
 from .parallel import (DistCheckpointer, Parallel, full_state_dict, init_parallel, mean_over_processes,
                        place_transformer, same_everywhere, weights_digest)
@@ -102,6 +103,14 @@ class StudentRun:
     dmd_sigma_low: float = 0.02
     dmd_sigma_high: float = 0.98
     guidance: float | None = None  # real score guidance; None = the teacher's guidance_scale
+    # DMD2's adversarial term (Yin et al. 2024): a head on the critic's tokens tells noised real clips from
+    # noised rollouts, and the generator is pushed towards what it calls real. Real clips can teach what
+    # the teacher's score does not (its own samples lose shape and motion). 0: off, plain DMD.
+    gan_weight: float = 0.0  # the generator's adversarial term, next to its DMD loss
+    gan_critic_weight: float = 1.0  # the head's classification loss, next to the critic's flow matching
+    gan_layer: int = 0  # the head reads the critic's tokens after this many blocks (0: half of them)
+    gan_sigma_high: float = 0.7  # real and fake clips are noised to s ~ U(0, gan_sigma_high) for the head
+    gan_pool: int = 4096  # real Shapes clips, encoded once into the run dir (latent-pool-*.safetensors)
     method: str = "dmd"  # dmd | re_dmd (Reward Forcing) | stream_r1
     reward: str = "distill/rewards/weights/shapes-reward"  # reward model dir (re_dmd, stream_r1)
     reward_beta: float = 2.0  # rollout weights exp(beta * normalised reward)
@@ -215,6 +224,8 @@ class StudentTraining:
     weighting: RewardWeighting | None
     chunks: int  # of a DMD rollout
     cache_dtype: torch.dtype | None  # of a rollout's KV cache (None: the student's parameters')
+    discriminator: DiscriminatorHead | None = None  # DMD2's head on the critic's tokens (gan_weight > 0)
+    real: ClipLatents | None = None  # real clips and captions for it
 
     def features(self, prompts: list[str]) -> torch.Tensor:  # -> [B, L, text_dim] on the device
         return self.captions(prompts).to(self.par.device)
@@ -370,6 +381,15 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
             v = t.critic.denoise(add_noise(x, noise, sigma), sigma * 1000, t.critic.embed_text(feats),
                                  t.critic.full_attention(x.shape[2]))
         loss_c = flow_matching_loss(v, x, noise)
+        if t.discriminator is not None:
+            real, real_prompts = t.real.batch(step * run.critic_ratio + k)
+            logits_real, logits_fake = discriminate(run, t, torch.cat([real.to(dev), x]),
+                                                    torch.cat([t.features(real_prompts), feats]), gen).chunk(2)
+            loss_gan = gan_critic_loss(logits_real, logits_fake)
+            loss_c = loss_c + run.gan_critic_weight * loss_gan
+            losses.setdefault("loss/gan_critic", []).append(loss_gan.item())
+            losses.setdefault("gan/real_judged_real", []).append((logits_real > 0).float().mean().item())
+            losses.setdefault("gan/fake_judged_real", []).append((logits_fake > 0).float().mean().item())
         optimiser_step(loss_c, t.critic, t.opt_critic, run.grad_clip)
         losses["loss/critic"].append(loss_c.item())
     # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
@@ -382,10 +402,35 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
     with torch.no_grad(), autocast(t.teacher, run.autocast):
         x0_real, x0_fake = (x0.float() for x0 in real_and_fake_x0(run, t.teacher, t.critic, x_t, sigma, feats))
     weight = t.weighting(x, prompts) if t.weighting is not None else None
-    loss = dmd_loss(x, x0_real, x0_fake, weight)
+    loss = dmd = dmd_loss(x, x0_real, x0_fake, weight)
+    if t.discriminator is not None:  # the critic and its head judge, unchanged by this step
+        frozen = [p for p in (*t.critic.parameters(), *t.discriminator.parameters()) if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        loss_gan = gan_generator_loss(discriminate(run, t, x, feats, gen))
+        for p in frozen:
+            p.requires_grad_(True)
+        loss = dmd + run.gan_weight * loss_gan
+        losses["loss/gan_generator"] = [loss_gan.item()]
     optimiser_step(loss, t.student, t.opt_gen, run.grad_clip)
-    losses["loss/dmd"] = [loss.item()]
+    losses["loss/dmd"] = [dmd.item()]
     return losses
+
+
+def discriminate(run: StudentRun, t: StudentTraining, x: torch.Tensor, feats: torch.Tensor,
+                 gen: torch.Generator) -> torch.Tensor:
+    """DMD2's head on the critic's tokens: clean clips x [B, C, F, h, w], noised to s ~
+    U(0, gan_sigma_high) -> per-token logits [B, N] (> 0: judged real)."""
+    sigma = run.gan_sigma_high * torch.rand(len(x), generator=gen, device=gen.device)
+    x_t = add_noise(x, torch.randn(x.shape, generator=gen, device=gen.device), sigma)
+    with autocast(t.critic, run.autocast):
+        tokens = t.critic.features(x_t, sigma * 1000, t.critic.embed_text(feats),
+                                   t.critic.full_attention(x.shape[2]), gan_layers(run, t.critic))
+    return t.discriminator(tokens)
+
+
+def gan_layers(run: StudentRun, critic: torch.nn.Module) -> int:
+    return run.gan_layer or max(1, len(critic.blocks) // 2)
 
 
 # --- building ------------------------------------------------------------------------------------
@@ -436,7 +481,16 @@ def build_training(run: StudentRun, par: Parallel) -> StudentTraining:
     # Optimisers after placing: sharding replaces the parameters.
     opt_ode = torch.optim.AdamW(student.parameters(), lr=run.ode_lr, weight_decay=0.0)
     opt_gen = torch.optim.AdamW(student.parameters(), lr=run.lr_generator, weight_decay=0.0, betas=(0.0, 0.999))
-    opt_critic = torch.optim.AdamW(critic.parameters(), lr=run.lr_critic, weight_decay=0.0, betas=(0.0, 0.999))
+    discriminator = None
+    if run.gan_weight > 0:
+        if par.sharded:
+            raise ValueError("gan_weight (DMD2's adversarial term) runs in one process for now, not under torchrun")
+        if run.prompts is not None:
+            raise ValueError("gan_weight needs real clips with captions: the Shapes world's (no --prompts file)")
+        discriminator = DiscriminatorHead(teacher_cfg.transformer.inner_dim).to(par.device)
+    head = list(discriminator.parameters()) if discriminator is not None else []
+    opt_critic = torch.optim.AdamW([*critic.parameters(), *head], lr=run.lr_critic, weight_decay=0.0,
+                                   betas=(0.0, 0.999))
     weighting = RewardWeighting(run, run.teacher, teacher_cfg, par) if run.method != "dmd" else None
     te = run.model.text_encoder
     # Features are kept per prompt, 4 GiB of them at most (Wan's 512 x 4096 floats are 8 MB a prompt).
@@ -446,7 +500,20 @@ def build_training(run: StudentRun, par: Parallel) -> StudentTraining:
                            opt_gen=opt_gen, opt_critic=opt_critic, prompts=prompt_source(run.prompts, par.world_size),
                            captions=captions, weighting=weighting,
                            chunks=max(run.rollout_frames, run.latent_frames) // run.model.attention.chunk_frames,
-                           cache_dtype=torch.bfloat16 if par.sharded and run.autocast else None)
+                           cache_dtype=torch.bfloat16 if par.sharded and run.autocast else None,
+                           discriminator=discriminator)
+
+
+def real_clips(run: StudentRun, run_dir: Path, progress: bool) -> ClipLatents:
+    """The Shapes world's clips of the teacher's length, encoded once by the teacher's
+    autoencoder into the run dir (the same pool file a teacher run of this seed and size
+    writes, so it can be linked in instead of encoded again)."""
+    from .common import ShapesLatents
+    from .teacher import load_autoencoder
+
+    lat = run.model.latent
+    return ShapesLatents(load_autoencoder(run.teacher), run.latent_frames, run.batch_size, run.seed, lat.height,
+                         lat.width, int(lat.fps), pool_size=run.gan_pool, cache_dir=run_dir, progress=progress)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -469,6 +536,9 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     # --- resume ---------------------------------------------------------------------------------
     step = 0
     modules = {"student": t.student, "ema": t.ema.shadow, "critic": t.critic}
+    if t.discriminator is not None:
+        modules["discriminator"] = t.discriminator
+        t.real = real_clips(run, run_dir, progress)
     optimizers = {"ode": t.opt_ode, "gen": t.opt_gen, "critic": t.opt_critic}
     if (latest := ckpt.latest()) is not None:
         step, extra = ckpt.load(latest, modules, optimizers)

@@ -140,21 +140,19 @@ class CausalWanTransformer(WanTransformer3DModel):
 
     # --- the forward -----------------------------------------------------------------
     def denoise(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                attention: AttentionMode) -> torch.Tensor:
+                attention: AttentionMode, features_at: int | None = None):
         """Flow prediction v = noise - x0 (Wan's parameterisation, x_t = (1-s) x0 + s noise).
 
         latents [B, C, F, H, W]; timestep [B] or [B, F]; context [B, L, D] from
-        `embed_text`; returns [B, C, F, H, W]."""
+        `embed_text`; returns [B, C, F, H, W]. With `features_at` = k, returns (v, the
+        tokens after the first k blocks [B, N, D]): what a discriminator head reads (DMD2)."""
         b, c, f, h, w = latents.shape
-        p_t, p_h, p_w = self.config.patch_size
-        if c != self.config.in_channels or h % p_h or w % p_w:
-            raise ShapeMismatch(f"latents {tuple(latents.shape)} do not fit in_channels="
-                                f"{self.config.in_channels}, patch {self.config.patch_size}")
-        gh, gw = h // p_h, w // p_w
-        x = self.embed_patches(latents)  # [B, N, D]
-        temb, proj = self._time_embedding(timestep, gh * gw)
-        for block in self.blocks:
+        x, temb, proj, (gh, gw) = self._embed(latents, timestep)
+        features = None
+        for i, block in enumerate(self.blocks):
             x = block(x, context, proj, attention)  # [B, N, D]
+            if i + 1 == features_at:
+                features = x
         if temb.ndim == 3:  # per-token modulation
             shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
             shift, scale = shift.squeeze(2), scale.squeeze(2)
@@ -162,8 +160,29 @@ class CausalWanTransformer(WanTransformer3DModel):
             shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
         x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
         x = self.proj_out(x)  # [B, N, C * p_t * p_h * p_w]
+        p_t, p_h, p_w = self.config.patch_size
         x = x.reshape(b, f // p_t, gh, gw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)  # [B, C, F, H, W]
+        v = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)  # [B, C, F, H, W]
+        return v if features_at is None else (v, features)
+
+    def features(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                 attention: AttentionMode, layers: int) -> torch.Tensor:
+        """The tokens after the first `layers` blocks [B, N, D], without running the rest."""
+        x, _, proj, _ = self._embed(latents, timestep)
+        for block in self.blocks[:layers]:
+            x = block(x, context, proj, attention)
+        return x
+
+    def _embed(self, latents: torch.Tensor, timestep: torch.Tensor):
+        """-> patch tokens [B, N, D], the time embedding and its projection, the token grid (gh, gw)."""
+        _, c, _, h, w = latents.shape
+        p_t, p_h, p_w = self.config.patch_size
+        if c != self.config.in_channels or h % p_h or w % p_w:
+            raise ShapeMismatch(f"latents {tuple(latents.shape)} do not fit in_channels="
+                                f"{self.config.in_channels}, patch {self.config.patch_size}")
+        gh, gw = h // p_h, w // p_w
+        temb, proj = self._time_embedding(timestep, gh * gw)
+        return self.embed_patches(latents), temb, proj, (gh, gw)
 
 
 def build_transformer(config: ModelConfig, device: str | torch.device = "cpu",

@@ -168,12 +168,76 @@ def test_student_resume_through_ode_and_dmd_continues_exactly(tiny_teacher, tmp_
         pytest.approx([m["loss/dmd"] for m in metrics(tmp_path / "resumed") if m["step"] > 5], abs=1e-6)
 
 
+def test_dmd2_adversarial_term_trains_its_head_and_resumes_exactly(tiny_teacher, tmp_path):
+    """gan_weight > 0: the critic's head learns from real Shapes clips (encoded once into the
+    run dir), the generator gets its term, and the head is checkpointed: a resumed run ends
+    with the uninterrupted run's weights."""
+    run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), ode_iters=0, dmd_iters=4, ckpt_every=2,
+                  log_every=1, gan_weight=0.5, gan_pool=8)
+    straight = student_mod.train_student(run, tmp_path / "straight", progress=False)
+    logged = metrics(tmp_path / "straight")
+    assert all(np.isfinite(m["loss/gan_critic"]) and np.isfinite(m["loss/gan_generator"]) for m in logged)
+    assert list((tmp_path / "straight").glob("latent-pool-*.safetensors"))
+    student_mod.train_student(replace(run, dmd_iters=2), tmp_path / "resumed", progress=False)
+    resumed = student_mod.train_student(run, tmp_path / "resumed", progress=False)
+    assert resumed.step == 4 and len(resumed.losses) == 2
+    a = load_model(str(straight.out_dir)).transformer.state_dict()
+    b = load_model(str(resumed.out_dir)).transformer.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    off = student_mod.train_student(replace(run, gan_weight=0.0), tmp_path / "off", progress=False)
+    assert "loss/gan_critic" not in metrics(tmp_path / "off")[0]
+    c = load_model(str(off.out_dir)).transformer.state_dict()
+    assert any(not torch.allclose(a[key], c[key]) for key in a)  # the term changes what the student learns
+
+
+def test_dmd2_head_tells_real_clips_from_made_up_ones(tiny_teacher, tmp_path):
+    """The head on the critic's tokens, trained alone on its loss, separates real clips from
+    noise-like fakes; the generator's step leaves critic and head untouched."""
+    from distill.parallel import init_parallel
+
+    run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), gan_weight=1.0, gan_pool=8,
+                  gan_sigma_high=0.3)
+    t = student_mod.build_training(run, init_parallel(0, "cpu"))
+    t.real = student_mod.real_clips(run, tmp_path, progress=False)
+    gen = torch.Generator().manual_seed(0)
+    real, prompts = t.real.batch(0)
+    fake = torch.randn(real.shape, generator=gen) * 2
+    feats = t.features(prompts)
+
+    def judged_real() -> tuple[float, float]:
+        with torch.no_grad():
+            lr, lf = student_mod.discriminate(run, t, torch.cat([real, fake]), torch.cat([feats, feats]),
+                                              torch.Generator().manual_seed(1)).chunk(2)
+        return (lr > 0).float().mean().item(), (lf > 0).float().mean().item()
+
+    untrained = judged_real()
+    opt = torch.optim.Adam(t.discriminator.parameters(), lr=3e-3)
+    for _ in range(60):
+        lr, lf = student_mod.discriminate(run, t, torch.cat([real, fake]), torch.cat([feats, feats]), gen).chunk(2)
+        opt.zero_grad()
+        student_mod.gan_critic_loss(lr, lf).backward()
+        opt.step()
+    real_ok, fake_ok = judged_real()
+    assert real_ok > 0.9 and fake_ok < 0.1, (untrained, real_ok, fake_ok)
+
+    before = {k: v.clone() for k, v in [*t.critic.state_dict().items(), *t.discriminator.state_dict().items()]}
+    run = replace(run, critic_ratio=0)  # the generator's update alone
+    student_mod.dmd_step(run, t, step=0)
+    after = dict([*t.critic.state_dict().items(), *t.discriminator.state_dict().items()])
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad for p in t.critic.parameters())
+
+
 def test_dry_run_prints_the_resolved_config(capsys):
     from framecast.cli import main
 
     assert main(["distill", "student", "--preset", "tiny", "--set", "dmd_iters=7", "--dry-run"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["dmd_iters"] == 7 and printed["model"]["name"] == "tiny-student"
+    # a field of text or nothing (str | None) takes a plain path
+    assert main(["distill", "student", "--preset", "tiny", "--set", "init_from=runs/a/model", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["init_from"] == "runs/a/model"
     assert main(["distill", "student", "--preset", "tiny", "--set", "nonsense=1", "--dry-run"]) == 2
     # a choice of words takes the plain word, and only one of its choices
     assert main(["distill", "teacher", "--preset", "tiny", "--set", "model.attention.text_padding=mask",

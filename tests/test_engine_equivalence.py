@@ -122,3 +122,25 @@ def test_rope_theta_sets_the_rotation_frequencies():
     wan = tiny_model(policy="sink_window", sink_frames=0, window_frames=64)
     wan.transformer.load_state_dict(model.transformer.state_dict())
     assert (stream_latents(wan, chunks=4) - cached).abs().max() > 1e-3
+
+
+def test_denoise_hands_out_a_blocks_tokens_without_changing_its_output():
+    """features_at = k returns the tokens after block k beside the same v; features()
+    computes those tokens alone (DMD2's head reads them from the critic)."""
+    model = tiny_model()
+    tr = model.transformer
+    gen = torch.Generator().manual_seed(0)
+    lat = model.config.latent
+    x = torch.randn(2, lat.channels, 2, lat.latent_height, lat.latent_width, generator=gen)
+    t = torch.tensor([900.0, 200.0])
+    ctx = tr.embed_text(torch.randn(2, 4, model.config.transformer.text_dim, generator=gen))
+    att = tr.full_attention(2)
+    with torch.no_grad():
+        v = tr.denoise(x, t, ctx, att)
+        v2, tokens = tr.denoise(x, t, ctx, att, features_at=1)
+        alone = tr.features(x, t, ctx, att, layers=1)
+        deeper = tr.features(x, t, ctx, att, layers=len(tr.blocks))
+    assert torch.equal(v, v2)
+    torch.testing.assert_close(tokens, alone)
+    assert tokens.shape[0] == 2 and tokens.shape[-1] == tr.config.num_attention_heads * tr.config.attention_head_dim
+    assert (deeper - alone).abs().max() > 1e-3
