@@ -87,16 +87,18 @@ def hard_negative_loss(v_true: torch.Tensor, v_negative: torch.Tensor, x0: torch
 class DiscriminatorHead(torch.nn.Module):
     """DMD2's classifier (Yin et al. 2024, "Improved Distribution Matching Distillation"):
     a small head on the critic's tokens that tells noised real clips from noised student
-    rollouts; one logit per token (a patch discriminator: where a clip looks made up, not
-    only whether). The critic's cross-attention makes it conditional on the prompt."""
+    rollouts, one logit per clip. Each token is mapped on its own, then pooled over the clip
+    before the last layer, so the verdict can weigh the whole clip (how many objects, how
+    large, whether they travel), not only whether each patch looks plausible. The critic's
+    cross-attention makes it conditional on the prompt."""
 
     def __init__(self, dim: int):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, dim), torch.nn.SiLU(),
-                                       torch.nn.Linear(dim, 1))
+        self.tokens = torch.nn.Sequential(torch.nn.LayerNorm(dim), torch.nn.Linear(dim, dim), torch.nn.SiLU())
+        self.out = torch.nn.Linear(dim, 1)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> logits [B, N]
-        return self.net(tokens.float()).squeeze(-1)
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> logits [B]
+        return self.out(self.tokens(tokens.float()).mean(1)).squeeze(-1)
 
 
 def gan_critic_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:

@@ -420,7 +420,7 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
 def discriminate(run: StudentRun, t: StudentTraining, x: torch.Tensor, feats: torch.Tensor,
                  gen: torch.Generator) -> torch.Tensor:
     """DMD2's head on the critic's tokens: clean clips x [B, C, F, h, w], noised to s ~
-    U(0, gan_sigma_high) -> per-token logits [B, N] (> 0: judged real)."""
+    U(0, gan_sigma_high) -> logits [B] (> 0: judged real)."""
     sigma = run.gan_sigma_high * torch.rand(len(x), generator=gen, device=gen.device)
     x_t = add_noise(x, torch.randn(x.shape, generator=gen, device=gen.device), sigma)
     with autocast(t.critic, run.autocast):
