@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import os
 import sys
 import types
 import typing
@@ -225,6 +226,12 @@ def _check_inputs(stage: str, run) -> None:
         raise CommandError(f"no prompt file at {run.prompts}")
     if getattr(run, "data", None) is not None and not (Path(run.data) / "captions.jsonl").is_file():
         raise CommandError(f"no captions.jsonl in {run.data} (--data DIR: your videos and their captions)")
+    if getattr(run, "gan_weight", 0) > 0:
+        if run.prompts is not None:
+            raise CommandError("gan_weight needs real clips with captions, the Shapes world's: drop --prompts "
+                               "or set gan_weight=0")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise CommandError("gan_weight (DMD2's adversarial term) runs in one process for now, not under torchrun")
 
 
 def _report(stage: str, result) -> None:

@@ -185,6 +185,13 @@ def test_dmd2_adversarial_term_trains_its_head_and_resumes_exactly(tiny_teacher,
     b = load_model(str(resumed.out_dir)).transformer.state_dict()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    from framecast.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball\n")
+    assert main(["distill", "student", "--preset", "tiny", "--teacher", str(tiny_teacher), "--prompts", str(prompts),
+                 "--set", "gan_weight=0.5", "--run-dir", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
     off = student_mod.train_student(replace(run, gan_weight=0.0), tmp_path / "off", progress=False)
     assert "loss/gan_critic" not in metrics(tmp_path / "off")[0]
     c = load_model(str(off.out_dir)).transformer.state_dict()
