@@ -483,10 +483,8 @@ def build_training(run: StudentRun, par: Parallel) -> StudentTraining:
     opt_gen = torch.optim.AdamW(student.parameters(), lr=run.lr_generator, weight_decay=0.0, betas=(0.0, 0.999))
     discriminator = None
     if run.gan_weight > 0:
-        if par.sharded:
-            raise ValueError("gan_weight (DMD2's adversarial term) runs in one process for now, not under torchrun")
-        if run.prompts is not None:
-            raise ValueError("gan_weight needs real clips with captions: the Shapes world's (no --prompts file)")
+        if (refused := gan_refusal(run, par.world_size)) is not None:
+            raise ValueError(refused)
         discriminator = DiscriminatorHead(teacher_cfg.transformer.inner_dim).to(par.device)
     head = list(discriminator.parameters()) if discriminator is not None else []
     opt_critic = torch.optim.AdamW([*critic.parameters(), *head], lr=run.lr_critic, weight_decay=0.0,
@@ -502,6 +500,18 @@ def build_training(run: StudentRun, par: Parallel) -> StudentTraining:
                            chunks=max(run.rollout_frames, run.latent_frames) // run.model.attention.chunk_frames,
                            cache_dtype=torch.bfloat16 if par.sharded and run.autocast else None,
                            discriminator=discriminator)
+
+
+def gan_refusal(run: StudentRun, world_size: int) -> str | None:
+    """Why the adversarial term cannot run as asked, or None (the command line checks it
+    before any work; build_training for callers of the library)."""
+    if run.gan_weight <= 0:
+        return None
+    if run.prompts is not None:
+        return "gan_weight needs real clips with captions, the Shapes world's: drop --prompts or set gan_weight=0"
+    if world_size > 1:
+        return "gan_weight (DMD2's adversarial term) runs in one process for now, not under torchrun"
+    return None
 
 
 def real_clips(run: StudentRun, run_dir: Path, progress: bool) -> ClipLatents:

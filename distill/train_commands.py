@@ -226,12 +226,11 @@ def _check_inputs(stage: str, run) -> None:
         raise CommandError(f"no prompt file at {run.prompts}")
     if getattr(run, "data", None) is not None and not (Path(run.data) / "captions.jsonl").is_file():
         raise CommandError(f"no captions.jsonl in {run.data} (--data DIR: your videos and their captions)")
-    if getattr(run, "gan_weight", 0) > 0:
-        if run.prompts is not None:
-            raise CommandError("gan_weight needs real clips with captions, the Shapes world's: drop --prompts "
-                               "or set gan_weight=0")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise CommandError("gan_weight (DMD2's adversarial term) runs in one process for now, not under torchrun")
+    if stage == "student":
+        from distill.student import gan_refusal
+
+        if (refused := gan_refusal(run, int(os.environ.get("WORLD_SIZE", "1")))) is not None:
+            raise CommandError(refused)
 
 
 def _report(stage: str, result) -> None:

@@ -140,19 +140,15 @@ class CausalWanTransformer(WanTransformer3DModel):
 
     # --- the forward -----------------------------------------------------------------
     def denoise(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                attention: AttentionMode, features_at: int | None = None):
+                attention: AttentionMode) -> torch.Tensor:
         """Flow prediction v = noise - x0 (Wan's parameterisation, x_t = (1-s) x0 + s noise).
 
         latents [B, C, F, H, W]; timestep [B] or [B, F]; context [B, L, D] from
-        `embed_text`; returns [B, C, F, H, W]. With `features_at` = k, returns (v, the
-        tokens after the first k blocks [B, N, D]): what a discriminator head reads (DMD2)."""
+        `embed_text`; returns [B, C, F, H, W]."""
         b, c, f, h, w = latents.shape
         x, temb, proj, (gh, gw) = self._embed(latents, timestep)
-        features = None
-        for i, block in enumerate(self.blocks):
+        for block in self.blocks:
             x = block(x, context, proj, attention)  # [B, N, D]
-            if i + 1 == features_at:
-                features = x
         if temb.ndim == 3:  # per-token modulation
             shift, scale = (self.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
             shift, scale = shift.squeeze(2), scale.squeeze(2)
@@ -162,12 +158,12 @@ class CausalWanTransformer(WanTransformer3DModel):
         x = self.proj_out(x)  # [B, N, C * p_t * p_h * p_w]
         p_t, p_h, p_w = self.config.patch_size
         x = x.reshape(b, f // p_t, gh, gw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        v = x.flatten(6, 7).flatten(4, 5).flatten(2, 3)  # [B, C, F, H, W]
-        return v if features_at is None else (v, features)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)  # [B, C, F, H, W]
 
     def features(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                  attention: AttentionMode, layers: int) -> torch.Tensor:
-        """The tokens after the first `layers` blocks [B, N, D], without running the rest."""
+        """The tokens after the first `layers` blocks [B, N, D], without running the rest
+        (what DMD2's discriminator head reads from the critic)."""
         x, _, proj, _ = self._embed(latents, timestep)
         for block in self.blocks[:layers]:
             x = block(x, context, proj, attention)
