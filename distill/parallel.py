@@ -48,7 +48,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from torch.utils.checkpoint import checkpoint
 
-from .common import Checkpointer
+from .common import Checkpointer, native_bf16
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def place_transformer(transformer: nn.Module, config, par: Parallel, bf16: bool 
     if par.sharded:
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-        policy = mixed_precision(bf16)
+        policy = mixed_precision(bf16 and native_bf16(par.device.type))
         for block in transformer.blocks:
             fully_shard(block, mesh=par.mesh, mp_policy=policy)
         # The root resharded after forward too (FSDP2 keeps it gathered for the backward by default):

@@ -33,7 +33,7 @@ from engine.model import load_transformer_weights
 from engine.sampler import FewStepSampler
 from engine.transformer import build_transformer
 
-from .common import EMA, CaptionCache, ClipLatents, MetricsLog, TrainResult, autocast, run_to_json, step_generator
+from .common import EMA, CaptionCache, ClipLatents, MetricsLog, TrainResult, autocast, native_bf16, run_to_json, step_generator
 from .data.prompts import FilePrompts, ShapesPrompts, prompt_source, shapes_captions  # noqa: F401 (tests use it)
 from .losses import (DiscriminatorHead, add_noise, dmd_loss, flow_matching_loss, gan_critic_loss, gan_generator_loss,
                      ode_regression_loss, sample_sigmas)
@@ -498,7 +498,7 @@ def build_training(run: StudentRun, par: Parallel) -> StudentTraining:
                            opt_gen=opt_gen, opt_critic=opt_critic, prompts=prompt_source(run.prompts, par.world_size),
                            captions=captions, weighting=weighting,
                            chunks=max(run.rollout_frames, run.latent_frames) // run.model.attention.chunk_frames,
-                           cache_dtype=torch.bfloat16 if par.sharded and run.autocast else None,
+                           cache_dtype=torch.bfloat16 if par.sharded and run.autocast and native_bf16(par.device.type) else None,
                            discriminator=discriminator)
 
 

@@ -36,7 +36,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from distill.common import EMA, Checkpointer, TrainResult, run_to_json, warmup_cosine_lr
+from distill.common import EMA, Checkpointer, TrainResult, autocast, run_to_json, warmup_cosine_lr
 from distill.data.shapes import ShapesConfig, ShapesWorld
 from engine.autoencoder import AutoencoderConfig, ShapesAutoencoder
 
@@ -240,7 +240,7 @@ def train_autoencoder(run: AutoencoderRun, run_dir: Path, out_dir: Path | None =
         video = training_batch(world, run, step)  # [B, 3, T, crop, crop]
         noise_gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
 
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.autocast):
+        with autocast(ae, run.autocast):
             raw = ae.encode_raw(video).float()  # [B, C, T/4, crop/8, crop/8]
             scale = raw.detach().std((0, 2, 3, 4)).view(-1, 1, 1, 1)  # [C, 1, 1, 1]
             sigma = run.latent_noise * torch.rand(video.shape[0], 1, 1, 1, 1, generator=noise_gen)

@@ -456,3 +456,23 @@ def test_teacher_trains_with_hard_negative_captions(tiny_autoencoder, tmp_path):
     b = load_model(str(with_negatives)).transformer.state_dict()
     assert any(not torch.allclose(a[k], b[k]) for k in a)
 
+
+@pytest.mark.parametrize("expected", [False, True])
+def test_bf16_autocast_only_where_the_cpu_runs_bf16(monkeypatch, capsys, expected):
+    """A run asking for bf16 autocast gets it on CPUs with avx512_bf16 or AMX; on an AVX2-only
+    CPU, where torch emulates bf16 (~18x slower than float32), it trains in float32 and says so."""
+    from distill import common
+
+    from engine import model as engine_model
+
+    monkeypatch.setattr(engine_model, "cpu_has_bf16", lambda: expected)
+    monkeypatch.setattr(common, "_said_float32", set())
+    layer = torch.nn.Linear(4, 4)
+    for _ in range(2):
+        with common.autocast(layer, True):
+            assert torch.is_autocast_enabled("cpu") is expected
+            assert (layer(torch.randn(2, 4)).dtype == torch.bfloat16) is expected
+    with common.autocast(layer, False):
+        assert not torch.is_autocast_enabled("cpu")
+    said = capsys.readouterr().err
+    assert said.count("bf16 autocast is off") == (0 if expected else 1)
