@@ -184,11 +184,16 @@ def for_teacher(run: StudentRun, teacher_dir: str | Path | None = None) -> Stude
 
 
 def check_fits_teacher(model: ModelConfig, teacher: ModelConfig, run: "StudentRun") -> None:
-    """Student and teacher must see the same latents and text features, and clips must be whole chunks."""
-    if (model.latent, model.text_encoder.dim, model.transformer.in_channels) != \
-            (teacher.latent, teacher.text_encoder.dim, teacher.transformer.in_channels):
+    """Student and teacher must see the same latents and text features and read them alike (the
+    student starts from the teacher's weights), and clips must be whole chunks."""
+    def reading(config: ModelConfig) -> tuple:  # how the weights read latents, text and positions
+        return (config.latent, config.text_encoder.dim, config.transformer.in_channels, config.text_pooling,
+                *(getattr(config.attention, f) for f in TEACHER_ATTENTION_FIELDS))
+
+    if reading(model) != reading(teacher):
         raise ValueError(f"the student ({model.name}) does not share the teacher's ({teacher.name}) latent layout "
-                         "and text features; `framecast distill student --teacher DIR` derives the student from "
+                         "and text features, or reads them differently (text_pooling, text_padding, rope_theta); "
+                         "`framecast distill student --teacher DIR` derives the student from "
                          "the teacher (distill.student.for_teacher)")
     chunk = model.attention.chunk_frames
     if run.latent_frames % chunk or run.rollout_frames % chunk:

@@ -169,6 +169,11 @@ class ModelConfig(FrozenConfig):
     text_encoder: TextEncoderConfig = TextEncoderConfig()
     decoder: DecoderConfig = DecoderConfig()
     guidance_scale: float = 1.0  # for the teacher's 50-step sampling; students are guidance-free
+    # "mean": the prompt also conditions every block's modulation, as SD3 and Flux add a pooled
+    # text vector to the timestep embedding: the mean of the projected context goes through a
+    # zero-initialised MLP (`pooled_text_embedder`, absent from Wan checkpoints) into the time
+    # embedding. "none": text enters through the cross-attention only, as in Wan.
+    text_pooling: Literal["none", "mean"] = "none"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     runtime: Runtime = "eager"
     provenance: dict[str, Any] = {}

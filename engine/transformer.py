@@ -7,7 +7,9 @@ parameter names, so a Wan2.1 checkpoint in diffusers format loads as is). What i
 - `denoise()`, one forward for training and inference: per-frame timesteps, a
   pre-projected text context (projected once per prompt, not per chunk), any mode;
 - an optional zero-initialised `temporal_state_out` projection per block for the linear
-  temporal state (Hybrid Forcing), absent from plain Wan checkpoints.
+  temporal state (Hybrid Forcing), absent from plain Wan checkpoints;
+- an optional zero-initialised `pooled_text_embedder` (`text_pooling: mean`) that adds the
+  prompt's mean context vector to the time embedding, so the prompt modulates every block.
 """
 
 from __future__ import annotations
@@ -91,6 +93,12 @@ class CausalWanTransformer(WanTransformer3DModel):
                 nn.init.zeros_(proj.weight)
                 nn.init.zeros_(proj.bias)
                 block.attn1.temporal_state_out = proj.to(self.device, self.dtype)
+        if config.text_pooling == "mean" and getattr(self, "pooled_text_embedder", None) is None:
+            d = t.inner_dim
+            mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+            nn.init.zeros_(mlp[2].weight)  # a no-op until trained: a model without it is the start
+            nn.init.zeros_(mlp[2].bias)
+            self.pooled_text_embedder = mlp.to(self.device, self.dtype)
         return self
 
     # --- pieces --------------------------------------------------------------------
@@ -103,14 +111,19 @@ class CausalWanTransformer(WanTransformer3DModel):
             context = context * text_states.ne(0).any(-1, keepdim=True)
         return context
 
-    def _time_embedding(self, timestep: torch.Tensor, tokens_per_frame: int):
+    def _time_embedding(self, timestep: torch.Tensor, tokens_per_frame: int, context: torch.Tensor):
         """timestep [B] or [B, F] (model units, 0..1000) -> temb, projection as the blocks
-        expect: [B, D], [B, 6, D] for one t per sample; [B, N, D], [B, N, 6, D] per frame."""
+        expect: [B, D], [B, 6, D] for one t per sample; [B, N, D], [B, N, 6, D] per frame.
+        With a `pooled_text_embedder`, the mean of `context` [B, L, D] joins the embedding."""
         emb = self.condition_embedder
         per_frame = timestep.ndim == 2
         t = emb.timesteps_proj(timestep.flatten())
         t = t.to(next(emb.time_embedder.parameters()).dtype)
         temb = emb.time_embedder(t).to(emb.time_proj.weight.dtype)  # [B(*F), D]
+        pooled = getattr(self, "pooled_text_embedder", None)
+        if pooled is not None:
+            text = pooled(context.mean(1).to(pooled[0].weight.dtype)).to(temb.dtype)  # [B, D]
+            temb = temb + (text.repeat_interleave(timestep.shape[1], 0) if per_frame else text)
         proj = emb.time_proj(emb.act_fn(temb)).unflatten(-1, (6, -1))  # [B(*F), 6, D]
         if not per_frame:
             return temb, proj
@@ -146,7 +159,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         latents [B, C, F, H, W]; timestep [B] or [B, F]; context [B, L, D] from
         `embed_text`; returns [B, C, F, H, W]."""
         b, c, f, h, w = latents.shape
-        x, temb, proj, (gh, gw) = self._embed(latents, timestep)
+        x, temb, proj, (gh, gw) = self._embed(latents, timestep, context)
         for block in self.blocks:
             x = block(x, context, proj, attention)  # [B, N, D]
         if temb.ndim == 3:  # per-token modulation
@@ -164,12 +177,12 @@ class CausalWanTransformer(WanTransformer3DModel):
                  attention: AttentionMode, layers: int) -> torch.Tensor:
         """The tokens after the first `layers` blocks [B, N, D], without running the rest
         (what DMD2's discriminator head reads from the critic)."""
-        x, _, proj, _ = self._embed(latents, timestep)
+        x, _, proj, _ = self._embed(latents, timestep, context)
         for block in self.blocks[:layers]:
             x = block(x, context, proj, attention)
         return x
 
-    def _embed(self, latents: torch.Tensor, timestep: torch.Tensor):
+    def _embed(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor):
         """-> patch tokens [B, N, D], the time embedding and its projection, the token grid (gh, gw)."""
         _, c, _, h, w = latents.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -177,7 +190,7 @@ class CausalWanTransformer(WanTransformer3DModel):
             raise ShapeMismatch(f"latents {tuple(latents.shape)} do not fit in_channels="
                                 f"{self.config.in_channels}, patch {self.config.patch_size}")
         gh, gw = h // p_h, w // p_w
-        temb, proj = self._time_embedding(timestep, gh * gw)
+        temb, proj = self._time_embedding(timestep, gh * gw, context)
         return self.embed_patches(latents), temb, proj, (gh, gw)
 
 

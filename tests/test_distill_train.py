@@ -253,6 +253,8 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["distill", "teacher", "--preset", "tiny", "--set", "model.attention.text_padding=maybe",
                  "--dry-run"]) == 2
     assert "text_padding" in capsys.readouterr().err
+    assert main(["distill", "teacher", "--preset", "tiny", "--set", "model.text_pooling=mean", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["text_pooling"] == "mean"
 
 
 def test_two_process_data_parallel_on_gloo(tiny_teacher, tmp_path):
@@ -440,6 +442,29 @@ def test_hard_negative_loss_is_zero_once_the_wrong_caption_fits_the_objects_wors
     assert hard_negative_loss(good.detach(), far, x0, noise, margin=0.2) == 0
 
 
+def test_pooled_text_trains_and_reaches_the_student(tiny_autoencoder, tmp_path):
+    """model.text_pooling=mean: the teacher trains its pooled-text MLP (zero at the start),
+    saves it, and the student made of it has the same option and loads those weights."""
+    from distill import student as student_mod
+
+    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10,
+                  model=teacher_mod.TINY_MODEL.updated(text_pooling="mean"))
+    out = teacher_mod.train_teacher(run, tmp_path / "teacher").out_dir
+    teacher = load_model(str(out))
+    assert teacher.config.text_pooling == "mean"
+    assert teacher.transformer.pooled_text_embedder[2].weight.abs().max() > 0  # trained away from zero
+    srun = replace(student_mod.PRESETS["tiny"], teacher=str(out), ode_iters=0, dmd_iters=1)
+    with pytest.raises(ValueError, match="text features"):  # a student that would drop the teacher's MLP
+        student_mod.train_student(srun, tmp_path / "refused", progress=False)
+    srun = student_mod.for_teacher(srun)
+    student = load_model(str(student_mod.train_student(srun, tmp_path / "student", progress=False).out_dir))
+    assert student.config.text_pooling == "mean"
+    # the student starts from the teacher's weights, its pooled-text MLP included (one DMD step on)
+    first = teacher.transformer.pooled_text_embedder[0].weight
+    assert (student.transformer.pooled_text_embedder[0].weight - first).abs().max() < 0.1 * first.abs().max()
+    assert torch.isfinite(student.open_session("a red ball moving left", seed=0).next_chunk().latents).all()
+
+
 def test_teacher_trains_with_hard_negative_captions(tiny_autoencoder, tmp_path):
     """negative_captions > 0: a second forward under swapped captions, logged as
     loss/negative, and it changes what the teacher learns."""
@@ -455,6 +480,7 @@ def test_teacher_trains_with_hard_negative_captions(tiny_autoencoder, tmp_path):
     a = load_model(str(plain)).transformer.state_dict()
     b = load_model(str(with_negatives)).transformer.state_dict()
     assert any(not torch.allclose(a[k], b[k]) for k in a)
+
 
 
 @pytest.mark.parametrize("expected", [False, True])

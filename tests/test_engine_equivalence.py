@@ -145,3 +145,36 @@ def test_features_are_the_tokens_a_full_forward_has_after_that_block():
     torch.testing.assert_close(seen[0], alone)
     assert alone.shape[0] == 2 and alone.shape[-1] == tr.config.num_attention_heads * tr.config.attention_head_dim
     assert (deeper - alone).abs().max() > 1e-3
+
+
+def test_pooled_text_conditions_every_block_through_the_time_embedding():
+    """text_pooling: mean. Zero-initialised it is a no-op (diffusers' Wan forward exactly);
+    trained, it carries the prompt to the modulation: with the cross-attention cut off, the
+    prompt still changes the output (and does not without it); the cache still equals
+    recompute, per-frame timesteps included."""
+    base = tiny_model(policy="sink_window", sink_frames=0, window_frames=64)
+    cfg = base.config.updated(text_pooling="mean")
+    from engine.components import build_decoder, build_text_encoder
+    from engine.model import StreamModel
+    from engine.transformer import build_transformer
+    model = StreamModel(cfg, build_transformer(cfg), build_text_encoder(cfg, None, "cpu"), build_decoder(cfg, None, "cpu"))
+    tr = model.transformer
+    missing = tr.load_state_dict(base.transformer.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("pooled_text_embedder.") for k in missing)
+    x, t = torch.randn(2, 16, 4, 8, 8), torch.tensor([[500.0] * 4, [900.0, 900.0, 300.0, 300.0]])
+    a, b = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        att = tr.full_attention(4)
+        torch.testing.assert_close(tr.denoise(x, t, tr.embed_text(a), att),
+                                   base.transformer.denoise(x, t, base.transformer.embed_text(a), att))
+        torch.nn.init.normal_(tr.pooled_text_embedder[2].weight, std=0.5)
+        for m in (tr, base.transformer):  # cut the cross-attention: text reaches only the modulation
+            for block in m.blocks:
+                block.attn2.to_out[0].weight.zero_()
+                block.attn2.to_out[0].bias.zero_()
+        pooled = tr.denoise(x, t, tr.embed_text(a), att) - tr.denoise(x, t, tr.embed_text(b), att)
+        plain = (base.transformer.denoise(x, t, base.transformer.embed_text(a), att)
+                 - base.transformer.denoise(x, t, base.transformer.embed_text(b), att))
+    assert pooled.abs().max() > 1e-2 and plain.abs().max() < 1e-6
+    cached = stream_latents(model, chunks=4)
+    assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=4)).abs().max() < 1e-4
