@@ -272,6 +272,19 @@ class ClipLatents:
         captions = [self.pool_captions[i][int(rng.integers(len(self.pool_captions[i])))] for i in index]
         return self.pool[torch.from_numpy(index)], captions
 
+    @torch.no_grad()
+    def single_frames(self, step: int, count: int) -> tuple[torch.Tensor, list[str]]:
+        """`count` single latent frames of pool clips, each with a paraphrase of its clip's
+        caption: [count, C, 1, h, w]. The autoencoder encodes every latent frame from its own
+        4 video frames, so a pool clip's frame is what encoding those frames alone gives."""
+        if self.pool is None:
+            raise ValueError("single frames are drawn from the clip pool: set pool_size > 0")
+        rng = np.random.default_rng([self.seed, 3, step])
+        index = rng.integers(len(self.pool), size=count)
+        frame = rng.integers(self.pool.shape[2], size=count)
+        captions = [self.pool_captions[i][int(rng.integers(len(self.pool_captions[i])))] for i in index]
+        return self.pool[torch.from_numpy(index), :, torch.from_numpy(frame)].unsqueeze(2), captions
+
     def _build_pool(self, size: int, cache_dir: Path | None, progress: bool) -> None:
         from tqdm import tqdm
 

@@ -67,7 +67,13 @@ class TeacherRun:
     data: str | None = None  # a folder of your videos with captions.jsonl (distill/data/video_folder.py);
     #                          None: the Shapes world
     latent_frames: int = 6  # clip length in latent frames (x4 video frames)
-    batch_size: int = 8
+    batch_size: int = 8  # clips a step (0: single frames only, see image_batch)
+    # > 0: also this many single latent frames a step (4 video frames each, encoded on their
+    # own by the autoencoder), drawn from the clip pool with their clip's captions: joint
+    # image/video training as Wan's. A frame is 64 tokens against a clip's 384, so a step of
+    # frames sees 6x the scenes a step of clips does for the same compute: what the object's
+    # shape needs, while motion needs the clips. Needs pool_size > 0.
+    image_batch: int = 0
     # Clips rendered and encoded once, then drawn with random paraphrases (0: new clips
     # every step). Cached in the run dir, so a resumed run does not encode them again.
     pool_size: int = 0
@@ -141,13 +147,19 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     autoencoder = load_autoencoder(run.autoencoder)
     captions = CaptionCache(build_text_encoder_for(run.model))
     lat = run.model.latent
+    clip_batch = run.batch_size or 16  # a frames-only run still encodes its pool 16 clips at a time
     if run.data is None:
-        data = ShapesLatents(autoencoder, run.latent_frames, run.batch_size, run.seed, lat.height, lat.width,
+        data = ShapesLatents(autoencoder, run.latent_frames, clip_batch, run.seed, lat.height, lat.width,
                              int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
     else:
-        data = VideoFolderLatents(autoencoder, run.data, run.latent_frames, run.batch_size, run.seed, lat.height,
+        data = VideoFolderLatents(autoencoder, run.data, run.latent_frames, clip_batch, run.seed, lat.height,
                                   lat.width, lat.fps, pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
     attention = model.full_attention(run.latent_frames)
+    frame_attention = model.full_attention(1)
+    if (run.image_batch or not run.batch_size) and data.pool is None:
+        raise ValueError("image_batch needs a clip pool (pool_size > 0)")
+    if run.batch_size <= 0 and run.image_batch <= 0:
+        raise ValueError("batch_size and image_batch are both 0: nothing to train on")
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir)
 
@@ -162,21 +174,33 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     start, losses, all_losses, negatives = time.time(), [], [], []
     while step < run.steps:
         gen = step_generator(run.seed, step)
-        x0, texts = data.batch(step)  # [B, C, F, h, w]
-        feats = captions(texts)
-        drop = torch.rand(len(texts), generator=gen) < run.caption_dropout
-        feats = torch.where(drop[:, None, None], torch.zeros_like(feats), feats)  # unconditional = zeros
-        noise = torch.randn(x0.shape, generator=gen)
-        sigma = sample_sigmas(len(texts), run.model.sampler.shift, gen)
-        xt = add_noise(x0, noise, sigma)
-        with autocast(model, run.autocast):
-            v = model.denoise(xt, sigma * 1000, model.embed_text(feats), attention)
-        loss = flow = flow_matching_loss(v, x0, noise)
-        if run.negative_captions > 0:
-            negative = hard_negative_term(model, captions, texts, drop, xt, sigma, x0, noise, v, attention, run, step)
-            if negative is not None:
-                loss = flow + run.negative_captions * negative
-                negatives.append(negative.item())
+        parts = []  # (x0, texts, attention): the step's clips, then its single frames
+        if run.batch_size:
+            parts.append((*data.batch(step), attention))  # [B, C, F, h, w]
+        if run.image_batch:
+            parts.append((*data.single_frames(step, run.image_batch), frame_attention))  # [B', C, 1, h, w]
+        flow, weight, loss = 0.0, 0, None
+        for x0, texts, attn in parts:
+            feats = captions(texts)
+            drop = torch.rand(len(texts), generator=gen) < run.caption_dropout
+            feats = torch.where(drop[:, None, None], torch.zeros_like(feats), feats)  # unconditional = zeros
+            noise = torch.randn(x0.shape, generator=gen)
+            sigma = sample_sigmas(len(texts), run.model.sampler.shift, gen)
+            xt = add_noise(x0, noise, sigma)
+            with autocast(model, run.autocast):
+                v = model.denoise(xt, sigma * 1000, model.embed_text(feats), attn)
+            # clips and frames weigh by their latent frames: a frame counts as a clip's frame
+            frames = x0.shape[0] * x0.shape[2]
+            flow = flow + flow_matching_loss(v, x0, noise) * frames
+            weight += frames
+            if run.negative_captions > 0 and attn is attention:
+                negative = hard_negative_term(model, captions, texts, drop, xt, sigma, x0, noise, v, attention, run,
+                                              step)
+                if negative is not None:
+                    loss = run.negative_captions * negative
+                    negatives.append(negative.item())
+        flow = flow / weight
+        loss = flow if loss is None else flow + loss
 
         for group in opt.param_groups:
             group["lr"] = lr_at(run, step)

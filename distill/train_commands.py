@@ -220,6 +220,11 @@ def _check_inputs(stage: str, run) -> None:
     if stage == "teacher" and not (Path(run.autoencoder) / "autoencoder.json").is_file():
         raise CommandError(f"no autoencoder at {run.autoencoder}; train one with `framecast distill autoencoder` "
                            "or pass --autoencoder DIR")
+    if stage == "teacher" and (run.image_batch < 0 or run.batch_size < 0 or run.image_batch + run.batch_size == 0):
+        raise CommandError("batch_size (clips a step) and image_batch (single frames a step) must be >= 0, "
+                           "and not both 0")
+    if stage == "teacher" and (run.image_batch or not run.batch_size) and run.pool_size <= 0:
+        raise CommandError("image_batch draws single frames from the clip pool: set pool_size > 0 too")
     if stage == "student" and not (Path(run.teacher) / "model.json").is_file():
         raise CommandError(f"no teacher at {run.teacher}; train one with `framecast distill teacher` or pass --teacher")
     if getattr(run, "prompts", None) is not None and not Path(run.prompts).is_file():

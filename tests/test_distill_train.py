@@ -12,6 +12,7 @@ import torch
 from distill import student as student_mod
 from distill import teacher as teacher_mod
 from engine import load_model
+from framecast.cli import main as cli_main
 from tests.engine_helpers import torchrun_two_processes
 
 
@@ -135,6 +136,59 @@ def test_latent_pool_is_encoded_once_and_reused(tiny_autoencoder, tmp_path):
     torch.testing.assert_close(pooled.pool[:3], fresh.encode(fresh.clips(0, stream=(2,))), atol=1e-5, rtol=1e-4)
     x2, captions2 = again.batch(7)  # deterministic per step: a resumed run sees the same data
     assert torch.equal(x, x2) and captions == captions2
+
+
+def test_single_frames_from_the_pool_are_what_encoding_their_four_frames_gives(tiny_autoencoder, tmp_path):
+    from distill.common import ShapesLatents
+
+    ae = teacher_mod.load_autoencoder(tiny_autoencoder)
+    pooled = ShapesLatents(ae, 3, 2, seed=0, height=32, width=32, pool_size=4, cache_dir=tmp_path, progress=False)
+    x, captions = pooled.single_frames(5, 6)
+    assert x.shape == (6, 4, 1, 4, 4) and len(captions) == 6
+    clips = [c for step in range(2) for c in pooled.clips(step, stream=(2,))]  # the pool's clips, in order
+    found = 0
+    for latent, caption in zip(x, captions):
+        # which pool clip and frame it is, then: the autoencoder on those 4 frames alone gives it
+        hits = ((pooled.pool - latent[:, :1]).abs().amax(dim=(1, 3, 4)) == 0).nonzero()
+        assert len(hits), "not a frame of the pool"
+        k, f = (int(v) for v in hits[0])
+        assert caption in pooled.pool_captions[k]
+        frames = clips[k].frames[4 * f: 4 * f + 4]
+        video = torch.from_numpy(frames[None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        torch.testing.assert_close(ae.encode(video)[0], latent, atol=1e-5, rtol=1e-4)
+        found += 1
+    assert found == 6
+    assert torch.equal(pooled.single_frames(5, 6)[0], x)  # deterministic per step (resume)
+    assert not torch.equal(pooled.single_frames(6, 6)[0], x)
+
+
+@pytest.mark.parametrize("clips", [2, 0], ids=["joint", "frames-only"])
+def test_teacher_trains_on_single_frames_beside_or_instead_of_clips(tiny_autoencoder, tmp_path, monkeypatch, clips):
+    from engine.transformer import CausalWanTransformer
+
+    seen = []
+    denoise = CausalWanTransformer.denoise
+    monkeypatch.setattr(CausalWanTransformer, "denoise",
+                        lambda self, x, *rest: seen.append(tuple(x.shape)) or denoise(self, x, *rest))
+    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=20, batch_size=clips,
+                  image_batch=3, pool_size=4, log_every=10)
+    out = teacher_mod.train_teacher(run, tmp_path, progress=False).out_dir
+    frames = [s for s in seen if s[2] == 1]
+    assert len(frames) == 20 and all(s[0] == 3 for s in frames)  # 3 single frames every step
+    assert len([s for s in seen if s[2] == 2]) == (20 if clips else 0)  # and the clips, when asked for
+    losses = [m["loss/flow"] for m in metrics(tmp_path)]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert (out / "model.json").is_file()
+
+
+def test_teacher_command_refuses_single_frames_without_a_pool(tiny_autoencoder, tmp_path, capsys):
+    base = ["distill", "teacher", "--preset", "tiny", "--autoencoder", str(tiny_autoencoder), "--run-dir",
+            str(tmp_path / "run")]
+    assert cli_main([*base, "--set", "image_batch=4"]) == 2
+    assert "pool_size" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "batch_size=0"]) == 2
+    assert "not both 0" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_student_ode_then_dmd_exports_a_streaming_model(tiny_teacher, tmp_path):
