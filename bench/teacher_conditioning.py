@@ -9,6 +9,11 @@ bootstrap interval over clips]. An increase near 0 means the model ignores that 
 
     python bench/teacher_conditioning.py --model runs/v2/teacher/model
     python bench/teacher_conditioning.py --model A --model B --clips 96 --json runs/conditioning.json
+    python bench/teacher_conditioning.py --model A --seconds 0.25 --blur 1   # one latent frame, blurred
+
+`--blur SIGMA` noises a spatially blurred copy of each clip (distill.losses.blur_latents) and
+still scores the fit of the sharp one: the soft blobs sampling passes through, where only the
+prompt can tell the object's outline.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from distill.data import vocab  # noqa: E402
 from distill.data.captions import scene_caption  # noqa: E402
 from distill.data.shapes import ShapesConfig, ShapesWorld  # noqa: E402
 from distill.eval.report import bootstrap_interval  # noqa: E402
-from distill.losses import add_noise, masked_flow_error, object_cells  # noqa: E402
+from distill.losses import add_noise, blur_latents, masked_flow_error, object_cells  # noqa: E402
 
 ATTRIBUTES = {"colour": tuple(vocab.OBJECT_COLOURS), "shape": vocab.SHAPES, "motion": vocab.MOTIONS}
 
@@ -52,7 +57,7 @@ def changed(scene, field: str, rng: np.random.Generator):
 
 
 @torch.no_grad()
-def measure(model_dir: str, clips, levels: list[float], seed: int) -> dict:
+def measure(model_dir: str, clips, levels: list[float], seed: int, blur: float = 0.0) -> dict:
     from distill.teacher import load_autoencoder
     from engine import load_model
 
@@ -73,20 +78,22 @@ def measure(model_dir: str, clips, levels: list[float], seed: int) -> dict:
     for level in levels:
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
         sigma = torch.full((len(clips),), level)
-        xt = add_noise(x0, noise, sigma)
+        xt = add_noise(blur_latents(x0, blur) if blur > 0 else x0, noise, sigma)
         errors = {name: masked_flow_error(tr.denoise(xt, sigma * 1000, tr.embed_text(f), attention), x0, noise,
                                           mask).numpy() for name, f in feats.items()}
         true = errors["true"]
         rows[str(level)] = {"object_error_true": float(true.mean()), **{
             name: {"increase": float((e / true - 1).mean()), "interval": bootstrap_interval(e / true - 1)}
             for name, e in errors.items() if name != "true"}}
-    return {"model": model_dir, "clips": len(clips), "levels": rows, "examples": {k: v[:2] for k, v in captions.items()}}
+    return {"model": model_dir, "clips": len(clips), "blur": blur, "levels": rows, "examples": {k: v[:2] for k, v in captions.items()}}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="model dir (repeat to compare)")
-    ap.add_argument("--clips", type=int, default=48, help="single-object clips (1.5 s)")
+    ap.add_argument("--clips", type=int, default=48, help="single-object clips")
+    ap.add_argument("--seconds", type=float, default=1.5, help="clip length (whole latent frames: 0.25 s each)")
+    ap.add_argument("--blur", type=float, default=0.0, help="noise a blurred copy (sigma, latent pixels); 0: none")
     ap.add_argument("--levels", default="0.5,0.7,0.9,0.98", help="noise levels s")
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--threads", type=int, default=0)
@@ -97,9 +104,13 @@ def main() -> int:
     levels = [float(s) for s in args.levels.split(",")]
     if not all(0 < s <= 1 for s in levels):
         ap.error("--levels: noise levels in (0, 1]")
-    clips = single_object_clips(args.clips, args.seed, 24, 128, 16)
-    results = [measure(m, clips, levels, args.seed) for m in args.model]
-    print(f"{args.clips} single-object clips; increase of the object cells' error over the true caption, "
+    frames = round(args.seconds * 16)
+    if frames < 4 or frames % 4 or args.blur < 0:
+        ap.error("--seconds: a multiple of 0.25 (whole latent frames of 4 frames at 16 fps); --blur >= 0")
+    clips = single_object_clips(args.clips, args.seed, frames, 128, 16)
+    results = [measure(m, clips, levels, args.seed, args.blur) for m in args.model]
+    blurred = f", noised from a copy blurred by {args.blur:g} latent px" if args.blur else ""
+    print(f"{args.clips} single-object clips of {args.seconds:g} s{blurred}; increase of the object cells' error over the true caption, "
           "mean [95 % bootstrap interval]")
     for r in results:
         print(f"\n{r['model']}")

@@ -6,6 +6,8 @@ predicts v = eps - x0, so x0_hat = x_t - s v. Timesteps fed to the network are s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,23 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
     if sigma.ndim == 2:  # [B, F] -> [B, 1, F, 1, 1]
         s = sigma[:, None, :, None, None]
     return (1 - s) * x0 + s * noise
+
+
+def blur_latents(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each frame of x [B, C, F, H, W] blurred in space by a Gaussian of `sigma` latent pixels
+    (separable, reflected at the edges): an object keeps its place, colour and rough size
+    and loses its outline."""
+    radius = max(1, int(math.ceil(2 * sigma)))
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(x.dtype)
+    b, c, f, h, w = x.shape
+    y = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+                 groups=c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1),
+                 groups=c)
+    return y.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
 def flow_matching_loss(v_pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

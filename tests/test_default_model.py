@@ -171,6 +171,25 @@ def test_conditioning_probe_reports_each_attribute_against_the_true_caption(tmp_
     assert bad.returncode == 2 and "--levels" in bad.stderr
 
 
+def test_conditioning_probe_from_blurred_single_frames_scores_the_sharp_frame():
+    """--seconds 0.25 --blur: one latent frame, noised from a blurred copy, the model scored on
+    the sharp frame: the same clips, noise and captions fit differently once the input is blurred."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from teacher_conditioning import measure, single_object_clips
+
+    torch.set_num_threads(1)
+    clips = single_object_clips(6, 5, 4, 128, 16)
+    assert all(c.frames.shape[0] == 4 for c in clips)
+    sharp = measure(str(DEFAULT_MODEL_DIR), clips, [0.3], 5)
+    blurred = measure(str(DEFAULT_MODEL_DIR), clips, [0.3], 5, blur=1.5)
+    assert blurred["blur"] == 1.5 and sharp["blur"] == 0.0
+    a, b = sharp["levels"]["0.3"], blurred["levels"]["0.3"]
+    assert abs(b["object_error_true"] / a["object_error_true"] - 1) > 0.01
+    assert a["shape"]["increase"] != b["shape"]["increase"]
+
+
 def test_attention_probe_measures_how_sharply_each_head_attends():
     """bench/teacher_attention.py: with its q/k gains at 0 every head attends uniformly (all
     tokens, own-frame share 1/frames, every prompt token); with large gains far fewer."""

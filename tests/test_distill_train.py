@@ -181,6 +181,41 @@ def test_teacher_trains_on_single_frames_beside_or_instead_of_clips(tiny_autoenc
     assert (out / "model.json").is_file()
 
 
+def test_blur_latents_keeps_place_and_colour_and_softens_outlines():
+    from distill.losses import blur_latents
+
+    flat = torch.full((1, 2, 3, 8, 8), 0.7)
+    torch.testing.assert_close(blur_latents(flat, 1.0), flat)  # a flat field (a background) is untouched
+    x = torch.zeros(1, 1, 2, 9, 9)
+    x[0, 0, 1, 4, 4] = 1.0  # a point in the second frame only
+    y = blur_latents(x, 1.0)
+    assert y[0, 0, 0].abs().max() == 0  # frames are blurred apart: nothing leaks across time
+    assert y[0, 0, 1].sum() == pytest.approx(1.0, abs=1e-5) and y[0, 0, 1].argmax() == 4 * 9 + 4
+    assert 0.1 < y[0, 0, 1, 4, 4] < 0.2 and y[0, 0, 1, 4, 5] == pytest.approx(y[0, 0, 1, 5, 4])
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_teacher_noises_blurred_inputs_and_fits_the_sharp_clip(tiny_autoencoder, tmp_path, monkeypatch, share):
+    from distill.common import ClipLatents
+    from distill.losses import blur_latents
+
+    drawn, noised, targets = [], [], []
+    single_frames = ClipLatents.single_frames
+    monkeypatch.setattr(ClipLatents, "single_frames",
+                        lambda self, *a: (out := single_frames(self, *a)) and drawn.append(out[0]) or out)
+    add_noise, loss = teacher_mod.add_noise, teacher_mod.flow_matching_loss
+    monkeypatch.setattr(teacher_mod, "add_noise", lambda x, *a: noised.append(x) or add_noise(x, *a))
+    monkeypatch.setattr(teacher_mod, "flow_matching_loss", lambda v, x0, n: targets.append(x0) or loss(v, x0, n))
+    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=3, batch_size=0,
+                  image_batch=4, pool_size=4, blur_inputs=share, blur_sigma=1.0)
+    teacher_mod.train_teacher(run, tmp_path, progress=False)
+    assert len(drawn) == len(noised) == len(targets) == 3
+    for x0, source, target in zip(drawn, noised, targets):
+        assert torch.equal(target, x0)  # the target is always the sharp frame
+        torch.testing.assert_close(source, blur_latents(x0, 1.0) if share else x0)
+        assert share == 0 or not torch.allclose(source, x0)
+
+
 def test_teacher_command_refuses_single_frames_without_a_pool(tiny_autoencoder, tmp_path, capsys):
     base = ["distill", "teacher", "--preset", "tiny", "--autoencoder", str(tiny_autoencoder), "--run-dir",
             str(tmp_path / "run")]
