@@ -85,7 +85,8 @@ def measure(model_dir: str, clips, levels: list[float], seed: int, blur: float =
         rows[str(level)] = {"object_error_true": float(true.mean()), **{
             name: {"increase": float((e / true - 1).mean()), "interval": bootstrap_interval(e / true - 1)}
             for name, e in errors.items() if name != "true"}}
-    return {"model": model_dir, "clips": len(clips), "blur": blur, "levels": rows, "examples": {k: v[:2] for k, v in captions.items()}}
+    return {"model": model_dir, "clips": len(clips), "blur": blur, "levels": rows,
+            "examples": {k: v[:2] for k, v in captions.items()}}
 
 
 def main() -> int:
@@ -110,8 +111,8 @@ def main() -> int:
     clips = single_object_clips(args.clips, args.seed, frames, 128, 16)
     results = [measure(m, clips, levels, args.seed, args.blur) for m in args.model]
     blurred = f", noised from a copy blurred by {args.blur:g} latent px" if args.blur else ""
-    print(f"{args.clips} single-object clips of {args.seconds:g} s{blurred}; increase of the object cells' error over the true caption, "
-          "mean [95 % bootstrap interval]")
+    print(f"{args.clips} single-object clips of {args.seconds:g} s{blurred}; increase of the object cells' error "
+          "over the true caption, mean [95 % bootstrap interval]")
     for r in results:
         print(f"\n{r['model']}")
         print(f"  {'s':>5}  {'true':>7}  " + "  ".join(f"{n:>22}" for n in (*ATTRIBUTES, "no text")))

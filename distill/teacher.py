@@ -72,7 +72,8 @@ class TeacherRun:
     # own by the autoencoder), drawn from the clip pool with their clip's captions: joint
     # image/video training as Wan's. A frame is 64 tokens against a clip's 384, so a step of
     # frames sees 6x the scenes a step of clips does for the same compute: what the object's
-    # shape needs, while motion needs the clips. Needs pool_size > 0.
+    # shape needs, while motion needs the clips. Needs pool_size > 0. The hard-negative term
+    # (negative_captions) applies to the clips only.
     image_batch: int = 0
     # Clips rendered and encoded once, then drawn with random paraphrases (0: new clips
     # every step). Cached in the run dir, so a resumed run does not encode them again.

@@ -225,6 +225,9 @@ def _check_inputs(stage: str, run) -> None:
                            "and not both 0")
     if stage == "teacher" and (run.image_batch or not run.batch_size) and run.pool_size <= 0:
         raise CommandError("image_batch draws single frames from the clip pool: set pool_size > 0 too")
+    if stage == "teacher" and not (0 <= run.blur_inputs <= 1 and run.blur_sigma > 0):
+        raise CommandError(f"blur_inputs is a share of the batch, in [0, 1] (got {run.blur_inputs}), and "
+                           f"blur_sigma a width in latent pixels, > 0 (got {run.blur_sigma})")
     if stage == "student" and not (Path(run.teacher) / "model.json").is_file():
         raise CommandError(f"no teacher at {run.teacher}; train one with `framecast distill teacher` or pass --teacher")
     if getattr(run, "prompts", None) is not None and not Path(run.prompts).is_file():

@@ -223,6 +223,10 @@ def test_teacher_command_refuses_single_frames_without_a_pool(tiny_autoencoder, 
     assert "pool_size" in capsys.readouterr().err
     assert cli_main([*base, "--set", "batch_size=0"]) == 2
     assert "not both 0" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "blur_inputs=1.5"]) == 2
+    assert "blur_inputs" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "blur_inputs=0.5", "--set", "blur_sigma=0"]) == 2
+    assert "blur_sigma" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
