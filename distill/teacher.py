@@ -166,8 +166,6 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
                                   lat.width, lat.fps, pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
     attention = model.full_attention(run.latent_frames)
     frame_attention = model.full_attention(1)
-    if (run.image_batch or not run.batch_size) and data.pool is None:
-        raise ValueError("image_batch needs a clip pool (pool_size > 0)")
     if run.batch_size <= 0 and run.image_batch <= 0:
         raise ValueError("batch_size and image_batch are both 0: nothing to train on")
     ckpt = Checkpointer(run_dir)
@@ -189,7 +187,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
             parts.append((*data.batch(step), attention))  # [B, C, F, h, w]
         if run.image_batch:
             parts.append((*data.single_frames(step, run.image_batch), frame_attention))  # [B', C, 1, h, w]
-        flow, weight, loss = 0.0, 0, None
+        flow, weight, hinge = 0.0, 0, None
         for x0, texts, attn in parts:
             feats = captions(texts)
             drop = torch.rand(len(texts), generator=gen) < run.caption_dropout
@@ -211,10 +209,10 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
                 negative = hard_negative_term(model, captions, texts, drop, xt, sigma, x0, noise, v, attention, run,
                                               step)
                 if negative is not None:
-                    loss = run.negative_captions * negative
+                    hinge = run.negative_captions * negative
                     negatives.append(negative.item())
         flow = flow / weight
-        loss = flow if loss is None else flow + loss
+        loss = flow if hinge is None else flow + hinge
 
         for group in opt.param_groups:
             group["lr"] = lr_at(run, step)
