@@ -132,14 +132,21 @@ class Checkpointer:
             old.with_suffix(".json").unlink(missing_ok=True)
         return path
 
-    def load(self, path: Path, modules: dict[str, nn.Module],
-             optimizers: dict[str, torch.optim.Optimizer]) -> tuple[int, dict]:
+    def load(self, path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+             optional: tuple[str, ...] = ()) -> tuple[int, dict]:
+        """Restore modules and optimizers in place -> (step, extra). Names in `optional` may be
+        missing from the checkpoint (then they keep their fresh state)."""
         tensors = load_file(path)
         meta = json.loads(path.with_suffix(".json").read_text())
         for name, module in modules.items():
             prefix = f"{name}."
-            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if not state and name in optional:  # a training-only head added to a resumed run starts afresh
+                continue
+            module.load_state_dict(state)
         for name, opt in optimizers.items():
+            if name not in meta["optimizers"] and name in optional:
+                continue
             _restore_optimizer(f"opt_{name}", opt, tensors, meta["optimizers"][name])
         return meta["step"], meta["extra"]
 
@@ -267,23 +274,33 @@ class ClipLatents:
         if self.pool is None:
             clips = self.clips(step)
             return self.encode(clips), [c.caption for c in clips]
+        index, captions = self.batch_draw(step)
+        return self.pool[torch.from_numpy(index)], captions
+
+    def batch_draw(self, step: int) -> tuple[np.ndarray, list[str]]:
+        """The pool clips of a step's batch and a paraphrase of each one's caption."""
         rng = np.random.default_rng([self.seed, 1, step])
         index = rng.choice(len(self.pool), size=self.batch_size, replace=False)
         captions = [self.pool_captions[i][int(rng.integers(len(self.pool_captions[i])))] for i in index]
-        return self.pool[torch.from_numpy(index)], captions
+        return index, captions
 
     @torch.no_grad()
     def single_frames(self, step: int, count: int) -> tuple[torch.Tensor, list[str]]:
         """`count` single latent frames of pool clips, each with a paraphrase of its clip's
         caption: [count, C, 1, h, w]. The autoencoder encodes every latent frame from its own
         4 video frames, so a pool clip's frame is what encoding those frames alone gives."""
+        index, frame, captions = self.single_frames_draw(step, count)
+        return self.pool[torch.from_numpy(index), :, torch.from_numpy(frame)].unsqueeze(2), captions
+
+    def single_frames_draw(self, step: int, count: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Which pool clips and which of their latent frames `single_frames` takes, and the captions."""
         if self.pool is None:
             raise ValueError("single frames are drawn from the clip pool: set pool_size > 0")
         rng = np.random.default_rng([self.seed, 3, step])
         index = rng.integers(len(self.pool), size=count)
         frame = rng.integers(self.pool.shape[2], size=count)
         captions = [self.pool_captions[i][int(rng.integers(len(self.pool_captions[i])))] for i in index]
-        return self.pool[torch.from_numpy(index), :, torch.from_numpy(frame)].unsqueeze(2), captions
+        return index, frame, captions
 
     def _build_pool(self, size: int, cache_dir: Path | None, progress: bool) -> None:
         from tqdm import tqdm
@@ -322,10 +339,47 @@ class ShapesLatents(ClipLatents):
         super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress)
 
     def clips(self, step: int, stream: tuple[int, ...] = ()):
-        rng = np.random.default_rng([self.seed, *stream, step])
-        seeds = rng.integers(0, 2**62, size=self.batch_size)
-        starts = rng.integers(0, self.max_start + 1, size=self.batch_size)
+        seeds, starts = self._draws(step, stream)
         return [self.world.sample(int(s), self.frames, int(o)) for s, o in zip(seeds, starts)]
+
+    def _draws(self, step: int, stream: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, *stream, step])
+        return rng.integers(0, 2**62, size=self.batch_size), rng.integers(0, self.max_start + 1, size=self.batch_size)
+
+    def pool_shape_maps(self, token: int, cache_dir: str | Path | None = None, progress: bool = True) -> torch.Tensor:
+        """What each token of each pool clip shows: the share of its pixels (over its latent
+        frame's video frames) that are background or each of vocab.SHAPES, from the pool
+        clips' scenes (`distill.data.render.shape_maps`). token: pixels a token spans
+        (spatial compression x patch) -> [N, F, 1 + S, H / token, W / token], cached in
+        `cache_dir` beside the pool."""
+        from tqdm import tqdm
+
+        from distill.data.render import shape_maps
+
+        if self.pool is None:
+            raise ValueError("shape maps are made for the clip pool: set pool_size > 0")
+        size, c = len(self.pool), self.world.config
+        file = Path(cache_dir) / f"shape-maps-{self.seed}-{size}x{self.frames}-{token}px.safetensors" if cache_dir else None
+        if file is not None and file.is_file():
+            return load_file(file)["maps"]
+        per_latent = self.frames // self.pool.shape[2]
+        maps = []
+        with tqdm(total=size, desc="shape maps", unit="clip", disable=not progress, dynamic_ncols=True) as bar:
+            for batch in range(-(-size // self.batch_size)):  # the pool's clips, as _build_pool drew them
+                for seed, start in zip(*self._draws(batch, (2,))):
+                    if len(maps) == size:
+                        break
+                    m = shape_maps(self.world.scene(int(seed)), np.arange(start, start + self.frames), c.height,
+                                   c.width, c.fps)  # [T, H, W, K]
+                    t, h, w, k = m.shape
+                    m = m.reshape(t // per_latent, per_latent, h // token, token, w // token, token, k)
+                    maps.append(torch.from_numpy(m.mean((1, 3, 5))).permute(0, 3, 1, 2))  # [F, K, h', w']
+                    bar.update(1)
+        out = torch.stack(maps).contiguous()
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            save_file({"maps": out}, file)
+        return out
 
 
 class VideoFolderLatents(ClipLatents):

@@ -102,6 +102,14 @@ class TeacherRun:
     # Measured as a 500-step fine-tune: no shape (docs/default-model.md); off until a run shows it pays.
     blur_inputs: float = 0.0
     blur_sigma: float = 1.0
+    # > 0: weight of an auxiliary loss on the Shapes world's scenes: a linear head on the tokens
+    # after block `shape_layer` (0: half the blocks) predicts which shape (or the background)
+    # each token shows, as the share of its pixels (`ShapesLatents.pool_shape_maps`, soft
+    # cross-entropy). Where the noise hides the outline only the caption tells the shape, so
+    # the term pays for carrying the shape word to the object's tokens, which the flow loss
+    # alone never taught (docs/default-model.md). Training-only: the head is not exported.
+    shape_labels: float = 0.0
+    shape_layer: int = 0
     autocast: bool = False  # bf16 autocast for the forwards (distill.common.autocast)
     ema_decay: float = 0.99
     log_every: int = 10
@@ -168,27 +176,34 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     frame_attention = model.full_attention(1)
     if run.batch_size <= 0 and run.image_batch <= 0:
         raise ValueError("batch_size and image_batch are both 0: nothing to train on")
+    modules, optimizers = {"model": model, "ema": ema.shadow}, {"opt": opt}
+    shapes = ShapeLabels(run, model, data, run_dir, progress) if run.shape_labels > 0 else None
+    if shapes is not None:
+        modules["shape_head"], optimizers["shape_head"] = shapes.head, shapes.opt
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir)
 
     # --- resume ------------------------------------------------------------------------
     step = 0
     if (latest := ckpt.latest()) is not None:
-        step, _ = ckpt.load(latest, {"model": model, "ema": ema.shadow}, {"opt": opt})
+        step, _ = ckpt.load(latest, modules, optimizers, optional=("shape_head",))
         print(f"resumed from {latest} at step {step}", file=sys.stderr)
 
     # --- loop: sample, loss, step, EMA, log, checkpoint ---------------------------------
     bar = tqdm(total=run.steps, initial=step, desc="teacher", unit="step", dynamic_ncols=True, disable=not progress)
-    start, losses, all_losses, negatives = time.time(), [], [], []
+    start, losses, all_losses, negatives, shape_losses = time.time(), [], [], [], []
     while step < run.steps:
         gen = step_generator(run.seed, step)
         parts = []  # (x0, texts, attention): the step's clips, then its single frames
-        if run.batch_size:
-            parts.append((*data.batch(step), attention))  # [B, C, F, h, w]
-        if run.image_batch:
-            parts.append((*data.single_frames(step, run.image_batch), frame_attention))  # [B', C, 1, h, w]
-        flow, weight, hinge = 0.0, 0, None
-        for x0, texts, attn in parts:
+        if shapes is not None:
+            parts = shapes.parts(step, attention, frame_attention)
+        else:
+            if run.batch_size:
+                parts.append((*data.batch(step), attention))  # [B, C, F, h, w]
+            if run.image_batch:
+                parts.append((*data.single_frames(step, run.image_batch), frame_attention))  # [B', C, 1, h, w]
+        flow, weight, hinge, shape_loss = 0.0, 0, None, 0.0
+        for x0, texts, attn, *labels in parts:
             feats = captions(texts)
             drop = torch.rand(len(texts), generator=gen) < run.caption_dropout
             feats = torch.where(drop[:, None, None], torch.zeros_like(feats), feats)  # unconditional = zeros
@@ -205,6 +220,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
             frames = x0.shape[0] * x0.shape[2]
             flow = flow + flow_matching_loss(v, x0, noise) * frames
             weight += frames
+            if shapes is not None:
+                shape_loss = shape_loss + shapes.loss(labels[0]) * frames
             if run.negative_captions > 0 and attn is attention:
                 negative = hard_negative_term(model, captions, texts, drop, xt, sigma, x0, noise, v, attention, run,
                                               step)
@@ -213,13 +230,21 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
                     negatives.append(negative.item())
         flow = flow / weight
         loss = flow if hinge is None else flow + hinge
+        if shapes is not None:
+            shape_loss = shape_loss / weight
+            loss = loss + run.shape_labels * shape_loss
+            shape_losses.append(shape_loss.item())
 
         for group in opt.param_groups:
             group["lr"] = lr_at(run, step)
         opt.zero_grad(set_to_none=True)
+        if shapes is not None:
+            shapes.opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
         opt.step()
+        if shapes is not None:
+            shapes.opt.step()
         ema.update(model, step)
         step += 1
 
@@ -230,12 +255,14 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
             logged = {"loss/flow": mean, "grad_norm": float(grad_norm), "lr": lr_at(run, step)}
             if negatives:
                 logged["loss/negative"] = sum(negatives) / len(negatives)
+            if shape_losses:
+                logged["loss/shapes"] = sum(shape_losses) / len(shape_losses)
             metrics.log(step, logged)
             bar.set_postfix(loss=f"{mean:.4f}")
-            losses, negatives = [], []
+            losses, negatives, shape_losses = [], [], []
         bar.update(1)
         if step % run.ckpt_every == 0 or step == run.steps:
-            ckpt.save(step, {"model": model, "ema": ema.shadow}, {"opt": opt})
+            ckpt.save(step, modules, optimizers)
     bar.close()
     metrics.close()
 
@@ -243,6 +270,52 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     export_model(run, run.autoencoder, ema.shadow, out_dir, seconds=time.time() - start, stage="teacher",
                  data=f"videos and captions.jsonl of {run.data}" if run.data else None)
     return TrainResult(out_dir, step, time.time() - start, all_losses)
+
+
+class ShapeLabels:
+    """The `shape_labels` term: the pool's per-token shape maps, a linear head reading the
+    tokens after block `shape_layer` (a forward hook, so the engine's forward is untouched),
+    and its own optimizer. Training-only; the exported model has no head."""
+
+    def __init__(self, run: TeacherRun, model: CausalWanTransformer, data, run_dir: Path, progress: bool):
+        if not isinstance(data, ShapesLatents) or data.pool is None:
+            raise ValueError("shape_labels needs the Shapes world's scenes and a clip pool (data unset, pool_size > 0)")
+        self.data, self.run = data, run
+        layers = len(model.blocks)
+        layer = run.shape_layer or layers // 2
+        if not 1 <= layer <= layers:
+            raise ValueError(f"shape_layer {layer} is not a block of this {layers}-block model")
+        token = run.model.latent.spatial_compression * run.model.transformer.patch_size[1]
+        self.maps = data.pool_shape_maps(token, run_dir, progress)  # [N, F, K, h, w]
+        dim = run.model.transformer.num_attention_heads * run.model.transformer.attention_head_dim
+        torch.manual_seed(run.seed + 1)
+        self.head = torch.nn.Linear(dim, self.maps.shape[2])
+        self.opt = torch.optim.AdamW(self.head.parameters(), lr=run.lr, weight_decay=run.weight_decay)
+        self.tokens: torch.Tensor | None = None
+        model.blocks[layer - 1].register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self.tokens = output
+
+    def parts(self, step: int, attention, frame_attention) -> list[tuple]:
+        """The step's (x0, texts, attention, maps [B, F, K, h, w]): the draws of `batch` and `single_frames`."""
+        parts, pool = [], self.data.pool
+        if self.run.batch_size:
+            index, texts = self.data.batch_draw(step)
+            index = torch.from_numpy(index)
+            parts.append((pool[index], texts, attention, self.maps[index]))
+        if self.run.image_batch:
+            index, frame, texts = self.data.single_frames_draw(step, self.run.image_batch)
+            index, frame = torch.from_numpy(index), torch.from_numpy(frame)
+            parts.append((pool[index, :, frame].unsqueeze(2), texts, frame_attention, self.maps[index, frame].unsqueeze(1)))
+        return parts
+
+    def loss(self, maps: torch.Tensor) -> torch.Tensor:
+        """Soft cross-entropy of the head on the tokens the last forward kept, against `maps`
+        [B, F, K, h, w] (tokens in the transformer's order: frame, row, column)."""
+        logits = self.head(self.tokens.float())  # [B, N, K]
+        target = maps.permute(0, 1, 3, 4, 2).reshape(logits.shape)
+        return -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
 
 
 def hard_negative_term(model, captions: CaptionCache, texts: list[str], dropped: torch.Tensor, xt: torch.Tensor,

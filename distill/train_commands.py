@@ -228,6 +228,9 @@ def _check_inputs(stage: str, run) -> None:
     if stage == "teacher" and not (0 <= run.blur_inputs <= 1 and run.blur_sigma > 0):
         raise CommandError(f"blur_inputs is a share of the batch, in [0, 1] (got {run.blur_inputs}), and "
                            f"blur_sigma a width in latent pixels, > 0 (got {run.blur_sigma})")
+    if stage == "teacher" and run.shape_labels and (run.shape_labels < 0 or run.data is not None or run.pool_size <= 0):
+        raise CommandError("shape_labels (a weight >= 0) learns from the Shapes world's scenes: it needs the "
+                           "Shapes world (no --data) and a clip pool (pool_size > 0)")
     if stage == "student" and not (Path(run.teacher) / "model.json").is_file():
         raise CommandError(f"no teacher at {run.teacher}; train one with `framecast distill teacher` or pass --teacher")
     if getattr(run, "prompts", None) is not None and not Path(run.prompts).is_file():

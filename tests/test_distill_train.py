@@ -227,6 +227,10 @@ def test_teacher_command_refuses_single_frames_without_a_pool(tiny_autoencoder, 
     assert "blur_inputs" in capsys.readouterr().err
     assert cli_main([*base, "--set", "blur_inputs=0.5", "--set", "blur_sigma=0"]) == 2
     assert "blur_sigma" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "shape_labels=0.5"]) == 2  # the tiny preset has no pool
+    assert "shape_labels" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "shape_labels=-1", "--set", "pool_size=4"]) == 2
+    assert "shape_labels" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -595,3 +599,61 @@ def test_bf16_autocast_only_where_the_cpu_runs_bf16(monkeypatch, capsys, expecte
         assert not torch.is_autocast_enabled("cpu")
     said = capsys.readouterr().err
     assert said.count("bf16 autocast is off") == (0 if expected else 1)
+
+
+def test_shape_maps_show_each_objects_shape_where_the_frames_show_the_object():
+    from distill.data import vocab
+    from distill.data.render import render_scene, shape_maps
+    from distill.data.shapes import ShapesConfig, ShapesWorld
+
+    world = ShapesWorld(ShapesConfig(height=64, width=64))
+    for seed in range(6):
+        scene = world.scene(seed)
+        idx = np.arange(10, 14)
+        frames = render_scene(scene, idx, 64, 64, 16.0).astype(np.int16)
+        maps = shape_maps(scene, idx, 64, 64, 16.0)  # [T, H, W, 1 + S]
+        np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
+        background = render_scene(replace(scene, objects=()), idx, 64, 64, 16.0).astype(np.int16)
+        changed = np.abs(frames - background).max(-1)  # [T, H, W]
+        assert (changed > 40).any()
+        assert (maps[..., 0][changed > 0] < 1).all()  # every pixel an object changed is one in the maps
+        assert (changed[maps[..., 0] < 0.9] > 0).all()  # and every pixel mostly object in the maps was drawn
+        top = scene.objects[-1]  # drawn last: wherever it covers a pixel fully, the map names its shape
+        k = 1 + vocab.SHAPES.index(top.shape)
+        assert (maps[..., k] > 0.99).any()
+
+
+def test_pool_shape_maps_belong_to_the_pool_clips(tiny_autoencoder, tmp_path):
+    from distill.common import ShapesLatents
+    from distill.teacher import load_autoencoder
+
+    ae = load_autoencoder(tiny_autoencoder)
+    data = ShapesLatents(ae, 2, 3, 0, 32, 32, pool_size=4, cache_dir=tmp_path, progress=False)
+    maps = data.pool_shape_maps(8, tmp_path, progress=False)  # [N, F, K, 4, 4]
+    assert maps.shape == (4, 2, 6, 4, 4)
+    torch.testing.assert_close(maps.sum(2), torch.ones(4, 2, 4, 4))
+    clips = data.clips(0, stream=(2,)) + data.clips(1, stream=(2,))[:1]  # the pool's clips, as it drew them
+    for clip, m in zip(clips, maps):
+        video = torch.from_numpy(clip.frames.astype(np.float32))  # [8, 32, 32, 3]
+        spread = (video - video.median(1, keepdim=True).values.median(2, keepdim=True).values).abs().amax(-1)
+        busy = spread.reshape(2, 4, 4, 8, 4, 8).amax((1, 3, 5)) > 60  # tokens where an object clearly is
+        assert (m[:, 0][busy] < 1).all()  # ... are not pure background in the maps
+    torch.testing.assert_close(data.pool_shape_maps(8, tmp_path, progress=False), maps)  # cached
+
+
+def test_teacher_learns_shape_maps_and_adds_the_head_to_a_resumed_run(tiny_autoencoder, tmp_path):
+    base = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, batch_size=2,
+                   image_batch=3, pool_size=4, log_every=5, ckpt_every=10)
+    teacher_mod.train_teacher(base, tmp_path, progress=False)  # no head: a run to fine-tune
+    run = replace(base, steps=40, shape_labels=1.0, log_every=10)
+    teacher_mod.train_teacher(run, tmp_path, progress=False)  # resumes at 10 with a fresh head
+    logged = [m for m in metrics(tmp_path) if "loss/shapes" in m]
+    assert [m["step"] for m in logged] == [20, 30, 40]
+    assert logged[-1]["loss/shapes"] < logged[0]["loss/shapes"]  # the head (and the blocks under it) learn
+    from safetensors.torch import load_file
+
+    weights = load_file(next((tmp_path / "model").glob("*.safetensors")))
+    assert not any("shape_head" in k for k in weights)  # training-only
+    ckpt = load_file(sorted(tmp_path.glob("checkpoint-*.safetensors"))[-1])
+    assert any(k.startswith("shape_head.") for k in ckpt)  # but kept for resuming
+

@@ -89,11 +89,11 @@ def signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, d: np.ndarray) -
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def draw_object(frames: np.ndarray, colour: tuple[int, int, int], shape: str,
-                x: np.ndarray, y: np.ndarray, d: np.ndarray) -> None:
-    """Composite one object into frames in place.
-    frames: uint8 [T, H, W, 3]; x, y: centre in pixels [T]; d: outer width in pixels [T]"""
-    num, height, width, _ = frames.shape
+def _coverage(shape: str, x: np.ndarray, y: np.ndarray, d: np.ndarray, height: int,
+              width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where one object lies: flat indices into [T * H * W] pixels and each one's coverage
+    in (0, 1]. x, y: centre in pixels [T]; d: outer width in pixels [T]"""
+    num = len(x)
     box = int(math.ceil(float(d.max()))) + 3  # covers the shape plus its soft edge
     offsets = np.arange(box) - box // 2  # [B]
     x0 = np.floor(x).astype(np.int64)[:, None] + offsets  # [T, B] pixel columns
@@ -103,16 +103,42 @@ def draw_object(frames: np.ndarray, colour: tuple[int, int, int], shape: str,
     dx, dy = np.broadcast_arrays(dx, dy)
     sd = signed_distance(shape, dx.astype(np.float32), dy.astype(np.float32), d[:, None, None].astype(np.float32))
     alpha = np.clip(0.5 - sd, 0.0, 1.0).ravel()  # [T * B * B] coverage of each pixel
-    # Flat pixel indices into frames viewed as [T * H * W, 3]: one gather and one
+    # Flat pixel indices into frames viewed as [T * H * W, ...]: one gather and one
     # scatter of just the covered pixels (much faster than 3-array fancy indexing).
     flat = ((np.arange(num)[:, None, None] * height + (y0 % height)[:, :, None]) * width
             + (x0 % width)[:, None, :]).ravel()
     covered = alpha > 0
-    flat, alpha = flat[covered], alpha[covered, None]
+    return flat[covered], alpha[covered]
+
+
+def draw_object(frames: np.ndarray, colour: tuple[int, int, int], shape: str,
+                x: np.ndarray, y: np.ndarray, d: np.ndarray) -> None:
+    """Composite one object into frames in place.
+    frames: uint8 [T, H, W, 3]; x, y: centre in pixels [T]; d: outer width in pixels [T]"""
+    _, height, width, _ = frames.shape
+    flat, alpha = _coverage(shape, x, y, d, height, width)
     pixels = frames.reshape(-1, 3)
     patch = pixels[flat].astype(np.float32)  # [N, 3]
-    patch += (np.asarray(colour, np.float32) - patch) * alpha
+    patch += (np.asarray(colour, np.float32) - patch) * alpha[:, None]
     pixels[flat] = np.rint(patch).astype(np.uint8)
+
+
+def shape_maps(scene: Scene, frame_indices: np.ndarray, height: int, width: int, fps: float) -> np.ndarray:
+    """What each pixel shows, as the frames show it: channel 0 the background, channel
+    1 + i the shape vocab.SHAPES[i], composited back to front with the same coverage as
+    the colours (so the channels sum to 1). frame_indices: [T] -> float32 [T, H, W, 1 + S]"""
+    maps = np.zeros((len(frame_indices), height, width, 1 + len(vocab.SHAPES)), np.float32)
+    maps[..., 0] = 1.0
+    t = (np.asarray(frame_indices, np.float64) - scene.start_frame) / fps
+    pixels = maps.reshape(-1, maps.shape[-1])
+    for obj in scene.objects:
+        x, y, d = object_state(obj, t, height, width)
+        flat, alpha = _coverage(obj.shape, x, y, d, height, width)
+        onehot = np.zeros(maps.shape[-1], np.float32)
+        onehot[1 + vocab.SHAPES.index(obj.shape)] = 1.0
+        patch = pixels[flat]
+        pixels[flat] = patch + (onehot - patch) * alpha[:, None]
+    return maps
 
 
 def render_scene(scene: Scene, frame_indices: np.ndarray, height: int, width: int, fps: float,
