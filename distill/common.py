@@ -85,7 +85,9 @@ def _flatten_optimizer(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str,
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict) -> None:
+def _restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, meta: dict, grow: bool = False) -> None:
+    """grow: the optimizer may hold more parameters than the checkpoint's (a resumed run whose
+    model gained modules, registered after the old ones): those start with fresh state."""
     state: dict[int, dict] = {}
     prefix = f"{name}.state."
     for key, value in tensors.items():
@@ -95,7 +97,11 @@ def _restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, met
     for key, value in meta["scalars"].items():
         idx, slot = key.split(".", 1)
         state.setdefault(int(idx), {})[slot] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = meta["param_groups"]
+    if grow:
+        groups = [{**saved, "params": current["params"] if len(current["params"]) > len(saved["params"]) else saved["params"]}
+                  for saved, current in zip(groups, opt.state_dict()["param_groups"])]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 class Checkpointer:
@@ -134,20 +140,27 @@ class Checkpointer:
 
     def load(self, path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
              optional: tuple[str, ...] = ()) -> tuple[int, dict]:
-        """Restore modules and optimizers in place -> (step, extra). Names in `optional` may be
-        missing from the checkpoint (then they keep their fresh state)."""
+        """Restore modules and optimizers in place -> (step, extra). Names in `optional` (of
+        modules, optimizers, or of a module's submodules) may be missing from the checkpoint:
+        they keep their fresh state."""
         tensors = load_file(path)
         meta = json.loads(path.with_suffix(".json").read_text())
+        grown = False
         for name, module in modules.items():
             prefix = f"{name}."
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             if not state and name in optional:  # a training-only head added to a resumed run starts afresh
                 continue
-            module.load_state_dict(state)
+            result = module.load_state_dict(state, strict=False)
+            missing = result.missing_keys
+            if result.unexpected_keys or any(k.split(".")[0] not in optional for k in missing):
+                raise ValueError(f"{path} does not fit {name}: missing {missing[:4]}, unexpected "
+                                 f"{result.unexpected_keys[:4]}")
+            grown |= bool(missing)  # a module added to the model since (in `optional`) keeps its initial state
         for name, opt in optimizers.items():
             if name not in meta["optimizers"] and name in optional:
                 continue
-            _restore_optimizer(f"opt_{name}", opt, tensors, meta["optimizers"][name])
+            _restore_optimizer(f"opt_{name}", opt, tensors, meta["optimizers"][name], grow=grown)
         return meta["step"], meta["extra"]
 
 
@@ -354,8 +367,6 @@ class ShapesLatents(ClipLatents):
         `cache_dir` beside the pool."""
         from tqdm import tqdm
 
-        from distill.data.render import shape_maps
-
         if self.pool is None:
             raise ValueError("shape maps are made for the clip pool: set pool_size > 0")
         size, c = len(self.pool), self.world.config
@@ -369,17 +380,27 @@ class ShapesLatents(ClipLatents):
                 for seed, start in zip(*self._draws(batch, (2,))):
                     if len(maps) == size:
                         break
-                    m = shape_maps(self.world.scene(int(seed)), np.arange(start, start + self.frames), c.height,
-                                   c.width, c.fps)  # [T, H, W, K]
-                    t, h, w, k = m.shape
-                    m = m.reshape(t // per_latent, per_latent, h // token, token, w // token, token, k)
-                    maps.append(torch.from_numpy(m.mean((1, 3, 5))).permute(0, 3, 1, 2))  # [F, K, h', w']
+                    maps.append(token_shape_maps(self.world, self.world.scene(int(seed)), int(start), self.frames,
+                                                 per_latent, token))
                     bar.update(1)
         out = torch.stack(maps).contiguous()
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
             save_file({"maps": out}, file)
         return out
+
+
+def token_shape_maps(world, scene, start: int, frames: int, per_latent: int, token: int) -> torch.Tensor:
+    """`distill.data.render.shape_maps` of video frames [start, start + frames) of a scene,
+    averaged over each latent frame's `per_latent` video frames and each token's `token` x
+    `token` pixels -> [F, 1 + S, H / token, W / token]"""
+    from distill.data.render import shape_maps
+
+    c = world.config
+    m = shape_maps(scene, np.arange(start, start + frames), c.height, c.width, c.fps)  # [T, H, W, K]
+    t, h, w, k = m.shape
+    m = m.reshape(t // per_latent, per_latent, h // token, token, w // token, token, k)
+    return torch.from_numpy(m.mean((1, 3, 5))).permute(0, 3, 1, 2).contiguous()
 
 
 class VideoFolderLatents(ClipLatents):

@@ -186,7 +186,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     # --- resume ------------------------------------------------------------------------
     step = 0
     if (latest := ckpt.latest()) is not None:
-        step, _ = ckpt.load(latest, modules, optimizers, optional=("shape_head",))
+        step, _ = ckpt.load(latest, modules, optimizers, optional=("shape_head", "output_refiner"))
         print(f"resumed from {latest} at step {step}", file=sys.stderr)
 
     # --- loop: sample, loss, step, EMA, log, checkpoint ---------------------------------

@@ -174,6 +174,13 @@ class ModelConfig(FrozenConfig):
     # zero-initialised MLP (`pooled_text_embedder`, absent from Wan checkpoints) into the time
     # embedding. "none": text enters through the cross-attention only, as in Wan.
     text_pooling: Literal["none", "mean"] = "none"
+    # > 0: a convolutional refiner after the unpatchify (`output_refiner`, absent from Wan
+    # checkpoints): per latent frame, two 3x3 convolutions with this many hidden channels over
+    # per-pixel features of the last tokens, the flow prediction and the clean estimate it
+    # implies, added to the prediction (zero-initialised: a no-op until trained). Tokens of
+    # 2x2 latent pixels each write their own patch; the refiner lets neighbouring pixels agree
+    # across token borders (U-ViT ends in a 3x3 convolution for the same reason). 0: none.
+    output_refiner: int = Field(0, ge=0)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     runtime: Runtime = "eager"
     provenance: dict[str, Any] = {}

@@ -14,6 +14,7 @@ parameter names, so a Wan2.1 checkpoint in diffusers format loads as is). What i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -99,6 +100,9 @@ class CausalWanTransformer(WanTransformer3DModel):
             nn.init.zeros_(mlp[2].weight)  # a no-op until trained: a model without it is the start
             nn.init.zeros_(mlp[2].bias)
             self.pooled_text_embedder = mlp.to(self.device, self.dtype)
+        if config.output_refiner > 0 and getattr(self, "output_refiner", None) is None:
+            self.output_refiner = OutputRefiner(t.inner_dim, t.out_channels, t.patch_size,
+                                                config.output_refiner).to(self.device, self.dtype)
         return self
 
     # --- pieces --------------------------------------------------------------------
@@ -168,10 +172,9 @@ class CausalWanTransformer(WanTransformer3DModel):
         else:
             shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
         x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
-        x = self.proj_out(x)  # [B, N, C * p_t * p_h * p_w]
-        p_t, p_h, p_w = self.config.patch_size
-        x = x.reshape(b, f // p_t, gh, gw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)  # [B, C, F, H, W]
+        flow = unpatchify(self.proj_out(x), f, gh, gw, self.config.patch_size)  # [B, C, F, H, W]
+        refiner = getattr(self, "output_refiner", None)
+        return flow if refiner is None else flow + refiner(x, flow, latents, timestep, f, gh, gw)
 
     def features(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                  attention: AttentionMode, layers: int) -> torch.Tensor:
@@ -192,6 +195,40 @@ class CausalWanTransformer(WanTransformer3DModel):
         gh, gw = h // p_h, w // p_w
         temb, proj = self._time_embedding(timestep, gh * gw, context)
         return self.embed_patches(latents), temb, proj, (gh, gw)
+
+
+def unpatchify(x: torch.Tensor, f: int, gh: int, gw: int, patch: tuple[int, int, int]) -> torch.Tensor:
+    """Tokens [B, N, C * p_t * p_h * p_w] in (frame, row, column) order -> [B, C, F, H, W]."""
+    p_t, p_h, p_w = patch
+    x = x.reshape(x.shape[0], f // p_t, gh, gw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+class OutputRefiner(nn.Module):
+    """`output_refiner` (docs/distill.md): a residual of two 3x3 convolutions per latent frame
+    over per-pixel features of the last tokens (a linear map unpatchified as the flow is),
+    the flow prediction and the clean estimate x_t - s v it implies. The last convolution starts
+    at zero, so a model gains it as a no-op."""
+
+    def __init__(self, dim: int, channels: int, patch: tuple[int, int, int], hidden: int, features: int = 32):
+        super().__init__()
+        self.patch = tuple(patch)
+        self.features = nn.Linear(dim, features * math.prod(patch))
+        self.conv_in = nn.Conv2d(features + 2 * channels, hidden, 3, padding=1)
+        self.conv_out = nn.Conv2d(hidden, channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, tokens: torch.Tensor, flow: torch.Tensor, latents: torch.Tensor, timestep: torch.Tensor,
+                f: int, gh: int, gw: int) -> torch.Tensor:
+        feats = unpatchify(self.features(tokens), f, gh, gw, self.patch)  # [B, K, F, H, W]
+        sigma = (timestep.float() / 1000).reshape(timestep.shape[0], 1, -1, 1, 1)  # one s per sample or per frame
+        clean = latents - sigma.to(flow.dtype) * flow
+        x = torch.cat([feats.to(flow.dtype), flow, clean], 1)  # [B, K + 2C, F, H, W]
+        b, c, _, h, w = x.shape
+        x = x.transpose(1, 2).reshape(b * f, c, h, w)  # frames apart: nothing crosses time (causal-safe)
+        x = self.conv_out(nn.functional.silu(self.conv_in(x)))
+        return x.reshape(b, f, -1, h, w).transpose(1, 2)
 
 
 def build_transformer(config: ModelConfig, device: str | torch.device = "cpu",

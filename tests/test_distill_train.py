@@ -657,3 +657,30 @@ def test_teacher_learns_shape_maps_and_adds_the_head_to_a_resumed_run(tiny_autoe
     ckpt = load_file(sorted(tmp_path.glob("checkpoint-*.safetensors"))[-1])
     assert any(k.startswith("shape_head.") for k in ckpt)  # but kept for resuming
 
+
+
+def test_teacher_gains_an_output_refiner_when_resumed_and_the_student_keeps_it(tiny_autoencoder, tmp_path):
+    """model.output_refiner: a run resumed from a checkpoint without the refiner starts it at zero
+    (so the step-10 model is where it was) and trains it; the student made from it keeps it."""
+    from safetensors.torch import load_file
+
+    from distill import student as student_mod
+
+    base = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, ckpt_every=10)
+    teacher_mod.train_teacher(base, tmp_path / "teacher", progress=False)
+    before = load_file(tmp_path / "teacher" / "checkpoint-0000010.safetensors")
+    run = replace(base, steps=20, model=teacher_mod.TINY_MODEL.updated(output_refiner=8))
+    out = teacher_mod.train_teacher(run, tmp_path / "teacher", progress=False).out_dir
+    after = load_file(tmp_path / "teacher" / "checkpoint-0000020.safetensors")
+    assert before.keys() < after.keys() and any(".output_refiner." in k for k in after)
+    assert after["model.output_refiner.conv_out.weight"].abs().max() > 0  # trained away from its zero start
+    teacher = load_model(str(out))
+    assert teacher.transformer.output_refiner.conv_out.weight.abs().max() > 0
+    srun = student_mod.for_teacher(replace(student_mod.PRESETS["tiny"], teacher=str(out), ode_iters=0, dmd_iters=1))
+    student = load_model(str(student_mod.train_student(srun, tmp_path / "student", progress=False).out_dir))
+    assert student.config.output_refiner == 8
+    assert torch.isfinite(student.open_session("a red ball moving left", seed=0).next_chunk().latents).all()
+    bad = replace(run, model=teacher_mod.TINY_MODEL.updated(output_refiner=8, text_pooling="mean"),
+                  steps=30)  # a module the resumed run may not silently gain is refused
+    with pytest.raises(ValueError, match="does not fit"):
+        teacher_mod.train_teacher(bad, tmp_path / "teacher", progress=False)

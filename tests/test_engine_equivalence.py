@@ -147,6 +147,41 @@ def test_features_are_the_tokens_a_full_forward_has_after_that_block():
     assert (deeper - alone).abs().max() > 1e-3
 
 
+def test_output_refiner_starts_as_a_no_op_and_keeps_frames_apart():
+    """output_refiner: zero-initialised it leaves the forward exactly as it was; trained
+    (weights made non-zero), it changes the prediction, each frame only from that frame (a
+    change in one frame's latents leaves the other frames' refinement alone), and the cache
+    still equals recompute, per-frame timesteps included."""
+    base = tiny_model(policy="sink_window", sink_frames=0, window_frames=64)
+    cfg = base.config.updated(output_refiner=16)
+    from engine.components import build_decoder, build_text_encoder
+    from engine.model import StreamModel
+    from engine.transformer import build_transformer
+    model = StreamModel(cfg, build_transformer(cfg), build_text_encoder(cfg, None, "cpu"), build_decoder(cfg, None, "cpu"))
+    tr = model.transformer
+    missing = tr.load_state_dict(base.transformer.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("output_refiner.") for k in missing)
+    x, t = torch.randn(2, 16, 4, 8, 8), torch.tensor([[500.0] * 4, [900.0, 900.0, 300.0, 300.0]])
+    ctx = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        att = tr.full_attention(4)
+        plain = base.transformer.denoise(x, t, base.transformer.embed_text(ctx), att)
+        torch.testing.assert_close(tr.denoise(x, t, tr.embed_text(ctx), att), plain)
+        torch.nn.init.normal_(tr.output_refiner.conv_out.weight, std=0.2)
+        refined = tr.denoise(x, t, tr.embed_text(ctx), att)
+        assert (refined - plain).abs().max() > 1e-2
+        # the refiner alone, on a flow that differs in frame 0 only: frames 1-3 are untouched
+        tokens = torch.randn(2, 4 * 4 * 4, tr.config.num_attention_heads * tr.config.attention_head_dim)
+        flow = torch.randn(2, 16, 4, 8, 8)
+        other = flow.clone()
+        other[:, :, 0] += 1.0
+        a = tr.output_refiner(tokens, flow, x, t, 4, 4, 4)
+        b = tr.output_refiner(tokens, other, x, t, 4, 4, 4)
+        assert (a[:, :, 0] - b[:, :, 0]).abs().max() > 1e-3 and (a[:, :, 1:] - b[:, :, 1:]).abs().max() == 0
+    cached = stream_latents(model, chunks=4)
+    assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=4)).abs().max() < 1e-4
+
+
 def test_pooled_text_conditions_every_block_through_the_time_embedding():
     """text_pooling: mean. Zero-initialised it is a no-op (diffusers' Wan forward exactly);
     trained, it carries the prompt to the modulation: with the cross-attention cut off, the
