@@ -367,6 +367,8 @@ class ShapesLatents(ClipLatents):
         `cache_dir` beside the pool."""
         from tqdm import tqdm
 
+        from distill.data.captions import scene_caption
+
         if self.pool is None:
             raise ValueError("shape maps are made for the clip pool: set pool_size > 0")
         size, c = len(self.pool), self.world.config
@@ -380,8 +382,11 @@ class ShapesLatents(ClipLatents):
                 for seed, start in zip(*self._draws(batch, (2,))):
                     if len(maps) == size:
                         break
-                    maps.append(token_shape_maps(self.world, self.world.scene(int(seed)), int(start), self.frames,
-                                                 per_latent, token))
+                    scene = self.world.scene(int(seed))
+                    if scene_caption(scene) != self.pool_captions[len(maps)][0]:  # [0] is the canonical caption
+                        raise ValueError(f"pool clip {len(maps)} is not the scene its draw gives: the pool was "
+                                         f"built with another batch size than {self.batch_size}")
+                    maps.append(token_shape_maps(self.world, scene, int(start), self.frames, per_latent, token))
                     bar.update(1)
         out = torch.stack(maps).contiguous()
         if file is not None:

@@ -639,6 +639,9 @@ def test_pool_shape_maps_belong_to_the_pool_clips(tiny_autoencoder, tmp_path):
         busy = spread.reshape(2, 4, 4, 8, 4, 8).amax((1, 3, 5)) > 60  # tokens where an object clearly is
         assert (m[:, 0][busy] < 1).all()  # ... are not pure background in the maps
     torch.testing.assert_close(data.pool_shape_maps(8, tmp_path, progress=False), maps)  # cached
+    other = ShapesLatents(ae, 2, 2, 0, 32, 32, pool_size=4, cache_dir=tmp_path, progress=False)  # the same pool file
+    with pytest.raises(ValueError, match="batch size"):  # drawn 2 at a time, its scenes are not the pool's
+        other.pool_shape_maps(8, None, progress=False)
 
 
 def test_teacher_learns_shape_maps_and_adds_the_head_to_a_resumed_run(tiny_autoencoder, tmp_path):
