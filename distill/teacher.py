@@ -107,7 +107,9 @@ class TeacherRun:
     # each token shows, as the share of its pixels (`ShapesLatents.pool_shape_maps`, soft
     # cross-entropy). Where the noise hides the outline only the caption tells the shape, so
     # the term pays for carrying the shape word to the object's tokens, which the flow loss
-    # alone never taught (docs/default-model.md). Training-only: the head is not exported.
+    # alone never taught. Training-only: the head (own AdamW, constant lr) is not exported.
+    # Measured (docs/default-model.md): the tokens then carry the caption's shape, the samples
+    # still draw none; off until a run shows it pays.
     shape_labels: float = 0.0
     shape_layer: int = 0
     autocast: bool = False  # bf16 autocast for the forwards (distill.common.autocast)

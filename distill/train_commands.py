@@ -231,6 +231,9 @@ def _check_inputs(stage: str, run) -> None:
     if stage == "teacher" and run.shape_labels and (run.shape_labels < 0 or run.data is not None or run.pool_size <= 0):
         raise CommandError("shape_labels (a weight >= 0) learns from the Shapes world's scenes: it needs the "
                            "Shapes world (no --data) and a clip pool (pool_size > 0)")
+    if stage == "teacher" and not 0 <= run.shape_layer <= run.model.transformer.num_layers:
+        raise CommandError(f"shape_layer {run.shape_layer} is not a block of this "
+                           f"{run.model.transformer.num_layers}-block model (0: half the blocks)")
     if stage == "student" and not (Path(run.teacher) / "model.json").is_file():
         raise CommandError(f"no teacher at {run.teacher}; train one with `framecast distill teacher` or pass --teacher")
     if getattr(run, "prompts", None) is not None and not Path(run.prompts).is_file():

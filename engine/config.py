@@ -180,6 +180,7 @@ class ModelConfig(FrozenConfig):
     # implies, added to the prediction (zero-initialised: a no-op until trained). Tokens of
     # 2x2 latent pixels each write their own patch; the refiner lets neighbouring pixels agree
     # across token borders (U-ViT ends in a 3x3 convolution for the same reason). 0: none.
+    # Measured on a Shapes teacher: 4-5 % lower flow loss, no shapes (docs/default-model.md).
     output_refiner: int = Field(0, ge=0)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     runtime: Runtime = "eager"

@@ -231,6 +231,8 @@ def test_teacher_command_refuses_single_frames_without_a_pool(tiny_autoencoder, 
     assert "shape_labels" in capsys.readouterr().err
     assert cli_main([*base, "--set", "shape_labels=-1", "--set", "pool_size=4"]) == 2
     assert "shape_labels" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "shape_labels=1", "--set", "pool_size=4", "--set", "shape_layer=99"]) == 2
+    assert "shape_layer" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
