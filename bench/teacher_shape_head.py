@@ -49,7 +49,7 @@ def single_object_clips(count: int, seed: int, frames: int) -> list[tuple]:
 
 @torch.no_grad()
 def measure(run_dir: Path, drawn, frames: int, levels: list[float], seed: int) -> dict:
-    from distill.teacher import TeacherRun, build_text_encoder_for, load_autoencoder
+    from distill.teacher import TeacherRun, build_text_encoder_for, load_autoencoder, shape_layer
     from engine.config import ModelConfig
     from engine.transformer import build_transformer
 
@@ -63,7 +63,7 @@ def measure(run_dir: Path, drawn, frames: int, levels: list[float], seed: int) -
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})  # the raw weights it trained with
     head = torch.nn.Linear(tensors["shape_head.weight"].shape[1], tensors["shape_head.weight"].shape[0])
     head.load_state_dict({k[11:]: v for k, v in tensors.items() if k.startswith("shape_head.")})
-    layer = saved.get("shape_layer") or len(model.blocks) // 2
+    layer = shape_layer(saved.get("shape_layer", 0), len(model.blocks))
     kept = {}
     model.blocks[layer - 1].register_forward_hook(lambda m, i, o: kept.__setitem__("tokens", o))
     encoder = build_text_encoder_for(config)

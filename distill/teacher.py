@@ -196,16 +196,14 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     start, losses, all_losses, negatives, shape_losses = time.time(), [], [], [], []
     while step < run.steps:
         gen = step_generator(run.seed, step)
-        parts = []  # (x0, texts, attention): the step's clips, then its single frames
-        if shapes is not None:
-            parts = shapes.parts(step, attention, frame_attention)
-        else:
-            if run.batch_size:
-                parts.append((*data.batch(step), attention))  # [B, C, F, h, w]
-            if run.image_batch:
-                parts.append((*data.single_frames(step, run.image_batch), frame_attention))  # [B', C, 1, h, w]
+        parts = []  # (x0, texts, attention, shape maps or None): the step's clips, then its single frames
+        if run.batch_size:
+            parts.append((*data.batch(step), attention, shapes.clip_maps(step) if shapes else None))  # [B, C, F, h, w]
+        if run.image_batch:
+            parts.append((*data.single_frames(step, run.image_batch), frame_attention,
+                          shapes.frame_maps(step) if shapes else None))  # [B', C, 1, h, w]
         flow, weight, hinge, shape_loss = 0.0, 0, None, 0.0
-        for x0, texts, attn, *labels in parts:
+        for x0, texts, attn, maps in parts:
             feats = captions(texts)
             drop = torch.rand(len(texts), generator=gen) < run.caption_dropout
             feats = torch.where(drop[:, None, None], torch.zeros_like(feats), feats)  # unconditional = zeros
@@ -223,7 +221,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
             flow = flow + flow_matching_loss(v, x0, noise) * frames
             weight += frames
             if shapes is not None:
-                shape_loss = shape_loss + shapes.loss(labels[0]) * frames
+                shape_loss = shape_loss + shapes.loss(maps) * frames
             if run.negative_captions > 0 and attn is attention:
                 negative = hard_negative_term(model, captions, texts, drop, xt, sigma, x0, noise, v, attention, run,
                                               step)
@@ -274,6 +272,11 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     return TrainResult(out_dir, step, time.time() - start, all_losses)
 
 
+def shape_layer(asked: int, layers: int) -> int:
+    """The block the `shape_labels` head reads after: `asked`, or half the blocks for 0."""
+    return asked or layers // 2
+
+
 class ShapeLabels:
     """The `shape_labels` term: the pool's per-token shape maps, a linear head reading the
     tokens after block `shape_layer` (a forward hook, so the engine's forward is untouched),
@@ -284,7 +287,7 @@ class ShapeLabels:
             raise ValueError("shape_labels needs the Shapes world's scenes and a clip pool (data unset, pool_size > 0)")
         self.data, self.run = data, run
         layers = len(model.blocks)
-        layer = run.shape_layer or layers // 2
+        layer = shape_layer(run.shape_layer, layers)
         if not 1 <= layer <= layers:
             raise ValueError(f"shape_layer {layer} is not a block of this {layers}-block model")
         token = run.model.latent.spatial_compression * run.model.transformer.patch_size[1]
@@ -299,18 +302,14 @@ class ShapeLabels:
     def _keep(self, module, inputs, output) -> None:
         self.tokens = output
 
-    def parts(self, step: int, attention, frame_attention) -> list[tuple]:
-        """The step's (x0, texts, attention, maps [B, F, K, h, w]): the draws of `batch` and `single_frames`."""
-        parts, pool = [], self.data.pool
-        if self.run.batch_size:
-            index, texts = self.data.batch_draw(step)
-            index = torch.from_numpy(index)
-            parts.append((pool[index], texts, attention, self.maps[index]))
-        if self.run.image_batch:
-            index, frame, texts = self.data.single_frames_draw(step, self.run.image_batch)
-            index, frame = torch.from_numpy(index), torch.from_numpy(frame)
-            parts.append((pool[index, :, frame].unsqueeze(2), texts, frame_attention, self.maps[index, frame].unsqueeze(1)))
-        return parts
+    def clip_maps(self, step: int) -> torch.Tensor:
+        """The maps of the clips `data.batch(step)` gives: [B, F, K, h, w]."""
+        return self.maps[torch.from_numpy(self.data.batch_draw(step)[0])]
+
+    def frame_maps(self, step: int) -> torch.Tensor:
+        """The maps of the frames `data.single_frames(step, image_batch)` gives: [B', 1, K, h, w]."""
+        index, frame, _ = self.data.single_frames_draw(step, self.run.image_batch)
+        return self.maps[torch.from_numpy(index), torch.from_numpy(frame)].unsqueeze(1)
 
     def loss(self, maps: torch.Tensor) -> torch.Tensor:
         """Soft cross-entropy of the head on the tokens the last forward kept, against `maps`
