@@ -4,8 +4,15 @@ originals over reconstructions to look at.
 
     .venv/bin/python bench/autoencoder.py                       # the shipped engine/models/shapes-default
     .venv/bin/python bench/autoencoder.py --model runs/ae/autoencoder --grid runs/ae_grid.png
+    .venv/bin/python bench/autoencoder.py --latent-noise 0.2,0.35,0.5   # + the decoder's noise tolerance
 
 Held-out clips are Shapes seeds 0..N-1, which training never draws (distill/train_autoencoder.py).
+With --latent-noise, the standard prompts' own scenes (1.5 s each) are encoded, Gaussian
+noise of each given std is added to the normalised latents (unit variance per channel, the
+space the teacher generates in), and the decoded clips are scored with the evaluator: how
+far from the autoencoder's own code a generator may land before colour, shape, motion or
+count is lost.
+
 Real-time factor = seconds of video decoded per wall-clock second, decoding chunk by chunk
 with state carried across chunks, as a streaming session does.
 """
@@ -51,6 +58,31 @@ def encode_rate(ae: ShapesAutoencoder, video: torch.Tensor, fps: float, repeats:
     return video.shape[2] / fps / best
 
 
+def noise_tolerance(ae: ShapesAutoencoder, world: ShapesWorld, levels: list[float],
+                    prompts: int | None = None) -> dict[str, dict]:
+    """Evaluator scores of the standard scenes (the first `prompts` of them, or all) decoded
+    from their latents + level * N(0, 1)."""
+    from distill.eval import evaluate_generator, standard_prompts, standard_scenes
+    from engine.session import to_uint8_frames
+
+    scenes = dict(zip(standard_prompts(), standard_scenes()))
+    prompts = standard_prompts()[:prompts]
+    out = {}
+    for level in levels:
+        @torch.inference_mode()
+        def generate(prompt, seconds, seed, level=level):
+            frames = world.render(scenes[prompt], max(4, round(seconds * world.config.fps) // 4 * 4))
+            video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+            z = ae.encode(video)
+            noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(prompts.index(prompt)))
+            return to_uint8_frames(ae.decode(z + level * noise))
+
+        summary = evaluate_generator(generate, prompts, 1, 1.5, fps=world.config.fps)["summary"]
+        out[f"{level:g}"] = {k: round(summary[k], 3) for k in
+                             ("prompt_accuracy", "colour_accuracy", "shape_accuracy", "motion_accuracy", "count_accuracy")}
+    return out
+
+
 def save_grid(path: Path, originals: list[torch.Tensor], reconstructions: list[torch.Tensor],
               frames: list[int]) -> None:
     """Rows: per clip, the original frames over their reconstructions. Videos [1, 3, T, H, W]."""
@@ -77,7 +109,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=3, help="latent frames per streamed chunk (default 3)")
     parser.add_argument("--grid", type=Path, default=Path("runs/ae_grid.png"),
                         help="where to write the originals-over-reconstructions PNG (default runs/ae_grid.png)")
+    parser.add_argument("--latent-noise", default="",
+                        help="comma-separated noise stds (in latent std units) to score the decoder's tolerance at, "
+                             "e.g. 0.2,0.35,0.5 (default: none)")
     args = parser.parse_args(argv)
+    try:
+        levels = [float(v) for v in args.latent_noise.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--latent-noise: not a comma-separated list of numbers: {args.latent_noise!r}")
+    if any(v < 0 for v in levels):
+        parser.error("--latent-noise: stds must be >= 0")
 
     torch.set_num_threads(2)
     ae = ShapesAutoencoder.load(args.model)
@@ -109,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["latent_channel_mean_absmax"] = round(float(z.mean((0, 2, 3, 4)).abs().max()), 3)
     save_grid(args.grid, originals, reconstructions, list(range(0, args.frames, max(1, args.frames // 8))))
     figures["grid"] = str(args.grid)
+    if levels:
+        figures["latent_noise_tolerance"] = noise_tolerance(ae, world, [0.0, *levels])
 
     # --- speed -----------------------------------------------------------------------------------
     latent_frames = max(args.chunk, int(round(args.seconds * cfg.fps / 4)))

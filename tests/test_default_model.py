@@ -236,3 +236,45 @@ def test_attention_probe_measures_how_sharply_each_head_attends():
     set_qk_norm_gain(model.transformer, 20.0)
     sharp = measure_model(model, autoencoder, 2, [0.5], 0)
     assert max(max(row["self_tokens"]) for row in sharp["levels"]["0.5"]) < n / 4
+
+
+def test_pixel_space_control_trains_the_shared_transformer_on_frames_and_resumes(tmp_path, capsys):
+    """bench/teacher_pixel_space.py: the preset's transformer reading 64x64 RGB frames in
+    8x8 patches (a token covers 16x16 px of the 128x128 frame, as a latent teacher's does),
+    the evaluator's ground-truth ceiling at 64x64, and training that resumes where it stopped."""
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from teacher_pixel_space import build_pool, down, pixel_config, train, up
+
+    from distill.data.shapes import ShapesWorld
+    from distill.eval import evaluate_frames, standard_prompts, standard_scenes
+    from engine.transformer import build_transformer
+
+    torch.set_num_threads(1)
+    config = pixel_config()
+    model = build_transformer(config)
+    x = torch.randn(2, 3, 1, 64, 64)
+    context = model.embed_text(torch.randn(2, 5, config.transformer.text_dim))
+    assert model.denoise(x, torch.tensor([500.0, 900.0]), context, model.full_attention(1)).shape == x.shape
+    assert model.patch_embedding.weight.shape[-2:] == (8, 8)  # 8 tokens a side, as the latent teacher's
+
+    prompt, scene = standard_prompts()[0], standard_scenes()[0]
+    frames = up(down(ShapesWorld().render(scene, 4)))
+    assert frames.shape == (4, 128, 128, 3) and frames.dtype == np.uint8
+    assert evaluate_frames(frames, prompt, fps=16)["prompt_accuracy"] >= 0.8  # 64x64 keeps what it shows
+
+    pool, captions = build_pool(tmp_path, 3, 0)
+    assert pool.shape == (3, 6, 3, 64, 64) and len(captions) == 3 and all(captions)
+    again, _ = build_pool(tmp_path, 3, 0)  # cached
+    assert torch.equal(pool, again)
+    args = argparse.Namespace(seed=0, scenes=3, ema_decay=0.99, lr=1e-3, warmup=1, decay_from=2, steps=2, batch=4)
+    first, mean, std = train(args, config, tmp_path)
+    assert (tmp_path / "checkpoint-0000002.safetensors").is_file() and (std > 0).all()
+    args.steps = 3
+    capsys.readouterr()
+    resumed, _, _ = train(args, config, tmp_path)  # one more step from the checkpoint, not three
+    assert "at step 2" in capsys.readouterr().err
+    assert (tmp_path / "checkpoint-0000003.safetensors").is_file()
+    assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), resumed.parameters()))

@@ -85,6 +85,25 @@ def test_every_caption_parses_back_to_the_scene():
         assert parse_prompt(clip.captions[0]) == truth
 
 
+def test_training_windows_show_what_every_paraphrase_says():
+    """The clips a teacher trains on are 24-frame windows anywhere in the first 30 s of a
+    scene's stream (wrapped, bounced, reset); the evaluator, reading the frames alone, must
+    find in each window everything each of its captions says, or the teacher is taught a
+    wrong word."""
+    from distill.eval import evaluate_frames
+
+    world = ShapesWorld(ShapesConfig(height=128, width=128, fps=16))  # the teacher's world
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(6):
+        clip = world.sample(int(rng.integers(0, 2**62)), 24, int(rng.integers(0, 481)))
+        for caption in clip.captions:
+            scores = evaluate_frames(clip.frames, caption, fps=world.config.fps)
+            assert scores["prompt_accuracy"] == 1.0, (caption, scores)
+            checked += 1
+    assert checked >= 6 * 4
+
+
 def test_scene_survives_json():
     scene = WORLD.scene(5)
     assert Scene.from_dict(json.loads(json.dumps(scene.to_dict()))) == scene
