@@ -181,8 +181,8 @@ def test_shipped_autoencoder_reconstructs_heldout_clips():
             pieces.append(frames)
     assert z.shape == (2, ae.config.latent_channels, 4, 16, 16)
     assert (torch.cat(pieces, 2) - whole).abs().max() < 1e-5
-    # The shipped weights give 34.9 dB on these two clips (34.4 dB mean over 32 held-out
-    # clips, bench/autoencoder.py; the issue's aim is 32 dB). A regression guard: v1's
+    # The shipped weights give 34.9 dB on these two clips (35.1 dB mean over 32 held-out
+    # clips of 32 frames, bench/autoencoder.py; the issue's aim is 32 dB). A regression guard: v1's
     # autoencoder gave 25.7 dB here, a broken or untrained one lands near 10-15 dB.
     assert tae.psnr(whole, video) > 32.0
     # Normalised latents are roughly N(0, 1) per channel, as the diffusion model expects
