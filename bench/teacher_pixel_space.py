@@ -87,19 +87,13 @@ def build_pool(run_dir: Path, scenes: int, seed: int) -> tuple[torch.Tensor, lis
     return pool, captions
 
 
-def lr_at(step: int, args) -> float:
-    scale = min(1.0, (step + 1) / args.warmup)
-    if step >= args.decay_from:
-        scale *= 1.0 - 0.9 * (step - args.decay_from) / max(1, args.steps - args.decay_from)
-    return args.lr * scale
-
-
 def train(args, config, run_dir: Path):
     from distill.common import EMA, CaptionCache, Checkpointer, MetricsLog, step_generator
     from distill.losses import add_noise, flow_matching_loss, sample_sigmas
-    from distill.teacher import build_text_encoder_for
+    from distill.teacher import TeacherRun, build_text_encoder_for, lr_at
     from engine.transformer import build_transformer
 
+    schedule = TeacherRun(model=config, steps=args.steps, lr=args.lr, warmup=args.warmup, decay_from=args.decay_from)
     pool, pool_captions = build_pool(run_dir, args.scenes, args.seed)
     flat = pool.flatten(0, 1).float()  # [S*6, 3, 64, 64]
     mean, std = flat.mean((0, 2, 3)), flat.std((0, 2, 3))  # per channel, as the autoencoder normalises
@@ -130,7 +124,7 @@ def train(args, config, run_dir: Path):
         v = model.denoise(add_noise(x0, noise, sigma), sigma * 1000, model.embed_text(feats), attention)
         loss = flow_matching_loss(v, x0, noise)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args)
+            group["lr"] = lr_at(schedule, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -139,7 +133,7 @@ def train(args, config, run_dir: Path):
         step += 1
         losses.append(loss.item())
         if step % 25 == 0:
-            metrics.log(step, {"loss/flow": sum(losses) / len(losses), "lr": lr_at(step, args)})
+            metrics.log(step, {"loss/flow": sum(losses) / len(losses), "lr": lr_at(schedule, step)})
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
             losses = []
         bar.update(1)
@@ -152,21 +146,12 @@ def train(args, config, run_dir: Path):
 
 @torch.no_grad()
 def sample(model, config, text_encoder, prompt: str, seed: int, mean, std, guidance: float, steps: int = 50):
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    """The teacher's own 50-step guided sampler on one 64x64 frame -> [1, 3, 64, 64] in [-1, 1]."""
+    from distill.teacher import sample_teacher
 
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn((1, 3, 1, SIZE, SIZE), generator=gen)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=config.sampler.shift)
-    scheduler.set_timesteps(steps)
-    feats = text_encoder.encode([prompt])
-    cond, uncond = model.embed_text(feats), model.embed_text(torch.zeros_like(feats))
-    attention = model.full_attention(1)
-    for t in scheduler.timesteps:
-        tt = t.expand(1)
-        v_cond, v_uncond = model.denoise(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([cond, uncond]),
-                                         attention).chunk(2)
-        x = scheduler.step(v_uncond + guidance * (v_cond - v_uncond), t, x).prev_sample
-    return x[:, :, 0] * std[:, None, None] + mean[:, None, None]  # [1, 3, 64, 64]
+    x = sample_teacher(model, config, text_encoder.encode([prompt]), 1, steps=steps, guidance=guidance,
+                       generator=torch.Generator().manual_seed(seed))
+    return x[:, :, 0] * std[:, None, None] + mean[:, None, None]
 
 
 def main() -> None:
