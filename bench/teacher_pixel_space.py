@@ -18,7 +18,11 @@ and scores them with the evaluator, beside the same scenes' ground truth through
 
 If the pixel model draws shapes where the latent one does not, the latent code is the
 obstacle; if it does not either, the transformer or its training budget is. `--patch 4`
-gives tokens of 8 px of the 128x128 frame instead (4x the tokens a frame).
+gives tokens of 8 px of the 128x128 frame instead (4x the tokens a frame). `--prediction
+sample` has the network output the clean frame instead of the flow (JiT's x-prediction). `--object-scale
+1.6` draws every object 1.6x as wide (vocab.SIZES scaled for the pool, the scenes scored and
+the evaluator's size judgement alike), so an object spans 2-4 tokens instead of 1.3-2.4:
+the same model and compute, with objects larger relative to its tokens.
 Resumes from --run-dir (checkpoints every 250 steps).
 """
 
@@ -42,16 +46,27 @@ SIZE = 64  # pixels a side the model works at (the world's 128 averaged 2x2)
 PATCH = 8  # pixels a side a token covers at 64x64: 16x16 of the 128x128 frame
 
 
-def pixel_config(patch: int = PATCH):
-    """The `shapes` preset's model, reading and writing 64x64x3 frames in patch x patch patches."""
+def pixel_config(patch: int = PATCH, prediction: str = "flow"):
+    """The `shapes` preset's model, reading and writing 64x64x3 frames in patch x patch patches
+    (predicting the flow, as the preset does, or the clean frame)."""
     from distill.teacher import SHAPES_MODEL
 
     return SHAPES_MODEL.model_copy(update={
         "name": "shapes-pixel-control",
+        "prediction": prediction,
         "transformer": SHAPES_MODEL.transformer.model_copy(
             update={"in_channels": 3, "out_channels": 3, "patch_size": (1, patch, patch)}),
         "latent": SHAPES_MODEL.latent.model_copy(update={"channels": 3, "spatial_compression": 128 // SIZE}),
     }, deep=True)
+
+
+def scale_objects(factor: float) -> None:
+    """Every object `factor` times as wide, for this process: vocab.SIZES scaled in place, as
+    the renderer, the standard scenes and the evaluator's size judgement all read it."""
+    from distill.data import vocab
+
+    for name in vocab.SIZES:
+        vocab.SIZES[name] *= factor
 
 
 def down(frames: np.ndarray) -> torch.Tensor:
@@ -66,12 +81,12 @@ def up(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def build_pool(run_dir: Path, scenes: int, seed: int) -> tuple[torch.Tensor, list[list[str]]]:
+def build_pool(run_dir: Path, scenes: int, seed: int, object_scale: float = 1.0) -> tuple[torch.Tensor, list[list[str]]]:
     """6 frames (every 4th of a 24-frame window) of each of `scenes` random scenes' streams,
     like the frames-only latent teacher's pool of 6-latent-frame clips; cached."""
     from distill.data.shapes import ShapesConfig, ShapesWorld
 
-    path = run_dir / f"pixel-pool-{seed}-{scenes}.npz"
+    path = run_dir / f"pixel-pool-{seed}-{scenes}{'' if object_scale == 1 else f'-x{object_scale:g}'}.npz"
     if path.exists():
         data = np.load(path, allow_pickle=False)
         return torch.from_numpy(data["frames"]), json.loads(str(data["captions"]))
@@ -94,7 +109,7 @@ def train(args, config, run_dir: Path):
     from engine.transformer import build_transformer
 
     schedule = TeacherRun(model=config, steps=args.steps, lr=args.lr, warmup=args.warmup, decay_from=args.decay_from)
-    pool, pool_captions = build_pool(run_dir, args.scenes, args.seed)
+    pool, pool_captions = build_pool(run_dir, args.scenes, args.seed, args.object_scale)
     flat = pool.flatten(0, 1).float()  # [S*6, 3, 64, 64]
     mean, std = flat.mean((0, 2, 3)), flat.std((0, 2, 3))  # per channel, as the autoencoder normalises
     model = build_transformer(config, seed=args.seed).train()
@@ -169,6 +184,11 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=PATCH, choices=(2, 4, 8),
                     help="pixels a side per token at 64x64 (8: 16 px of the 128x128 frame, as the latent "
                          "teacher's tokens; 4: 8 px, as its patch-1 variant's, 4x the tokens)")
+    ap.add_argument("--prediction", choices=("flow", "sample"), default="flow",
+                    help="what the network outputs: the flow (as the shapes preset) or the clean frame x0 "
+                         "(JiT), turned into a flow inside denoise either way")
+    ap.add_argument("--object-scale", type=float, default=1.0,
+                    help="draw objects this much wider than the world's sizes (pool, scenes scored, evaluator)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -176,6 +196,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if not 0 < args.warmup <= args.decay_from <= args.steps:
         ap.error("need 0 < --warmup <= --decay-from <= --steps")
+    if not 0.5 <= args.object_scale <= 2.0:
+        ap.error("--object-scale must be within [0.5, 2]")
+    scale_objects(args.object_scale)
 
     from distill.data.shapes import ShapesWorld
     from distill.eval import PROMPT_SETS, evaluate_generator, standard_scenes
@@ -183,7 +206,7 @@ def main() -> None:
 
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config = pixel_config(args.patch)
+    config = pixel_config(args.patch, args.prediction)
     start = time.time()
     model, mean, std = train(args, config, run_dir)
     train_s = time.time() - start

@@ -182,6 +182,13 @@ class ModelConfig(FrozenConfig):
     # across token borders (U-ViT ends in a 3x3 convolution for the same reason). 0: none.
     # Measured on a Shapes teacher: 4-5 % lower flow loss, no shapes (docs/default-model.md).
     output_refiner: int = Field(0, ge=0)
+    # What the network's output is. "flow": the flow v = noise - x0 itself (Wan). "sample": the
+    # clean sample x0, turned into the flow v = (x_t - x0) / s inside `denoise` (s clipped at
+    # SAMPLE_MIN_SIGMA), so samplers, losses and students see a flow either way. Predicting the
+    # clean sample suits tokens that are wide next to the model (JiT, "Back to Basics: Let
+    # Denoising Generative Models Denoise", 2025): clean frames lie on a low-dimensional
+    # manifold, noise does not.
+    prediction: Literal["flow", "sample"] = "flow"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     runtime: Runtime = "eager"
     provenance: dict[str, Any] = {}
@@ -199,6 +206,8 @@ class ModelConfig(FrozenConfig):
                                  f"{lat.spatial_compression * t.patch_size[1]}")
         if t.attention_head_dim % 2:
             raise ValueError("attention_head_dim must be even (rotary embedding)")
+        if self.output_refiner and self.prediction != "flow":
+            raise ValueError("output_refiner refines a flow prediction: use it with prediction 'flow'")
         return self
 
     # --- derived sizes -------------------------------------------------------------

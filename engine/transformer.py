@@ -27,6 +27,12 @@ from .config import ModelConfig
 from .errors import ShapeMismatch
 
 
+# A model that predicts x0 (`prediction: sample`) divides by the noise level s to give its
+# flow; below this s it divides by this instead (JiT clips the same denominator at 0.05), so
+# clean context frames (s = 0) and the last steps stay finite.
+SAMPLE_MIN_SIGMA = 0.05
+
+
 class SelfAttnProcessor:
     """Replaces diffusers' WanAttnProcessor on `attn1`.
 
@@ -83,6 +89,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         self.rope_tables = RopeTables(t.attention_head_dim, grid_h, grid_w, t.rope_max_seq_len,
                                       theta=config.attention.rope_theta, device=self.device)
         self.attention_backend = config.attention.backend
+        self.predicts_sample = config.prediction == "sample"
         self.mask_text_padding = config.attention.text_padding == "mask"
         for i, block in enumerate(self.blocks):
             block.attn1.set_processor(SelfAttnProcessor(i))
@@ -174,7 +181,12 @@ class CausalWanTransformer(WanTransformer3DModel):
         x = (self.norm_out(x.float()) * (1 + scale) + shift).type_as(x)
         flow = unpatchify(self.proj_out(x), f, gh, gw, self.config.patch_size)  # [B, C, F, H, W]
         refiner = getattr(self, "output_refiner", None)
-        return flow if refiner is None else flow + refiner(x, flow, latents, timestep, f, gh, gw)
+        if refiner is not None:
+            flow = flow + refiner(x, flow, latents, timestep, f, gh, gw)
+        if getattr(self, "predicts_sample", False):  # the output is x0: its flow (x_t - x0) / s
+            s = (timestep.to(flow.dtype) / 1000).clamp_min(SAMPLE_MIN_SIGMA)
+            flow = (latents - flow) / (s.view(b, 1, f, 1, 1) if s.ndim == 2 else s.view(b, 1, 1, 1, 1))
+        return flow
 
     def features(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                  attention: AttentionMode, layers: int) -> torch.Tensor:

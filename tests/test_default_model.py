@@ -238,15 +238,16 @@ def test_attention_probe_measures_how_sharply_each_head_attends():
     assert max(max(row["self_tokens"]) for row in sharp["levels"]["0.5"]) < n / 4
 
 
-def test_pixel_space_control_trains_the_shared_transformer_on_frames_and_resumes(tmp_path, capsys):
+def test_pixel_space_control_trains_the_shared_transformer_on_frames_and_resumes(tmp_path, capsys, monkeypatch):
     """bench/teacher_pixel_space.py: the preset's transformer reading 64x64 RGB frames in
     8x8 patches (a token covers 16x16 px of the 128x128 frame, as a latent teacher's does),
-    the evaluator's ground-truth ceiling at 64x64, and training that resumes where it stopped."""
+    the evaluator's ground-truth ceiling at 64x64, training that resumes where it stopped, and
+    the --object-scale and --prediction controls."""
     import argparse
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from teacher_pixel_space import build_pool, down, pixel_config, train, up
+    from teacher_pixel_space import build_pool, down, main, pixel_config, scale_objects, train, up
 
     from distill.data.shapes import ShapesWorld
     from distill.eval import evaluate_frames, standard_prompts, standard_scenes
@@ -269,7 +270,8 @@ def test_pixel_space_control_trains_the_shared_transformer_on_frames_and_resumes
     assert pool.shape == (3, 6, 3, 64, 64) and len(captions) == 3 and all(captions)
     again, _ = build_pool(tmp_path, 3, 0)  # cached
     assert torch.equal(pool, again)
-    args = argparse.Namespace(seed=0, scenes=3, ema_decay=0.99, lr=1e-3, warmup=1, decay_from=2, steps=2, batch=4)
+    args = argparse.Namespace(seed=0, scenes=3, ema_decay=0.99, lr=1e-3, warmup=1, decay_from=2, steps=2, batch=4,
+                              object_scale=1.0)
     first, mean, std = train(args, config, tmp_path)
     assert (tmp_path / "checkpoint-0000002.safetensors").is_file() and (std > 0).all()
     args.steps = 3
@@ -278,3 +280,22 @@ def test_pixel_space_control_trains_the_shared_transformer_on_frames_and_resumes
     assert "at step 2" in capsys.readouterr().err
     assert (tmp_path / "checkpoint-0000003.safetensors").is_file()
     assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), resumed.parameters()))
+
+    # --object-scale: the same scene drawn with wider objects, its pool cached apart
+    from distill.data import vocab
+
+    red = lambda f: int(((f[..., 0] > 180) & (f[..., 1] < 80) & (f[..., 2] < 80)).sum())  # noqa: E731
+    before, sizes = red(ShapesWorld().render(scene, 1)), dict(vocab.SIZES)
+    try:
+        scale_objects(1.6)
+        assert 2.2 < red(ShapesWorld().render(scene, 1)) / before < 2.9  # area ~1.6^2
+        big, _ = build_pool(tmp_path, 3, 0, 1.6)
+        assert (tmp_path / "pixel-pool-0-3-x1.6.npz").is_file() and not torch.equal(big, pool)
+    finally:
+        vocab.SIZES.update(sizes)
+    assert pixel_config(8, "sample").prediction == "sample"
+    for bad in (["--object-scale", "3"], ["--prediction", "eps"]):
+        with pytest.raises(SystemExit) as exit_info:
+            monkeypatch.setattr(sys, "argv", ["teacher_pixel_space.py", "--run-dir", str(tmp_path), *bad])
+            main()
+        assert exit_info.value.code == 2

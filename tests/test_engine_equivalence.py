@@ -1,5 +1,6 @@
 """Cached streaming equals uncached full forwards (CONVENTIONS: equivalences over snapshots)."""
 
+import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
@@ -213,3 +214,35 @@ def test_pooled_text_conditions_every_block_through_the_time_embedding():
     assert pooled.abs().max() > 1e-2 and plain.abs().max() < 1e-6
     cached = stream_latents(model, chunks=4)
     assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=4)).abs().max() < 1e-4
+
+
+def test_sample_prediction_turns_the_networks_clean_estimate_into_a_flow():
+    """prediction: sample. The same weights as a flow model, read as x0: denoise returns
+    (x_t - x0) / s per sample or per frame, with s clipped at SAMPLE_MIN_SIGMA (clean
+    context frames stay finite); the cache still equals recompute; a refiner is refused."""
+    from engine.transformer import SAMPLE_MIN_SIGMA, build_transformer
+
+    base = tiny_model(policy="sink_window", sink_frames=0, window_frames=64)
+    cfg = base.config.updated(prediction="sample")
+    from engine.components import build_decoder, build_text_encoder
+    from engine.model import StreamModel
+    model = StreamModel(cfg, build_transformer(cfg), build_text_encoder(cfg, None, "cpu"), build_decoder(cfg, None, "cpu"))
+    tr = model.transformer
+    tr.load_state_dict(base.transformer.state_dict())
+    x, t = torch.randn(2, 16, 4, 8, 8), torch.tensor([[500.0] * 4, [900.0, 0.0, 300.0, 20.0]])
+    ctx = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        att = tr.full_attention(4)
+        x0 = base.transformer.denoise(x, t, base.transformer.embed_text(ctx), att)  # the raw output
+        flow = tr.denoise(x, t, tr.embed_text(ctx), att)
+        s = (t / 1000).clamp_min(SAMPLE_MIN_SIGMA)[:, None, :, None, None]
+        torch.testing.assert_close(flow, (x - x0) / s)
+        assert torch.isfinite(flow).all() and (flow - x0).abs().max() > 1e-2
+        one = torch.tensor([250.0, 1000.0])  # one timestep per sample
+        torch.testing.assert_close(tr.denoise(x, one, tr.embed_text(ctx), att),
+                                   (x - base.transformer.denoise(x, one, base.transformer.embed_text(ctx), att))
+                                   / (one / 1000)[:, None, None, None, None])
+    cached = stream_latents(model, chunks=4)
+    assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=4)).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="output_refiner"):
+        base.config.updated(prediction="sample", output_refiner=8)
