@@ -8,6 +8,7 @@ parameter names, so a Wan2.1 checkpoint in diffusers format loads as is). What i
   pre-projected text context (projected once per prompt, not per chunk), any mode;
 - an optional zero-initialised `temporal_state_out` projection per block for the linear
   temporal state (Hybrid Forcing), absent from plain Wan checkpoints;
+- an optional clean-sample output (`prediction: sample`), turned into the flow in `denoise`;
 - an optional zero-initialised `pooled_text_embedder` (`text_pooling: mean`) that adds the
   prompt's mean context vector to the time embedding, so the prompt modulates every block.
 """
