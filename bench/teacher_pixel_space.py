@@ -23,7 +23,8 @@ sample` has the network output the clean frame instead of the flow (JiT's x-pred
 1.6` draws every object 1.6x as wide (vocab.SIZES scaled for the pool, the scenes scored and
 the evaluator's size judgement alike), so an object spans 2-4 tokens instead of 1.3-2.4:
 the same model and compute, with objects larger relative to its tokens.
-Resumes from --run-dir (checkpoints every 250 steps).
+Resumes from --run-dir (checkpoints every 250 steps); a run dir keeps its --patch,
+--prediction, --object-scale, --scenes and --seed (settings.json) and refuses others.
 """
 
 from __future__ import annotations
@@ -206,6 +207,13 @@ def main() -> None:
 
     run_dir = Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"patch": args.patch, "prediction": args.prediction, "object_scale": args.object_scale,
+                "scenes": args.scenes, "seed": args.seed}
+    recorded = run_dir / "settings.json"
+    if recorded.exists() and (before := json.loads(recorded.read_text())) != settings:
+        changed = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v)
+        ap.error(f"{run_dir} was trained with other settings ({changed}): resume it with its own, or use another --run-dir")
+    recorded.write_text(json.dumps(settings, indent=2))
     config = pixel_config(args.patch, args.prediction)
     start = time.time()
     model, mean, std = train(args, config, run_dir)

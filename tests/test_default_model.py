@@ -299,3 +299,11 @@ def test_pixel_space_control_trains_the_shared_transformer_on_frames_and_resumes
             monkeypatch.setattr(sys, "argv", ["teacher_pixel_space.py", "--run-dir", str(tmp_path), *bad])
             main()
         assert exit_info.value.code == 2
+    # a run dir keeps its settings: resuming it with another patch is refused before any work
+    (tmp_path / "settings.json").write_text(json.dumps({"patch": 8, "prediction": "flow", "object_scale": 1.0,
+                                                         "scenes": 6144, "seed": 0}))
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["teacher_pixel_space.py", "--run-dir", str(tmp_path), "--patch", "4"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2 and "patch 8 -> 4" in capsys.readouterr().err
