@@ -112,6 +112,14 @@ class TeacherRun:
     # still draw none; off until a run shows it pays.
     shape_labels: float = 0.0
     shape_layer: int = 0
+    # > 0: weight of a loss on the *prediction* rather than the tokens: a small frozen CNN (the
+    # shape critic, trained first on the pool's clean latents against the same per-token shape
+    # maps, cached in the run dir) reads the clean estimate x_t - s v of each sample with
+    # s <= shape_critic_sigma and must find the true shape in the object's tokens. The flow
+    # loss barely pays for an outline (a blob in the right place fits about as well); this
+    # term pays for drawing it, with gradients through the transformer's output.
+    shape_critic: float = 0.0
+    shape_critic_sigma: float = 0.85
     autocast: bool = False  # bf16 autocast for the forwards (distill.common.autocast)
     ema_decay: float = 0.99
     log_every: int = 10
@@ -182,6 +190,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     shapes = ShapeLabels(run, model, data, run_dir, progress) if run.shape_labels > 0 else None
     if shapes is not None:
         modules["shape_head"], optimizers["shape_head"] = shapes.head, shapes.opt
+    critic = ShapeCritic(run, data, run_dir, progress) if run.shape_critic > 0 else None
+    labelled = shapes or critic  # both read the pool's per-token shape maps
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir)
 
@@ -193,16 +203,16 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
 
     # --- loop: sample, loss, step, EMA, log, checkpoint ---------------------------------
     bar = tqdm(total=run.steps, initial=step, desc="teacher", unit="step", dynamic_ncols=True, disable=not progress)
-    start, losses, all_losses, negatives, shape_losses = time.time(), [], [], [], []
+    start, losses, all_losses, negatives, shape_losses, critic_losses = time.time(), [], [], [], [], []
     while step < run.steps:
         gen = step_generator(run.seed, step)
         parts = []  # (x0, texts, attention, shape maps or None): the step's clips, then its single frames
         if run.batch_size:
-            parts.append((*data.batch(step), attention, shapes.clip_maps(step) if shapes else None))  # [B, C, F, h, w]
+            parts.append((*data.batch(step), attention, labelled.clip_maps(step) if labelled else None))  # [B, C, F, h, w]
         if run.image_batch:
             parts.append((*data.single_frames(step, run.image_batch), frame_attention,
-                          shapes.frame_maps(step) if shapes else None))  # [B', C, 1, h, w]
-        flow, weight, hinge, shape_loss = 0.0, 0, None, 0.0
+                          labelled.frame_maps(step) if labelled else None))  # [B', C, 1, h, w]
+        flow, weight, hinge, shape_loss, critic_loss = 0.0, 0, None, 0.0, 0.0
         for x0, texts, attn, maps in parts:
             feats = captions(texts)
             drop = torch.rand(len(texts), generator=gen) < run.caption_dropout
@@ -222,6 +232,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
             weight += frames
             if shapes is not None:
                 shape_loss = shape_loss + shapes.loss(maps) * frames
+            if critic is not None:
+                critic_loss = critic_loss + critic.loss(xt, v, sigma, maps) * frames
             if run.negative_captions > 0 and attn is attention:
                 negative = hard_negative_term(model, captions, texts, drop, xt, sigma, x0, noise, v, attention, run,
                                               step)
@@ -234,6 +246,10 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
             shape_loss = shape_loss / weight
             loss = loss + run.shape_labels * shape_loss
             shape_losses.append(shape_loss.item())
+        if critic is not None:
+            critic_loss = critic_loss / weight
+            loss = loss + run.shape_critic * critic_loss
+            critic_losses.append(float(critic_loss.detach()))
 
         for group in opt.param_groups:
             group["lr"] = lr_at(run, step)
@@ -257,9 +273,11 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
                 logged["loss/negative"] = sum(negatives) / len(negatives)
             if shape_losses:
                 logged["loss/shapes"] = sum(shape_losses) / len(shape_losses)
+            if critic_losses:
+                logged["loss/shape_critic"] = sum(critic_losses) / len(critic_losses)
             metrics.log(step, logged)
             bar.set_postfix(loss=f"{mean:.4f}")
-            losses, negatives, shape_losses = [], [], []
+            losses, negatives, shape_losses, critic_losses = [], [], [], []
         bar.update(1)
         if step % run.ckpt_every == 0 or step == run.steps:
             ckpt.save(step, modules, optimizers)
@@ -277,30 +295,16 @@ def shape_layer(asked: int, layers: int) -> int:
     return asked or layers // 2
 
 
-class ShapeLabels:
-    """The `shape_labels` term: the pool's per-token shape maps, a linear head reading the
-    tokens after block `shape_layer` (a forward hook, so the engine's forward is untouched),
-    and its own optimizer. Training-only; the exported model has no head."""
+class PoolShapeMaps:
+    """The pool's per-token shape maps (`ShapesLatents.pool_shape_maps`, tokens of the model's
+    patch) and the rows of them a training step's clips and single frames take."""
 
-    def __init__(self, run: TeacherRun, model: CausalWanTransformer, data, run_dir: Path, progress: bool):
+    def __init__(self, run: TeacherRun, data, run_dir: Path, progress: bool, term: str):
         if not isinstance(data, ShapesLatents) or data.pool is None:
-            raise ValueError("shape_labels needs the Shapes world's scenes and a clip pool (data unset, pool_size > 0)")
+            raise ValueError(f"{term} needs the Shapes world's scenes and a clip pool (data unset, pool_size > 0)")
         self.data, self.run = data, run
-        layers = len(model.blocks)
-        layer = shape_layer(run.shape_layer, layers)
-        if not 1 <= layer <= layers:
-            raise ValueError(f"shape_layer {layer} is not a block of this {layers}-block model")
         token = run.model.latent.spatial_compression * run.model.transformer.patch_size[1]
         self.maps = data.pool_shape_maps(token, run_dir, progress)  # [N, F, K, h, w]
-        dim = run.model.transformer.num_attention_heads * run.model.transformer.attention_head_dim
-        torch.manual_seed(run.seed + 1)
-        self.head = torch.nn.Linear(dim, self.maps.shape[2])
-        self.opt = torch.optim.AdamW(self.head.parameters(), lr=run.lr, weight_decay=run.weight_decay)
-        self.tokens: torch.Tensor | None = None
-        model.blocks[layer - 1].register_forward_hook(self._keep)
-
-    def _keep(self, module, inputs, output) -> None:
-        self.tokens = output
 
     def clip_maps(self, step: int) -> torch.Tensor:
         """The maps of the clips `data.batch(step)` gives: [B, F, K, h, w]."""
@@ -311,12 +315,115 @@ class ShapeLabels:
         index, frame, _ = self.data.single_frames_draw(step, self.run.image_batch)
         return self.maps[torch.from_numpy(index), torch.from_numpy(frame)].unsqueeze(1)
 
+
+class ShapeLabels(PoolShapeMaps):
+    """The `shape_labels` term: the pool's per-token shape maps, a linear head reading the
+    tokens after block `shape_layer` (a forward hook, so the engine's forward is untouched),
+    and its own optimizer. Training-only; the exported model has no head."""
+
+    def __init__(self, run: TeacherRun, model: CausalWanTransformer, data, run_dir: Path, progress: bool):
+        layers = len(model.blocks)
+        layer = shape_layer(run.shape_layer, layers)
+        if not 1 <= layer <= layers:
+            raise ValueError(f"shape_layer {layer} is not a block of this {layers}-block model")
+        super().__init__(run, data, run_dir, progress, "shape_labels")
+        dim = run.model.transformer.num_attention_heads * run.model.transformer.attention_head_dim
+        torch.manual_seed(run.seed + 1)
+        self.head = torch.nn.Linear(dim, self.maps.shape[2])
+        self.opt = torch.optim.AdamW(self.head.parameters(), lr=run.lr, weight_decay=run.weight_decay)
+        self.tokens: torch.Tensor | None = None
+        model.blocks[layer - 1].register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self.tokens = output
+
     def loss(self, maps: torch.Tensor) -> torch.Tensor:
         """Soft cross-entropy of the head on the tokens the last forward kept, against `maps`
         [B, F, K, h, w] (tokens in the transformer's order: frame, row, column)."""
         logits = self.head(self.tokens.float())  # [B, N, K]
         target = maps.permute(0, 1, 3, 4, 2).reshape(logits.shape)
         return -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
+
+
+class ShapeCritic(PoolShapeMaps):
+    """The `shape_critic` term. A small CNN over a latent frame says which shape (or the
+    background) each token shows, as `ShapeLabels`' maps give it; it is trained first on the
+    pool's clean latents (lightly noised, so that a nearly clean estimate reads the same),
+    checked on pool frames it did not train on, cached in the run dir, and then frozen: during
+    the teacher's training only the transformer's clean estimate x_t - s v learns from it."""
+
+    steps, batch, channels = 2000, 128, 64
+
+    def __init__(self, run: TeacherRun, data, run_dir: Path, progress: bool):
+        from safetensors.torch import load_file, save_file
+
+        super().__init__(run, data, run_dir, progress, "shape_critic")
+        stride = run.model.transformer.patch_size[1]  # latent cells a token spans: the critic answers per token
+        token = run.model.latent.spatial_compression * stride
+        k, c = self.maps.shape[2], data.pool.shape[1]
+        torch.manual_seed(run.seed + 2)
+        layers = [torch.nn.Conv2d(c, self.channels, 3, padding=1), torch.nn.SiLU(),
+                  torch.nn.Conv2d(self.channels, self.channels, 3, padding=1), torch.nn.SiLU(),
+                  torch.nn.Conv2d(self.channels, self.channels, 3, padding=1, stride=stride), torch.nn.SiLU(),
+                  torch.nn.Conv2d(self.channels, self.channels, 3, padding=1), torch.nn.SiLU(),
+                  torch.nn.Conv2d(self.channels, k, 1)]
+        self.net = torch.nn.Sequential(*layers)
+        file = run_dir / f"shape-critic-{run.seed}-{len(self.maps)}-{token}px.safetensors"
+        if file.is_file():
+            self.net.load_state_dict(load_file(file))
+        else:
+            self._train(progress)
+            save_file(self.net.state_dict(), file)
+        self.net.requires_grad_(False).eval()
+        print(f"shape critic: names the shape of {self.accuracy():.3f} of held-out object tokens", file=sys.stderr)
+
+    def _split(self) -> int:
+        return len(self.maps) - max(1, len(self.maps) // 16)  # the last 16th of the pool is held out
+
+    def _frames(self, rng: np.random.Generator, low: int, high: int, count: int):
+        index, frame = rng.integers(low, high, size=count), rng.integers(self.maps.shape[1], size=count)
+        i, f = torch.from_numpy(index), torch.from_numpy(frame)
+        return self.data.pool[i, :, f].float(), self.maps[i, f]  # [n, C, h, w], [n, K, h', w']
+
+    def _train(self, progress: bool) -> None:
+        opt = torch.optim.AdamW(self.net.parameters(), lr=2e-3, weight_decay=0.01)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=self.steps, pct_start=0.1)
+        rng, gen = np.random.default_rng([self.run.seed, 5]), torch.Generator().manual_seed(self.run.seed + 5)
+        for _ in tqdm(range(self.steps), desc="shape critic", unit="step", disable=not progress, dynamic_ncols=True):
+            x, maps = self._frames(rng, 0, self._split(), self.batch)
+            s = 0.2 * torch.rand(len(x), 1, 1, 1, generator=gen)
+            x = (1 - s) * x + s * torch.randn(x.shape, generator=gen)
+            ce = self._ce(self.net(x), maps)
+            loss = ce.mean() + ce[maps[:, 0] < 0.5].mean()  # the object tokens count again: most are background
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+
+    @torch.no_grad()
+    def accuracy(self) -> float:
+        x, maps = self._frames(np.random.default_rng([self.run.seed, 6]), self._split(), len(self.maps), 512)
+        pred, target = self.net(x).argmax(1), maps.argmax(1)
+        objects = maps[:, 0] < 0.5
+        return float((pred == target)[objects].float().mean())
+
+    @staticmethod
+    def _ce(logits: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        return -(maps * torch.log_softmax(logits.float(), 1)).sum(1)  # [n, h', w']
+
+    def loss(self, xt: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """Soft cross-entropy of the critic on the clean estimates of the samples with s <=
+        shape_critic_sigma, over their tokens that are mostly object (0 when there are none)."""
+        keep = sigma <= self.run.shape_critic_sigma
+        if not bool(keep.any()):
+            return v.sum() * 0
+        s = sigma[keep].view(-1, 1, 1, 1, 1)
+        x0 = xt[keep].float() - s * v[keep].float()  # [b, C, F, h, w]
+        frames = x0.transpose(1, 2).flatten(0, 1)  # [b*F, C, h, w]
+        target = maps[keep].flatten(0, 1)  # [b*F, K, h', w']
+        ce = self._ce(self.net(frames), target)
+        objects = target[:, 0] < 0.5
+        return ce[objects].mean() if bool(objects.any()) else ce.sum() * 0
 
 
 def hard_negative_term(model, captions: CaptionCache, texts: list[str], dropped: torch.Tensor, xt: torch.Tensor,

@@ -231,6 +231,10 @@ def _check_inputs(stage: str, run) -> None:
     if stage == "teacher" and run.shape_labels and (run.shape_labels < 0 or run.data is not None or run.pool_size <= 0):
         raise CommandError("shape_labels (a weight >= 0) learns from the Shapes world's scenes: it needs the "
                            "Shapes world (no --data) and a clip pool (pool_size > 0)")
+    if stage == "teacher" and run.shape_critic and (run.shape_critic < 0 or run.data is not None or run.pool_size <= 0
+                                                   or not 0 < run.shape_critic_sigma <= 1):
+        raise CommandError("shape_critic (a weight >= 0) learns from the Shapes world's scenes: it needs the "
+                           "Shapes world (no --data), a clip pool (pool_size > 0) and shape_critic_sigma in (0, 1]")
     if stage == "teacher" and not 0 <= run.shape_layer <= run.model.transformer.num_layers:
         raise CommandError(f"shape_layer {run.shape_layer} is not a block of this "
                            f"{run.model.transformer.num_layers}-block model (0: half the blocks)")

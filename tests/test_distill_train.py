@@ -233,6 +233,10 @@ def test_teacher_command_refuses_single_frames_without_a_pool(tiny_autoencoder, 
     assert "shape_labels" in capsys.readouterr().err
     assert cli_main([*base, "--set", "shape_labels=1", "--set", "pool_size=4", "--set", "shape_layer=99"]) == 2
     assert "shape_layer" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "shape_critic=0.1"]) == 2  # no pool
+    assert "shape_critic" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "shape_critic=0.1", "--set", "pool_size=4", "--set", "shape_critic_sigma=0"]) == 2
+    assert "shape_critic" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -662,6 +666,42 @@ def test_teacher_learns_shape_maps_and_adds_the_head_to_a_resumed_run(tiny_autoe
     ckpt = load_file(sorted(tmp_path.glob("checkpoint-*.safetensors"))[-1])
     assert any(k.startswith("shape_head.") for k in ckpt)  # but kept for resuming
 
+
+
+def test_shape_critic_is_trained_once_and_then_only_the_transformers_clean_estimate_learns(
+        tiny_autoencoder, tmp_path, monkeypatch):
+    """shape_critic: a resumed run trains the critic first (cached beside the pool), logs its
+    term, and its gradient reaches only the samples at or below shape_critic_sigma, through
+    x_t - s v; the critic itself stays frozen and is not exported."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setattr(teacher_mod.ShapeCritic, "steps", 30)
+    base = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, batch_size=2,
+                   image_batch=3, pool_size=4, log_every=5, ckpt_every=10)
+    teacher_mod.train_teacher(base, tmp_path, progress=False)
+    run = replace(base, steps=30, shape_critic=1.0, shape_critic_sigma=0.9, log_every=10)
+    teacher_mod.train_teacher(run, tmp_path, progress=False)
+    logged = [m for m in metrics(tmp_path) if "loss/shape_critic" in m]
+    assert [m["step"] for m in logged] == [20, 30] and all(np.isfinite(m["loss/shape_critic"]) for m in logged)
+    cached = list(tmp_path.glob("shape-critic-*.safetensors"))
+    assert len(cached) == 1
+    weights = load_file(next((tmp_path / "model").glob("*.safetensors")))
+    assert not any("critic" in k for k in weights)
+
+    lat = run.model.latent
+    data = teacher_mod.ShapesLatents(teacher_mod.load_autoencoder(tiny_autoencoder), run.latent_frames, 2, run.seed,
+                                     lat.height, lat.width, int(lat.fps), pool_size=4, cache_dir=tmp_path, progress=False)
+    critic = teacher_mod.ShapeCritic(run, data, tmp_path, progress=False)  # loads the cached one
+    before = [p.clone() for p in critic.net.parameters()]
+    maps = critic.clip_maps(0)  # [2, F, K, h, w]
+    maps = torch.zeros_like(maps)
+    maps[:, :, 1] = 1  # every token a circle: object tokens everywhere, so every kept sample counts
+    x0 = data.batch(0)[0]
+    xt, v = torch.randn_like(x0), torch.randn_like(x0, requires_grad=True)
+    critic.loss(xt, v, torch.tensor([0.5, 0.95]), maps).backward()
+    assert v.grad[0].abs().sum() > 0 and v.grad[1].abs().sum() == 0  # s = 0.95 is above the limit
+    assert all(torch.equal(a, b) for a, b in zip(before, critic.net.parameters()))
+    assert all(p.grad is None for p in critic.net.parameters())
 
 
 def test_teacher_gains_an_output_refiner_when_resumed_and_the_student_keeps_it(tiny_autoencoder, tmp_path):
