@@ -48,6 +48,11 @@ from .validation import check_model, check_output, check_prompt, check_seconds
 
 log = logging.getLogger("framecast.server")
 
+# How long closing waits for the engine to let go of a stream, so that its slot is free by the
+# time the client reads session.done (a client that reconnects at once is not refused); past
+# it, the slot is freed when the engine's thread gets to it.
+CLOSE_WAIT_S = 2.0
+
 
 @dataclass
 class ChunkOut:
@@ -150,6 +155,7 @@ class LiveStream:
             if self._ticket is not None:
                 ticket, admission = self._ticket, self.state.admission
                 closing.add_done_callback(lambda _: admission.release(ticket))
+            await asyncio.wait([asyncio.wrap_future(closing)], timeout=CLOSE_WAIT_S)  # released by then
         elif self._ticket is not None:
             self.state.admission.release(self._ticket)
 

@@ -100,6 +100,31 @@ def test_server_still_streams_after_bad_clients(server):
     assert server.state.admission.in_use == 0
 
 
+def test_the_slot_is_free_by_the_time_the_client_reads_session_done(server, monkeypatch):
+    """The engine lets go of a stream on a worker thread; the goodbye waits for it, so that a
+    client that reconnects at once finds its slot free. Here the engine takes 0.3 s to let go."""
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    real = server.state.streams.close
+
+    def slow_close(handle) -> Future:
+        done: Future = Future()
+
+        def later() -> None:
+            time.sleep(0.3)
+            real(handle).add_done_callback(lambda _: done.set_result(None))
+
+        threading.Thread(target=later, daemon=True).start()
+        return done
+
+    monkeypatch.setattr(server.state.streams, "close", slow_close)
+    got = run(one_session(server.ws_url, START))
+    assert got.of_type("session.done")[0]["frames"] == 8
+    assert server.state.admission.in_use == 0
+
+
 # --- capacity and keys ---------------------------------------------------------------------
 
 async def _second_while_first_runs(url: str, headers=None, second_url: str | None = None):
