@@ -667,7 +667,6 @@ def test_teacher_learns_shape_maps_and_adds_the_head_to_a_resumed_run(tiny_autoe
     assert any(k.startswith("shape_head.") for k in ckpt)  # but kept for resuming
 
 
-
 def test_shape_critic_is_trained_once_and_then_only_the_transformers_clean_estimate_learns(
         tiny_autoencoder, tmp_path, monkeypatch):
     """shape_critic: a resumed run trains the critic first (cached beside the pool), logs its
@@ -692,16 +691,13 @@ def test_shape_critic_is_trained_once_and_then_only_the_transformers_clean_estim
     data = teacher_mod.ShapesLatents(teacher_mod.load_autoencoder(tiny_autoencoder), run.latent_frames, 2, run.seed,
                                      lat.height, lat.width, int(lat.fps), pool_size=4, cache_dir=tmp_path, progress=False)
     critic = teacher_mod.ShapeCritic(run, data, tmp_path, progress=False)  # loads the cached one
-    before = [p.clone() for p in critic.net.parameters()]
-    maps = critic.clip_maps(0)  # [2, F, K, h, w]
-    maps = torch.zeros_like(maps)
+    maps = torch.zeros_like(critic.clip_maps(0))  # [2, F, K, h, w]
     maps[:, :, 1] = 1  # every token a circle: object tokens everywhere, so every kept sample counts
     x0 = data.batch(0)[0]
     xt, v = torch.randn_like(x0), torch.randn_like(x0, requires_grad=True)
     critic.loss(xt, v, torch.tensor([0.5, 0.95]), maps).backward()
     assert v.grad[0].abs().sum() > 0 and v.grad[1].abs().sum() == 0  # s = 0.95 is above the limit
-    assert all(torch.equal(a, b) for a, b in zip(before, critic.net.parameters()))
-    assert all(p.grad is None for p in critic.net.parameters())
+    assert all(p.grad is None for p in critic.net.parameters())  # frozen: only the estimate learns
 
 
 def test_teacher_gains_an_output_refiner_when_resumed_and_the_student_keeps_it(tiny_autoencoder, tmp_path):
