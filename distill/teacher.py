@@ -315,6 +315,11 @@ class PoolShapeMaps:
         index, frame, _ = self.data.single_frames_draw(step, self.run.image_batch)
         return self.maps[torch.from_numpy(index), torch.from_numpy(frame)].unsqueeze(1)
 
+    @staticmethod
+    def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, dim: int) -> torch.Tensor:
+        """Cross-entropy against the maps' shares (not one label), per token: `dim` is the classes'."""
+        return -(target * torch.log_softmax(logits.float(), dim)).sum(dim)
+
 
 class ShapeLabels(PoolShapeMaps):
     """The `shape_labels` term: the pool's per-token shape maps, a linear head reading the
@@ -342,7 +347,7 @@ class ShapeLabels(PoolShapeMaps):
         [B, F, K, h, w] (tokens in the transformer's order: frame, row, column)."""
         logits = self.head(self.tokens.float())  # [B, N, K]
         target = maps.permute(0, 1, 3, 4, 2).reshape(logits.shape)
-        return -(target * torch.log_softmax(logits, -1)).sum(-1).mean()
+        return self.soft_cross_entropy(logits, target, -1).mean()
 
 
 class ShapeCritic(PoolShapeMaps):
@@ -393,7 +398,7 @@ class ShapeCritic(PoolShapeMaps):
             x, maps = self._frames(rng, 0, self._split(), self.batch)
             s = 0.2 * torch.rand(len(x), 1, 1, 1, generator=gen)
             x = (1 - s) * x + s * torch.randn(x.shape, generator=gen)
-            ce = self._ce(self.net(x), maps)
+            ce = self.soft_cross_entropy(self.net(x), maps, 1)  # [n, h', w']
             loss = ce.mean() + ce[maps[:, 0] < 0.5].mean()  # the object tokens count again: most are background
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -407,10 +412,6 @@ class ShapeCritic(PoolShapeMaps):
         objects = maps[:, 0] < 0.5
         return float((pred == target)[objects].float().mean())
 
-    @staticmethod
-    def _ce(logits: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        return -(maps * torch.log_softmax(logits.float(), 1)).sum(1)  # [n, h', w']
-
     def loss(self, xt: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """Soft cross-entropy of the critic on the clean estimates of the samples with s <=
         shape_critic_sigma, over their tokens that are mostly object (0 when there are none)."""
@@ -421,7 +422,7 @@ class ShapeCritic(PoolShapeMaps):
         x0 = xt[keep].float() - s * v[keep].float()  # [b, C, F, h, w]
         frames = x0.transpose(1, 2).flatten(0, 1)  # [b*F, C, h, w]
         target = maps[keep].flatten(0, 1)  # [b*F, K, h', w']
-        ce = self._ce(self.net(frames), target)
+        ce = self.soft_cross_entropy(self.net(frames), target, 1)
         objects = target[:, 0] < 0.5
         return ce[objects].mean() if bool(objects.any()) else ce.sum() * 0
 
