@@ -188,7 +188,7 @@ def check_fits_teacher(model: ModelConfig, teacher: ModelConfig, run: "StudentRu
     student starts from the teacher's weights), and clips must be whole chunks."""
     def reading(config: ModelConfig) -> tuple:  # how the weights read latents, text and positions
         return (config.latent, config.text_encoder.dim, config.transformer.in_channels, config.text_pooling,
-                config.output_refiner,
+                config.output_refiner, config.absolute_positions,
                 *(getattr(config.attention, f) for f in TEACHER_ATTENTION_FIELDS))
 
     if reading(model) != reading(teacher):

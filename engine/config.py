@@ -182,6 +182,13 @@ class ModelConfig(FrozenConfig):
     # across token borders (U-ViT ends in a 3x3 convolution for the same reason). 0: none.
     # Measured on a Shapes teacher: 4-5 % lower flow loss, no shapes (docs/default-model.md).
     output_refiner: int = Field(0, ge=0)
+    # True: a learned embedding of each token's place in the latent frame (`spatial_position`,
+    # [tokens a frame, D], zero-initialised, absent from Wan checkpoints) is added to the patch
+    # tokens of every frame, as DiT adds its 2D table. With rotary positions alone attention
+    # sees only offsets between tokens, so a model must infer where the frame's middle or edge
+    # is; a small one does not, and cannot put an object where its prompt (or a canonical
+    # layout) says. The same table for every frame: streaming and the cache are unchanged.
+    absolute_positions: bool = False
     # What the network's output is. "flow": the flow v = noise - x0 itself (Wan). "sample": the
     # clean sample x0, turned into the flow v = (x_t - x0) / s inside `denoise` (s clipped at
     # SAMPLE_MIN_SIGMA), so samplers, losses and students see a flow either way. Predicting the

@@ -108,6 +108,8 @@ class CausalWanTransformer(WanTransformer3DModel):
             nn.init.zeros_(mlp[2].weight)  # a no-op until trained: a model without it is the start
             nn.init.zeros_(mlp[2].bias)
             self.pooled_text_embedder = mlp.to(self.device, self.dtype)
+        if config.absolute_positions and getattr(self, "spatial_position", None) is None:
+            self.spatial_position = SpatialPosition(grid_h * grid_w, t.inner_dim).to(self.device, self.dtype)
         if config.output_refiner > 0 and getattr(self, "output_refiner", None) is None:
             self.output_refiner = OutputRefiner(t.inner_dim, t.out_channels, t.patch_size,
                                                 config.output_refiner).to(self.device, self.dtype)
@@ -207,7 +209,11 @@ class CausalWanTransformer(WanTransformer3DModel):
                                 f"{self.config.in_channels}, patch {self.config.patch_size}")
         gh, gw = h // p_h, w // p_w
         temb, proj = self._time_embedding(timestep, gh * gw, context)
-        return self.embed_patches(latents), temb, proj, (gh, gw)
+        tokens = self.embed_patches(latents)
+        place = getattr(self, "spatial_position", None)
+        if place is not None:  # the same table for every frame
+            tokens = place(tokens, gh * gw)
+        return tokens, temb, proj, (gh, gw)
 
 
 def unpatchify(x: torch.Tensor, f: int, gh: int, gw: int, patch: tuple[int, int, int]) -> torch.Tensor:
@@ -215,6 +221,24 @@ def unpatchify(x: torch.Tensor, f: int, gh: int, gw: int, patch: tuple[int, int,
     p_t, p_h, p_w = patch
     x = x.reshape(x.shape[0], f // p_t, gh, gw, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
     return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+class SpatialPosition(nn.Module):
+    """`absolute_positions` (engine/config.py): a learned table [tokens a frame, D], zero at the
+    start, added to the patch tokens of every latent frame. A module of its own (registered
+    after the blocks) so that a resumed run can gain it."""
+
+    def __init__(self, tokens: int, dim: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(tokens, dim))
+
+    def forward(self, tokens: torch.Tensor, per_frame: int) -> torch.Tensor:
+        """tokens [B, F * per_frame, D] -> the same plus the table, frame by frame."""
+        if self.table.shape[0] != per_frame:
+            raise ShapeMismatch(f"frames of {per_frame} tokens, but this model's position table is for "
+                                f"{self.table.shape[0]}")
+        b, n, d = tokens.shape
+        return (tokens.view(b, n // per_frame, per_frame, d) + self.table.to(tokens.dtype)).view(b, n, d)
 
 
 class OutputRefiner(nn.Module):

@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
+from engine.errors import ShapeMismatch
 from engine.reference import generate_recompute
 from tests.engine_helpers import ExplicitWindowAttention, tiny_model
 
@@ -179,6 +180,37 @@ def test_output_refiner_starts_as_a_no_op_and_keeps_frames_apart():
         a = tr.output_refiner(tokens, flow, x, t, 4, 4, 4)
         b = tr.output_refiner(tokens, other, x, t, 4, 4, 4)
         assert (a[:, :, 0] - b[:, :, 0]).abs().max() > 1e-3 and (a[:, :, 1:] - b[:, :, 1:]).abs().max() == 0
+    cached = stream_latents(model, chunks=4)
+    assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=4)).abs().max() < 1e-4
+
+
+def test_absolute_positions_start_as_a_no_op_and_tell_places_apart():
+    """absolute_positions: zero-initialised, the table leaves the forward exactly as it was;
+    trained (made non-zero), it changes what each place of a frame gives, the same way in every
+    frame; the cache still equals recompute."""
+    base = tiny_model(policy="sink_window", sink_frames=0, window_frames=64)
+    cfg = base.config.updated(absolute_positions=True)
+    from engine.components import build_decoder, build_text_encoder
+    from engine.model import StreamModel
+    from engine.transformer import build_transformer
+    model = StreamModel(cfg, build_transformer(cfg), build_text_encoder(cfg, None, "cpu"), build_decoder(cfg, None, "cpu"))
+    tr = model.transformer
+    missing = tr.load_state_dict(base.transformer.state_dict(), strict=False).missing_keys
+    assert missing == ["spatial_position.table"]
+    flat = torch.zeros(1, 16, 3, 8, 8)  # three identical frames
+    t, ctx = torch.tensor([500.0]), torch.randn(1, 5, 32)
+    with torch.no_grad():
+        att = tr.full_attention(3)
+        plain = base.transformer.denoise(flat, t, base.transformer.embed_text(ctx), att)
+        torch.testing.assert_close(tr.denoise(flat, t, tr.embed_text(ctx), att), plain)
+        torch.nn.init.normal_(tr.spatial_position.table, std=0.5)
+        placed = tr.denoise(flat, t, tr.embed_text(ctx), att)
+        assert (placed - plain).abs().max() > 1e-2
+        tokens = torch.randn(2, 3 * 16, tr.spatial_position.table.shape[1])
+        added = (tr.spatial_position(tokens, 16) - tokens).view(2, 3, 16, -1)  # the same table in every frame
+        torch.testing.assert_close(added, tr.spatial_position.table.expand(2, 3, -1, -1))
+        with pytest.raises(ShapeMismatch, match="position table"):
+            tr.denoise(torch.zeros(1, 16, 1, 8, 16), t, tr.embed_text(ctx), tr.full_attention(1))
     cached = stream_latents(model, chunks=4)
     assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=4)).abs().max() < 1e-4
 
