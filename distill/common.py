@@ -344,11 +344,15 @@ class ShapesLatents(ClipLatents):
 
     def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, height: int = 128,
                  width: int = 128, fps: int = 16, max_start_frame: int = 480, pool_size: int = 0,
-                 cache_dir: str | Path | None = None, progress: bool = True):
+                 cache_dir: str | Path | None = None, progress: bool = True, layout: str = "random"):
+        from distill.data.scene import SceneSampling
         from distill.data.shapes import ShapesConfig, ShapesWorld
 
-        self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps))
+        self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps,
+                                              sampling=SceneSampling(layout=layout)))
         self.max_start = max_start_frame
+        if (layout, max_start_frame) != ("random", 480):  # another pool than the default's: another file
+            self.pool_name = f"latent-pool-{layout}-start{max_start_frame}"
         super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress)
 
     def clips(self, step: int, stream: tuple[int, ...] = ()):
@@ -372,7 +376,8 @@ class ShapesLatents(ClipLatents):
         if self.pool is None:
             raise ValueError("shape maps are made for the clip pool: set pool_size > 0")
         size, c = len(self.pool), self.world.config
-        file = Path(cache_dir) / f"shape-maps-{self.seed}-{size}x{self.frames}-{token}px.safetensors" if cache_dir else None
+        tag = self.pool_name.removeprefix("latent-pool")
+        file = Path(cache_dir) / f"shape-maps{tag}-{self.seed}-{size}x{self.frames}-{token}px.safetensors" if cache_dir else None
         if file is not None and file.is_file():
             return load_file(file)["maps"]
         per_latent = self.frames // self.pool.shape[2]

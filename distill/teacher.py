@@ -78,6 +78,13 @@ class TeacherRun:
     # Clips rendered and encoded once, then drawn with random paraphrases (0: new clips
     # every step). Cached in the run dir, so a resumed run does not encode them again.
     pool_size: int = 0
+    # The Shapes world's clips: windows starting at a random frame up to `max_start_frame` of
+    # each scene's stream, its objects placed by `layout` (distill.data.scene.SceneSampling:
+    # "random", or "canonical", where the i-th object the caption names starts in a fixed
+    # place). "canonical" with max_start_frame 0 makes where each object is, and so its
+    # outline at every noise level, follow from the prompt.
+    layout: str = "random"
+    max_start_frame: int = 480
     steps: int = 600
     lr: float = 1e-3
     warmup: int = 50
@@ -178,7 +185,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     clip_batch = run.batch_size or 16  # a frames-only run still encodes its pool 16 clips at a time
     if run.data is None:
         data = ShapesLatents(autoencoder, run.latent_frames, clip_batch, run.seed, lat.height, lat.width,
-                             int(lat.fps), pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
+                             int(lat.fps), max_start_frame=run.max_start_frame, pool_size=run.pool_size,
+                             cache_dir=run_dir, progress=progress, layout=run.layout)
     else:
         data = VideoFolderLatents(autoencoder, run.data, run.latent_frames, clip_batch, run.seed, lat.height,
                                   lat.width, lat.fps, pool_size=run.pool_size, cache_dir=run_dir, progress=progress)
@@ -198,7 +206,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     # --- resume ------------------------------------------------------------------------
     step = 0
     if (latest := ckpt.latest()) is not None:
-        step, _ = ckpt.load(latest, modules, optimizers, optional=("shape_head", "output_refiner"))
+        step, _ = ckpt.load(latest, modules, optimizers, optional=("shape_head", "output_refiner", "spatial_position"))
         print(f"resumed from {latest} at step {step}", file=sys.stderr)
 
     # --- loop: sample, loss, step, EMA, log, checkpoint ---------------------------------
@@ -528,7 +536,10 @@ class TeacherGenerator:
         self.text_encoder = build_text_encoder(self.config, model_dir, "cpu")
         self.autoencoder = load_autoencoder(model_dir)
         self.steps, self.guidance = steps, guidance
-        self.latent_frames = int(self.config.provenance.get("run", {}).get("latent_frames", 6))
+        run = self.config.provenance.get("run", {})
+        # the clip length it trained on: a frames-only teacher (batch_size 0) never saw a clip
+        # longer than one latent frame, so it is sampled at the length asked for
+        self.latent_frames = int(run.get("latent_frames", 6)) if run.get("batch_size", 1) else 1
         self.fps = self.config.latent.fps
 
     @torch.no_grad()

@@ -54,6 +54,26 @@ def test_teacher_loss_decreases_and_model_exports(tiny_teacher):
     assert (tiny_teacher / "autoencoder.safetensors").is_file()
 
 
+def test_a_frames_only_teacher_is_sampled_at_the_length_asked_for(tiny_teacher, tmp_path):
+    """A teacher trained on single frames (batch_size 0) never attended across frames, so the
+    evaluator samples it one latent frame for a clip of one; a clip teacher is sampled at its
+    training length (and cut)."""
+    import shutil
+
+    frames_only = tmp_path / "frames-only"
+    shutil.copytree(tiny_teacher, frames_only)
+    cfg = json.loads((frames_only / "model.json").read_text())
+    cfg["provenance"]["run"]["batch_size"] = 0
+    (frames_only / "model.json").write_text(json.dumps(cfg))
+    for model_dir, want in ((tiny_teacher, cfg["provenance"]["run"]["latent_frames"]), (frames_only, 1)):
+        gen = teacher_mod.TeacherGenerator(model_dir, steps=2)
+        seen = []
+        denoise = gen.transformer.denoise
+        gen.transformer.denoise = lambda x, t, *rest: seen.append(x.shape[2]) or denoise(x, t, *rest)
+        video = gen.generate("a red circle", seconds=4 / gen.fps, seed=0)
+        assert video.shape[0] == 4 and set(seen) == {want}, (model_dir, seen)
+
+
 def test_teacher_sampling_can_start_from_a_noised_clip(tiny_teacher):
     """SDEdit (bench/teacher_noise_levels.py): from s = 1 it is plain sampling from that noise;
     from a low level only the schedule's levels at or below it run."""
@@ -136,6 +156,30 @@ def test_latent_pool_is_encoded_once_and_reused(tiny_autoencoder, tmp_path):
     torch.testing.assert_close(pooled.pool[:3], fresh.encode(fresh.clips(0, stream=(2,))), atol=1e-5, rtol=1e-4)
     x2, captions2 = again.batch(7)  # deterministic per step: a resumed run sees the same data
     assert torch.equal(x, x2) and captions == captions2
+
+
+def test_a_canonical_pool_holds_scene_starts_in_their_slots_and_a_file_of_its_own(tiny_autoencoder, tmp_path):
+    from distill.common import ShapesLatents
+    from distill.data.scene import CANONICAL_SLOTS, SceneSampling
+    from distill.data.shapes import ShapesConfig, ShapesWorld
+
+    ae = teacher_mod.load_autoencoder(tiny_autoencoder)
+    ShapesLatents(ae, 2, 3, seed=0, height=32, width=32, pool_size=3, cache_dir=tmp_path, progress=False)
+    canonical = ShapesLatents(ae, 2, 3, seed=0, height=32, width=32, pool_size=3, cache_dir=tmp_path,
+                              progress=False, layout="canonical", max_start_frame=0)
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+        "latent-pool-0-3x8.safetensors", "latent-pool-canonical-start0-0-3x8.safetensors"]
+    world = ShapesWorld(ShapesConfig(height=32, width=32, sampling=SceneSampling(layout="canonical")))
+    clips = canonical.clips(0, stream=(2,))
+    for clip in clips:  # each is its seed's canonical scene from its first frame
+        assert clip.frames.shape[0] == 8
+        slots = CANONICAL_SLOTS[len(clip.scene.objects)]
+        assert all(abs(o.x - x) <= 0.03 + 1e-9 for o, (x, _) in zip(clip.scene.objects, slots))
+    seeds, starts = canonical._draws(0, (2,))
+    assert not starts.any()
+    first = world.sample(int(seeds[0]), 8)
+    assert np.array_equal(first.frames, clips[0].frames) and first.captions == canonical.pool_captions[0]
+    torch.testing.assert_close(canonical.pool, canonical.encode(clips), atol=1e-5, rtol=1e-4)
 
 
 def test_single_frames_from_the_pool_are_what_encoding_their_four_frames_gives(tiny_autoencoder, tmp_path):
@@ -237,6 +281,12 @@ def test_teacher_command_refuses_single_frames_without_a_pool(tiny_autoencoder, 
     assert "shape_critic" in capsys.readouterr().err
     assert cli_main([*base, "--set", "shape_critic=0.1", "--set", "pool_size=4", "--set", "shape_critic_sigma=0"]) == 2
     assert "shape_critic" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "layout=tidy"]) == 2
+    assert "layout" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "max_start_frame=-1"]) == 2
+    assert "max_start_frame" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "layout=canonical", "--data", str(tmp_path)]) == 2
+    assert "--data" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -698,6 +748,31 @@ def test_shape_critic_is_trained_once_and_then_only_the_transformers_clean_estim
     critic.loss(xt, v, torch.tensor([0.5, 0.95]), maps).backward()
     assert v.grad[0].abs().sum() > 0 and v.grad[1].abs().sum() == 0  # s = 0.95 is above the limit
     assert all(p.grad is None for p in critic.net.parameters())  # frozen: only the estimate learns
+
+
+def test_teacher_gains_absolute_positions_when_resumed_and_the_student_keeps_them(tiny_autoencoder, tmp_path):
+    """model.absolute_positions: a run resumed from a checkpoint without the table starts it at
+    zero, after every old parameter (the optimizer's state stays with its own parameters), and
+    trains it; the student made from that teacher keeps the table and streams."""
+    from safetensors.torch import load_file
+
+    from distill import student as student_mod
+
+    base = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, ckpt_every=10)
+    teacher_mod.train_teacher(base, tmp_path / "teacher", progress=False)
+    before = load_file(tmp_path / "teacher" / "checkpoint-0000010.safetensors")
+    run = replace(base, steps=20, model=teacher_mod.TINY_MODEL.updated(absolute_positions=True))
+    out = teacher_mod.train_teacher(run, tmp_path / "teacher", progress=False).out_dir
+    after = load_file(tmp_path / "teacher" / "checkpoint-0000020.safetensors")
+    assert after.keys() - before.keys() >= {"model.spatial_position.table", "ema.spatial_position.table"}
+    assert after["model.spatial_position.table"].abs().max() > 0  # trained away from its zero start
+    teacher = load_model(str(out))
+    assert teacher.config.absolute_positions and teacher.transformer.spatial_position.table.abs().max() > 0
+    srun = student_mod.for_teacher(replace(student_mod.PRESETS["tiny"], teacher=str(out), ode_iters=0, dmd_iters=1))
+    student = load_model(str(student_mod.train_student(srun, tmp_path / "student", progress=False).out_dir))
+    assert student.config.absolute_positions
+    assert student.transformer.spatial_position.table.abs().max() > 0
+    assert torch.isfinite(student.open_session("a red ball moving left", seed=0).next_chunk().latents).all()
 
 
 def test_teacher_gains_an_output_refiner_when_resumed_and_the_student_keeps_it(tiny_autoencoder, tmp_path):

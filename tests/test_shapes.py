@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from distill.data import vocab
 from distill.data.captions import PromptIntent, parse_prompt
 from distill.data.render import SHAPE_AREA, draw_object
-from distill.data.scene import Scene, object_state
+from distill.data.captions import scene_caption
+from distill.data.scene import CANONICAL_FLOOR, CANONICAL_SLOTS, Scene, SceneSampling, object_state, random_scene
 from distill.data.shapes import SWITCH_KINDS, ShapesConfig, ShapesDataset, ShapesWorld
 
 WORLD = ShapesWorld(ShapesConfig(height=64, width=64, fps=16))
@@ -59,6 +60,30 @@ def test_every_object_and_the_background_are_visible():
         if clip.scene.background.pattern == "solid":
             share = colour_pixels(clip.frames, clip.scene.background.colour).mean() / (64 * 64)
             assert share > 0.4, (seed, clip.scene.background)
+
+
+def test_canonical_layout_starts_each_named_object_in_its_slot():
+    """layout="canonical": the i-th object the caption names starts in slot i of its count
+    (a bouncing one on the floor below it), within the jitter, and every object is seen whole
+    at the start; the default layout places objects anywhere in the frame's middle."""
+    sampling = SceneSampling(layout="canonical")
+    world = ShapesWorld(ShapesConfig(height=64, width=64, fps=16, sampling=sampling))
+    counts = set()
+    for seed in range(120):
+        clip = world.sample(seed, 4)
+        scene = clip.scene
+        counts.add(len(scene.objects))
+        for obj, (x, y) in zip(scene.objects, CANONICAL_SLOTS[len(scene.objects)], strict=True):
+            y = max(y, CANONICAL_FLOOR) if obj.motion == "bounce" else y
+            assert abs(obj.x - x) <= sampling.jitter + 1e-9 and abs(obj.y - y) <= sampling.jitter + 1e-9, (seed, obj)
+            assert colour_pixels(clip.frames[:1], obj.colour)[0] > 20, (seed, obj)
+        named = [o.colour for o in parse_prompt(scene_caption(scene)).objects]
+        assert named == [o.colour for o in scene.objects]
+    assert counts == {1, 2, 3}
+    anywhere = np.array([[o.x, o.y] for seed in range(120) for o in WORLD.scene(seed).objects])
+    assert anywhere.std(0).min() > 0.12 and anywhere.min() >= 0.2 and anywhere.max() <= 0.8
+    with pytest.raises(ValueError, match="layout"):
+        random_scene(np.random.default_rng(0), SceneSampling(layout="tidy"))
 
 
 def test_scenes_use_distinct_colours_and_a_free_background():

@@ -86,6 +86,26 @@ class SceneSampling:
     shapes: tuple[str, ...] = vocab.SHAPES
     colours: tuple[str, ...] = tuple(vocab.OBJECT_COLOURS)
     sizes: tuple[str, ...] = tuple(vocab.SIZES)
+    # "random": objects start anywhere in the frame's middle 60 % (kept apart). "canonical":
+    # object i of n starts at CANONICAL_SLOTS[n][i] (a bouncing one on the floor below it),
+    # moved by at most `jitter` (fraction of the frame) each way: the caption lists objects in
+    # scene order, so their places follow from the prompt. A generator trained on random
+    # places must first decide where an object goes, and until it can, its best guess at high
+    # noise is the caption's colour spread over every place the object could be (a blob); with
+    # the places known, the outline pays at every noise level (docs/default-model.md).
+    layout: str = "random"
+    jitter: float = 0.03
+
+
+LAYOUTS: tuple[str, ...] = ("random", "canonical")
+# (x, y) starting centres, fractions of the frame, for scenes of 1, 2 and 3 objects; more
+# objects than slots take random places.
+CANONICAL_SLOTS: dict[int, tuple[tuple[float, float], ...]] = {
+    1: ((0.5, 0.5),),
+    2: ((0.3, 0.5), (0.7, 0.5)),
+    3: ((0.25, 0.32), (0.75, 0.32), (0.5, 0.7)),
+}
+CANONICAL_FLOOR = 0.7  # where a bouncing object starts in the canonical layout
 
 
 def random_object(rng: np.random.Generator, sampling: SceneSampling, colour: str, aspect: float) -> ObjectSpec:
@@ -108,6 +128,18 @@ def random_object(rng: np.random.Generator, sampling: SceneSampling, colour: str
     return with_motion(obj, motion, rng, sampling)
 
 
+def placed_object(rng: np.random.Generator, sampling: SceneSampling, colour: str, aspect: float,
+                  slot: tuple[float, float]) -> ObjectSpec:
+    """Draw one object as `random_object` does, then start it at `slot` (x, y), a bouncing
+    one on the floor below it, moved by up to `sampling.jitter` each way."""
+    obj = random_object(rng, sampling, colour, aspect)
+    x, y = slot
+    if obj.motion == "bounce":
+        y = max(y, CANONICAL_FLOOR)
+    dx, dy = rng.uniform(-sampling.jitter, sampling.jitter, size=2)
+    return replace(obj, x=float(x + dx), y=float(y + dy))
+
+
 def with_motion(obj: ObjectSpec, motion: str, rng: np.random.Generator, sampling: SceneSampling) -> ObjectSpec:
     """The same object carrying on from its current state with a new motion."""
     if motion == "bounce":
@@ -128,6 +160,12 @@ def random_scene(rng: np.random.Generator, sampling: SceneSampling = SceneSampli
     weights = np.asarray(sampling.object_count_weights, float)
     count = int(rng.choice(len(weights), p=weights / weights.sum())) + 1
     colours = [str(c) for c in rng.choice(sampling.colours, size=count, replace=False)]
+    if sampling.layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {sampling.layout!r}; one of {LAYOUTS}")
+    if sampling.layout == "canonical" and count in CANONICAL_SLOTS:
+        objects_at = tuple(placed_object(rng, sampling, colour, aspect, slot)
+                           for colour, slot in zip(colours, CANONICAL_SLOTS[count]))
+        return Scene(objects=objects_at, background=random_background(rng, sampling, colours))
     objects: list[ObjectSpec] = []
     for colour in colours:
         # Start objects apart (the best of a few draws), or two moving the same way
