@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelConfig, SamplerConfig,
                            TextEncoderConfig, TransformerConfig)
+from engine.attention import FullAttention
 from engine.transformer import CausalWanTransformer, build_transformer
 
 from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
@@ -75,6 +76,11 @@ class TeacherRun:
     # shape needs, while motion needs the clips. Needs pool_size > 0. The hard-negative term
     # (negative_captions) applies to the clips only.
     image_batch: int = 0
+    # True: a single frame keeps its place in its clip (the temporal rotary position of its
+    # latent frame), so in clips that start with their scene (max_start_frame 0) frame 5 is
+    # known to be 1.25 s in, where a moving object has moved to. False (as before): every
+    # single frame sits at position 0.
+    frame_positions: bool = True
     # Clips rendered and encoded once, then drawn with random paraphrases (0: new clips
     # every step). Cached in the run dir, so a resumed run does not encode them again.
     pool_size: int = 0
@@ -218,6 +224,10 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         if run.batch_size:
             parts.append((*data.batch(step), attention, labelled.clip_maps(step) if labelled else None))  # [B, C, F, h, w]
         if run.image_batch:
+            if run.frame_positions:  # each frame at its latent frame's place in the clip
+                _, frame, _ = data.single_frames_draw(step, run.image_batch)
+                cos, sin = model.rope_tables.for_frames(torch.from_numpy(frame)[:, None])  # [B', HW, 1, Dh/2]
+                frame_attention = FullAttention(cos, sin, None, model.attention_backend)
             parts.append((*data.single_frames(step, run.image_batch), frame_attention,
                           labelled.frame_maps(step) if labelled else None))  # [B', C, 1, h, w]
         flow, weight, hinge, shape_loss, critic_loss = 0.0, 0, None, 0.0, 0.0

@@ -225,6 +225,33 @@ def test_teacher_trains_on_single_frames_beside_or_instead_of_clips(tiny_autoenc
     assert (out / "model.json").is_file()
 
 
+@pytest.mark.parametrize("keep_place", [True, False])
+def test_single_frames_keep_their_place_in_the_clip(tiny_autoencoder, tmp_path, monkeypatch, keep_place):
+    """frame_positions (the default): each single frame is denoised at its latent frame's
+    rotary position in its clip, the frame the pool draw took; off, every frame sits at 0."""
+    from distill.common import ShapesLatents
+    from engine.attention import FullAttention
+    from engine.transformer import CausalWanTransformer
+
+    seen = []
+    denoise = CausalWanTransformer.denoise
+    monkeypatch.setattr(CausalWanTransformer, "denoise", lambda self, x, t, ctx, att: seen.append(
+        (self, x.shape[2], att)) or denoise(self, x, t, ctx, att))
+    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=3, batch_size=0,
+                  image_batch=6, pool_size=4, frame_positions=keep_place)
+    teacher_mod.train_teacher(run, tmp_path, progress=False)
+    data = ShapesLatents(teacher_mod.load_autoencoder(tiny_autoencoder), run.latent_frames, 16, run.seed, 32, 32,
+                         pool_size=4, cache_dir=tmp_path, progress=False)
+    assert len(seen) == 3
+    assert any(data.single_frames_draw(step, 6)[1].any() for step in range(3))  # some frame is not the first
+    for step, (model, frames, att) in enumerate(seen):
+        assert frames == 1 and isinstance(att, FullAttention)
+        _, frame, _ = data.single_frames_draw(step, 6)
+        want = frame[:, None] if keep_place else np.zeros((1, 1), int)
+        cos, _ = model.rope_tables.for_frames(torch.from_numpy(want))
+        torch.testing.assert_close(att.cos.expand(6, *att.cos.shape[1:]), cos.expand(6, *cos.shape[1:]))
+
+
 def test_blur_latents_keeps_place_and_colour_and_softens_outlines():
     from distill.losses import blur_latents
 
