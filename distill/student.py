@@ -521,15 +521,19 @@ def gan_refusal(run: StudentRun, world_size: int) -> str | None:
 
 
 def real_clips(run: StudentRun, run_dir: Path, progress: bool) -> ClipLatents:
-    """The Shapes world's clips of the teacher's length, encoded once by the teacher's
-    autoencoder into the run dir (the same pool file a teacher run of this seed and size
-    writes, so it can be linked in instead of encoded again)."""
+    """The Shapes world's clips of the teacher's length, drawn as the teacher's were (its
+    layout and window start) and encoded once by the teacher's autoencoder into the run dir
+    (the same pool file a teacher run of this seed and size writes, so it can be linked in
+    instead of encoded again)."""
     from .common import ShapesLatents
     from .teacher import load_autoencoder
 
     lat = run.model.latent
+    taught = ModelConfig.load(Path(run.teacher) / "model.json").provenance.get("run", {})
     return ShapesLatents(load_autoencoder(run.teacher), run.latent_frames, run.batch_size, run.seed, lat.height,
-                         lat.width, int(lat.fps), pool_size=run.gan_pool, cache_dir=run_dir, progress=progress)
+                         lat.width, int(lat.fps), max_start_frame=int(taught.get("max_start_frame", 480)),
+                         pool_size=run.gan_pool, cache_dir=run_dir, progress=progress,
+                         layout=str(taught.get("layout", "random")))
 
 
 # --- the run ----------------------------------------------------------------------------------

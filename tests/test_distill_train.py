@@ -378,6 +378,24 @@ def test_dmd2_adversarial_term_trains_its_head_and_resumes_exactly(tiny_teacher,
     assert any(not torch.allclose(a[key], c[key]) for key in a)  # the term changes what the student learns
 
 
+def test_dmd2_real_clips_are_drawn_as_the_teachers_were(tiny_teacher, tmp_path):
+    """A teacher trained on the canonical layout from each scene's start gets real clips drawn
+    the same way for DMD2's head (a pool of their own); any other teacher, the default world."""
+    import shutil
+
+    canonical = tmp_path / "canonical-teacher"
+    shutil.copytree(tiny_teacher, canonical)
+    cfg = json.loads((canonical / "model.json").read_text())
+    cfg["provenance"]["run"].update(layout="canonical", max_start_frame=0)
+    (canonical / "model.json").write_text(json.dumps(cfg))
+    run = replace(student_mod.PRESETS["tiny"], gan_weight=1.0, gan_pool=2)
+    plain = student_mod.real_clips(replace(run, teacher=str(tiny_teacher)), tmp_path / "a", progress=False)
+    real = student_mod.real_clips(replace(run, teacher=str(canonical)), tmp_path / "b", progress=False)
+    assert (plain.world.config.sampling.layout, plain.max_start) == ("random", 480)
+    assert (real.world.config.sampling.layout, real.max_start) == ("canonical", 0)
+    assert [p.name.split("-0-")[0] for p in (tmp_path / "b").glob("*.safetensors")] == ["latent-pool-canonical-start0"]
+
+
 def test_dmd2_head_tells_real_clips_from_made_up_ones(tiny_teacher, tmp_path):
     """The head on the critic's tokens, trained alone on its loss, separates real clips from
     noise-like fakes; the generator's step leaves critic and head untouched."""
