@@ -376,8 +376,8 @@ class ShapesLatents(ClipLatents):
         if self.pool is None:
             raise ValueError("shape maps are made for the clip pool: set pool_size > 0")
         size, c = len(self.pool), self.world.config
-        tag = self.pool_name.removeprefix("latent-pool")
-        file = Path(cache_dir) / f"shape-maps{tag}-{self.seed}-{size}x{self.frames}-{token}px.safetensors" if cache_dir else None
+        name = f"shape-maps{self.pool_name.removeprefix('latent-pool')}-{self.seed}-{size}x{self.frames}-{token}px"
+        file = Path(cache_dir) / f"{name}.safetensors" if cache_dir else None
         if file is not None and file.is_file():
             return load_file(file)["maps"]
         per_latent = self.frames // self.pool.shape[2]

@@ -20,9 +20,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm import tqdm
 
+from engine.attention import FullAttention
 from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelConfig, SamplerConfig,
                            TextEncoderConfig, TransformerConfig)
-from engine.attention import FullAttention
 from engine.transformer import CausalWanTransformer, build_transformer
 
 from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
@@ -212,7 +212,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     # --- resume ------------------------------------------------------------------------
     step = 0
     if (latest := ckpt.latest()) is not None:
-        step, _ = ckpt.load(latest, modules, optimizers, optional=("shape_head", "output_refiner", "spatial_position"))
+        step, _ = ckpt.load(latest, modules, optimizers,
+                            optional=("shape_head", "output_refiner", "spatial_position"))
         print(f"resumed from {latest} at step {step}", file=sys.stderr)
 
     # --- loop: sample, loss, step, EMA, log, checkpoint ---------------------------------
