@@ -20,7 +20,6 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from tqdm import tqdm
 
-from engine.attention import FullAttention
 from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelConfig, SamplerConfig,
                            TextEncoderConfig, TransformerConfig)
 from engine.transformer import CausalWanTransformer, build_transformer
@@ -227,8 +226,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         if run.image_batch:
             if run.frame_positions:  # each frame at its latent frame's place in the clip
                 _, frame, _ = data.single_frames_draw(step, run.image_batch)
-                cos, sin = model.rope_tables.for_frames(torch.from_numpy(frame)[:, None])  # [B', HW, 1, Dh/2]
-                frame_attention = FullAttention(cos, sin, None, model.attention_backend)
+                frame_attention = model.full_attention(1, positions=torch.from_numpy(frame)[:, None])
             parts.append((*data.single_frames(step, run.image_batch), frame_attention,
                           labelled.frame_maps(step) if labelled else None))  # [B', C, 1, h, w]
         flow, weight, hinge, shape_loss, critic_loss = 0.0, 0, None, 0.0, 0.0

@@ -149,10 +149,13 @@ class CausalWanTransformer(WanTransformer3DModel):
     def full_attention(self, frames: int, mask: torch.Tensor | None = None,
                        positions: torch.Tensor | None = None) -> FullAttention:
         """Bidirectional (or explicitly masked) attention over `frames` latent frames at
-        positions 0..frames-1, or at the given frame `positions` [frames]."""
+        positions 0..frames-1, or at the given frame `positions`: [frames] for every sample,
+        or [B, frames], one row per sample."""
         pos = torch.arange(frames, device=self.rope_tables.t_cos.device) if positions is None else positions
         cos, sin = self.rope_tables.for_frames(pos)
-        return FullAttention(cos[None], sin[None], mask, self.attention_backend)
+        if pos.ndim == 1:
+            cos, sin = cos[None], sin[None]
+        return FullAttention(cos, sin, mask, self.attention_backend)
 
     def embed_patches(self, latents: torch.Tensor) -> torch.Tensor:
         """The Conv3d patch embedding as one matmul over non-overlapping patches: the same
