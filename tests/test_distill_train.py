@@ -845,3 +845,24 @@ def test_teacher_gains_an_output_refiner_when_resumed_and_the_student_keeps_it(t
                   steps=30)  # a module the resumed run may not silently gain is refused
     with pytest.raises(ValueError, match="does not fit"):
         teacher_mod.train_teacher(bad, tmp_path / "teacher", progress=False)
+
+
+def test_memorise_bench_masks_the_object_and_not_the_background():
+    """bench/teacher_memorise.py scores samples by the IoU of object masks: the mask must be the
+    object's pixels, whatever the background's colour, and empty for a plain frame."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("teacher_memorise", Path(__file__).resolve().parents[1]
+                                                  / "bench" / "teacher_memorise.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    yy, xx = np.mgrid[:128, :128]
+    disc = (yy - 64) ** 2 + (xx - 40) ** 2 <= 12 ** 2
+    for background, colour in (((30, 200, 40), (220, 20, 20)), ((250, 250, 250), (20, 20, 20))):
+        frame = np.empty((128, 128, 3), np.uint8)
+        frame[:] = background
+        assert not bench.object_mask(frame).any()
+        frame[disc] = colour
+        assert (bench.object_mask(frame) == disc).all()
+    assert bench.ONE_OBJECT.match("a small red star moves left on a green background")
+    assert not bench.ONE_OBJECT.match("a small red star moves left on a green striped background")
