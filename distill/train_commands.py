@@ -74,7 +74,23 @@ def _leaving_process_group(handler):
                 from .parallel import leave_process_group
 
                 leave_process_group(wait=done)
+                if done:  # a torchrun worker whose work is written: end it without C++ destructors
+                    end_worker(code)
     return run
+
+
+def end_worker(code: int) -> None:
+    """Exit a torchrun worker at once, its output flushed. Even after the group is destroyed, a
+    gloo worker thread can still be joinable when the interpreter tears down, and its destructor
+    then aborts the process ("terminate called without an active exception", SIGABRT) after
+    its work is done, failing the whole torchrun (seen in CI). Every file the
+    command writes is closed before it returns, so skipping the teardown loses nothing."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
