@@ -74,8 +74,8 @@ def _leaving_process_group(handler):
                 from .parallel import leave_process_group
 
                 leave_process_group(wait=done)
-                if done:  # a torchrun worker whose work is written: end it without C++ destructors
-                    end_worker(code)
+                if done and os.environ.get("TORCHELASTIC_RUN_ID"):  # a torchrun worker, its work written:
+                    end_worker(code)  # end it without C++ destructors (never a caller's own process)
     return run
 
 
@@ -90,7 +90,7 @@ def end_worker(code: int) -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(int(code or 0))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
