@@ -42,7 +42,7 @@ def main() -> None:
     from tqdm import tqdm
 
     from distill.losses import add_noise, flow_matching_loss, sample_sigmas
-    from distill.teacher import load_autoencoder
+    from distill.teacher import TeacherRun, load_autoencoder, lr_at
     from engine.components import build_text_encoder
     from engine.config import ModelConfig
     from engine.sampler import shift_sigma
@@ -80,6 +80,7 @@ def main() -> None:
     model = build_transformer(config, seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     attention = model.full_attention(1)
+    schedule = TeacherRun(model=config, lr=args.lr, warmup=20, steps=args.steps)  # warm-up, then held
     gen = torch.Generator().manual_seed(0)
     started, losses = time.time(), []
     for step in tqdm(range(args.steps), desc="memorise", unit="step"):
@@ -90,7 +91,7 @@ def main() -> None:
         v = model.denoise(add_noise(x, noise, sigma), sigma * 1000, model.embed_text(text), attention)
         loss = flow_matching_loss(v, x, noise)
         for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / 20)
+            group["lr"] = lr_at(schedule, step)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
