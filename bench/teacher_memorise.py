@@ -10,6 +10,12 @@ compared with the scene's own: mean IoU. `--eval train` scores 16 of the N scene
 canonical layout, place, size and colour follow from the caption, the 3 % jitter aside).
 A PNG puts the targets above the samples.
 
+`--frames F` (> 1) learns and samples the scenes' first F latent frames as clips with the
+teachers' clip attention instead, and also scores motion: the object's centroid path over
+the decoded clip, target against sample (the distance between their last-frame centroids,
+and whether the sample's displacement points the target's way: cosine > 0.7, or both under
+4 px for objects that do not travel). IoU is then over every decoded frame.
+
     python bench/teacher_memorise.py --model runs/k-joint/model \\
         --pool runs/k-joint/latent-pool-canonical-start0-0-4096x24 --scenes 16 --lr 2e-3
 """
@@ -36,11 +42,40 @@ def object_mask(frame: np.ndarray, threshold: float = 60.0) -> np.ndarray:
     return np.linalg.norm(a - np.median(border, axis=0), axis=-1) > threshold
 
 
+def mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def centroids(masks: np.ndarray) -> np.ndarray:
+    """[T, H, W] bool -> [T, 2] (y, x) mean of each frame's mask (the frame's centre where empty)."""
+    out = []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        out.append((ys.mean(), xs.mean()) if len(ys) else ((m.shape[0] - 1) / 2, (m.shape[1] - 1) / 2))
+    return np.asarray(out, dtype=np.float64)
+
+
+def compare_paths(target: np.ndarray, sample: np.ndarray, still_px: float = 4.0) -> dict:
+    """Object masks [T, H, W] of a target clip and a sample: how far each object's centroid
+    travels, how far apart they end, and whether the sample goes the target's way (cosine of
+    the two displacements > 0.7 and the sample travelling >= still_px), or both stay within
+    still_px of where they started."""
+    pt, ps = centroids(target), centroids(sample)
+    dt, ds = pt[-1] - pt[0], ps[-1] - ps[0]
+    nt, ns = float(np.linalg.norm(dt)), float(np.linalg.norm(ds))
+    still = nt < still_px and ns < still_px
+    cosine = float(dt @ ds / max(1e-6, nt * ns))
+    return {"target_px": nt, "sample_px": ns, "end_error_px": float(np.linalg.norm(pt[-1] - ps[-1])),
+            "agrees": bool(still or (cosine > 0.7 and ns >= still_px))}
+
+
 def main() -> None:
     from PIL import Image
     from safetensors import safe_open
     from tqdm import tqdm
 
+    from distill.common import autocast
     from distill.losses import add_noise, flow_matching_loss, sample_sigmas
     from distill.teacher import TeacherRun, load_autoencoder, lr_at
     from engine.components import build_text_encoder
@@ -57,6 +92,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32, help="frames a step, drawn from the N with replacement")
     ap.add_argument("--lr", type=float, default=6e-4, help="AdamW lr (20 warm-up steps, then held)")
     ap.add_argument("--eval", choices=("train", "held"), default="train")
+    ap.add_argument("--frames", type=int, default=1, help="latent frames a sample (1: single frames; >1: clips)")
+    ap.add_argument("--frame-noise", type=float, default=0.0,
+                    help="clips: this share of a step's clips is noised to an independent level per latent "
+                         "frame (Diffusion Forcing); the rest at one level, as the teachers train")
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast for the training forwards")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--png", default=None, help="targets above samples")
     ap.add_argument("--json", default=None)
@@ -72,14 +112,14 @@ def main() -> None:
         raise SystemExit(f"the pool has {len(eligible)} one-object plain-background scenes: too few for "
                          f"--scenes {args.scenes} and --eval {args.eval}")
     with safe_open(args.pool + ".safetensors", "pt") as f:
-        first_frames = f.get_slice("latents")[:, :, :1]  # [pool, C, 1, h, w]
+        first_frames = f.get_slice("latents")[:, :, :args.frames]  # [pool, C, F, h, w]
     encoder = build_text_encoder(config, args.model, "cpu")
     x0, feats = first_frames[learnt], encoder.encode([captions[i][0] for i in learnt])
 
     torch.manual_seed(0)
     model = build_transformer(config, seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
-    attention = model.full_attention(1)
+    attention = model.full_attention(args.frames)
     schedule = TeacherRun(model=config, lr=args.lr, warmup=20, steps=args.steps)  # warm-up, then held
     gen = torch.Generator().manual_seed(0)
     started, losses = time.time(), []
@@ -88,7 +128,12 @@ def main() -> None:
         x, text = x0[pick], feats[pick]
         noise = torch.randn(x.shape, generator=gen)
         sigma = sample_sigmas(args.batch, config.sampler.shift, gen)
-        v = model.denoise(add_noise(x, noise, sigma), sigma * 1000, model.embed_text(text), attention)
+        if args.frame_noise > 0 and args.frames > 1:  # Diffusion Forcing: each frame its own level
+            own = sample_sigmas(args.batch * args.frames, config.sampler.shift, gen).view(args.batch, args.frames)
+            pick_own = torch.rand(args.batch, generator=gen) < args.frame_noise
+            sigma = torch.where(pick_own[:, None], own, sigma[:, None].expand(-1, args.frames))
+        with autocast(model, args.autocast):
+            v = model.denoise(add_noise(x, noise, sigma), sigma * 1000, model.embed_text(text), attention)
         loss = flow_matching_loss(v, x, noise)
         for group in opt.param_groups:
             group["lr"] = lr_at(schedule, step)
@@ -109,19 +154,43 @@ def main() -> None:
         cond = model.embed_text(text)
         for i in range(50):
             x = x + (sigmas[i + 1] - sigmas[i]) * model.denoise(x, sigmas[i].expand(len(x)) * 1000, cond, attention)
-        targets = [to_uint8_frames(autoencoder.decode(target[j:j + 1]))[0] for j in range(len(x))]
-        samples = [to_uint8_frames(autoencoder.decode(x[j:j + 1]))[0] for j in range(len(x))]
-    ious = []
+        targets = [to_uint8_frames(autoencoder.decode(target[j:j + 1])) for j in range(len(x))]  # [T, H, W, 3]
+        samples = [to_uint8_frames(autoencoder.decode(x[j:j + 1])) for j in range(len(x))]
+    ious, moves = [], []
     for t, s in zip(targets, samples):
-        mt, ms = object_mask(np.asarray(t)), object_mask(np.asarray(s))
+        mt, ms = np.stack([object_mask(f) for f in t]), np.stack([object_mask(f) for f in s])
         ious.append(float((mt & ms).sum() / max(1, (mt | ms).sum())))
-    report = {"scenes": len(learnt), "eval": args.eval, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-              "train_s": train_s, "loss_last_50": float(np.mean(losses[-50:])), "mean_iou": float(np.mean(ious)),
-              "iou": ious, "captions": [captions[i][0] for i in scored]}
+        if args.frames > 1:
+            moves.append(compare_paths(mt, ms))
+    # the project's evaluator on each decoded sample (and target: the ceiling), against its caption
+    from distill.eval.evaluate import evaluate_frames
+    keys = ("prompt_accuracy", "colour_accuracy", "shape_accuracy", "motion_accuracy", "count_accuracy")
+    judged = {who: [evaluate_frames(np.ascontiguousarray(v), captions[i][0], config.latent.fps)
+                    for v, i in zip(videos, scored)] for who, videos in (("sample", samples), ("target", targets))}
+    evaluator = {who: {k: mean_or_none([r.get(k) for r in rs]) for k in keys} for who, rs in judged.items()}
+    report = {"evaluator": evaluator, "scenes": len(learnt), "eval": args.eval, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+              "frame_noise": args.frame_noise, "train_s": train_s, "loss_last_50": float(np.mean(losses[-50:])), "mean_iou": float(np.mean(ious)),
+              "iou": ious, "captions": [captions[i][0] for i in scored], "frames": args.frames}
+    if moves:
+        report["motion"] = moves
+        report["motion_agrees"] = float(np.mean([m["agrees"] for m in moves]))
+        report["end_error_px"] = float(np.mean([m["end_error_px"] for m in moves]))
     print(f"{len(learnt)} scenes, {args.steps} steps at lr {args.lr:g}, {args.eval}: "
           f"mean IoU {report['mean_iou']:.3f}, flow loss (last 50 steps) {report['loss_last_50']:.4f}, {train_s:.0f} s")
+    for who, scores in evaluator.items():
+        print(f"evaluator, {who}s: " + ", ".join(f"{k.split('_')[0]} {v:.3f}" for k, v in scores.items()
+                                                  if v is not None))
+    if moves:
+        print(f"motion: the sample travels the target's way in {report['motion_agrees']:.3f} of clips; "
+              f"last-frame centroid error {report['end_error_px']:.1f} px "
+              f"(targets travel {np.mean([m['target_px'] for m in moves]):.1f} px, "
+              f"samples {np.mean([m['sample_px'] for m in moves]):.1f} px)")
     if args.png:
-        rows = [np.concatenate([np.asarray(t), np.asarray(s)], axis=0) for t, s in zip(targets, samples)]
+        # one column a scene: target above sample, at the first decoded frame (clips: and the
+        # middle and last)
+        keep = sorted({0, len(targets[0]) // 2, len(targets[0]) - 1}) if args.frames > 1 else [0]
+        rows = [np.concatenate([np.concatenate([t[k], s[k]], axis=0) for k in keep], axis=0)
+                for t, s in zip(targets, samples)]
         Image.fromarray(np.concatenate(rows, axis=1).astype(np.uint8)).save(args.png)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

@@ -866,3 +866,12 @@ def test_memorise_bench_masks_the_object_and_not_the_background():
         assert (bench.object_mask(frame) == disc).all()
     assert bench.ONE_OBJECT.match("a small red star moves left on a green background")
     assert not bench.ONE_OBJECT.match("a small red star moves left on a green striped background")
+    # clips: a disc that moves right 20 px, against one that moves right, left, or stays put
+    def clip(dx_total: float) -> np.ndarray:
+        return np.stack([(yy - 64) ** 2 + (xx - 40 - dx_total * k / 5) ** 2 <= 12 ** 2 for k in range(6)])
+
+    right = bench.compare_paths(clip(20), clip(18))
+    assert right["agrees"] and abs(right["target_px"] - 20) < 0.5 and abs(right["end_error_px"] - 2) < 0.5
+    assert not bench.compare_paths(clip(20), clip(-20))["agrees"]
+    assert not bench.compare_paths(clip(20), clip(0))["agrees"]
+    assert bench.compare_paths(clip(0), clip(1))["agrees"]
