@@ -14,7 +14,8 @@ A PNG puts the targets above the samples.
 teachers' clip attention instead, and also scores motion: the object's centroid path over
 the decoded clip, target against sample (the distance between their last-frame centroids,
 and whether the sample's displacement points the target's way: cosine > 0.7, or both under
-4 px for objects that do not travel). IoU is then over every decoded frame.
+4 px for objects that do not travel). IoU is over every decoded frame (a latent frame
+decodes to 4 video frames; before clips, it was over the first of them only).
 
     python bench/teacher_memorise.py --model runs/k-joint/model \\
         --pool runs/k-joint/latent-pool-canonical-start0-0-4096x24 --scenes 16 --lr 2e-3
