@@ -97,6 +97,9 @@ def main() -> None:
     ap.add_argument("--frame-noise", type=float, default=0.0,
                     help="clips: this share of a step's clips is noised to an independent level per latent "
                          "frame (Diffusion Forcing); the rest at one level, as the teachers train")
+    ap.add_argument("--clean-first", action="store_true",
+                    help="clips: the first latent frame is given clean in training and sampling (image-to-"
+                         "video), so only where the object goes is learnt and scored")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast for the training forwards")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--png", default=None, help="targets above samples")
@@ -133,9 +136,13 @@ def main() -> None:
             own = sample_sigmas(args.batch * args.frames, config.sampler.shift, gen).view(args.batch, args.frames)
             pick_own = torch.rand(args.batch, generator=gen) < args.frame_noise
             sigma = torch.where(pick_own[:, None], own, sigma[:, None].expand(-1, args.frames))
+        if args.clean_first and args.frames > 1:  # image-to-video: frame 0 given clean
+            sigma = (sigma[:, None].expand(-1, args.frames) if sigma.ndim == 1 else sigma).clone()
+            sigma[:, 0] = 0
         with autocast(model, args.autocast):
             v = model.denoise(add_noise(x, noise, sigma), sigma * 1000, model.embed_text(text), attention)
-        loss = flow_matching_loss(v, x, noise)
+        given = 1 if args.clean_first and args.frames > 1 else 0  # no loss on a frame given clean
+        loss = flow_matching_loss(v[:, :, given:], x[:, :, given:], noise[:, :, given:])
         for group in opt.param_groups:
             group["lr"] = lr_at(schedule, step)
         opt.zero_grad()
@@ -153,8 +160,15 @@ def main() -> None:
         x = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
         sigmas = shift_sigma(torch.linspace(1, 0, 51), config.sampler.shift)
         cond = model.embed_text(text)
+        first = args.clean_first and args.frames > 1
         for i in range(50):
-            x = x + (sigmas[i + 1] - sigmas[i]) * model.denoise(x, sigmas[i].expand(len(x)) * 1000, cond, attention)
+            level = sigmas[i].expand(len(x))
+            if first:
+                x[:, :, :1] = target[:, :, :1]
+                level = torch.cat([torch.zeros(len(x), 1), level[:, None].expand(-1, args.frames - 1)], dim=1)
+            x = x + (sigmas[i + 1] - sigmas[i]) * model.denoise(x, level * 1000, cond, attention)
+        if first:
+            x[:, :, :1] = target[:, :, :1]
         targets = [to_uint8_frames(autoencoder.decode(target[j:j + 1])) for j in range(len(x))]  # [T, H, W, 3]
         samples = [to_uint8_frames(autoencoder.decode(x[j:j + 1])) for j in range(len(x))]
     ious, moves = [], []
@@ -170,7 +184,7 @@ def main() -> None:
                     for v, i in zip(videos, scored)] for who, videos in (("sample", samples), ("target", targets))}
     evaluator = {who: {k: mean_or_none([r.get(k) for r in rs]) for k in keys} for who, rs in judged.items()}
     report = {"evaluator": evaluator, "scenes": len(learnt), "eval": args.eval, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-              "frame_noise": args.frame_noise, "train_s": train_s, "loss_last_50": float(np.mean(losses[-50:])), "mean_iou": float(np.mean(ious)),
+              "frame_noise": args.frame_noise, "clean_first": args.clean_first, "train_s": train_s, "loss_last_50": float(np.mean(losses[-50:])), "mean_iou": float(np.mean(ious)),
               "iou": ious, "captions": [captions[i][0] for i in scored], "frames": args.frames}
     if moves:
         report["motion"] = moves
