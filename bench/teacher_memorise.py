@@ -43,11 +43,6 @@ def object_mask(frame: np.ndarray, threshold: float = 60.0) -> np.ndarray:
     return np.linalg.norm(a - np.median(border, axis=0), axis=-1) > threshold
 
 
-def mean_or_none(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
-
-
 def centroids(masks: np.ndarray) -> np.ndarray:
     """[T, H, W] bool -> [T, 2] (y, x) mean of each frame's mask (the frame's centre where empty)."""
     out = []
@@ -77,6 +72,8 @@ def main() -> None:
     from tqdm import tqdm
 
     from distill.common import autocast
+    from distill.eval.evaluate import evaluate_frames
+    from distill.eval.judge import mean_or_none
     from distill.losses import add_noise, flow_matching_loss, sample_sigmas
     from distill.teacher import TeacherRun, load_autoencoder, lr_at
     from engine.components import build_text_encoder
@@ -178,11 +175,10 @@ def main() -> None:
         if args.frames > 1:
             moves.append(compare_paths(mt, ms))
     # the project's evaluator on each decoded sample (and target: the ceiling), against its caption
-    from distill.eval.evaluate import evaluate_frames
     keys = ("prompt_accuracy", "colour_accuracy", "shape_accuracy", "motion_accuracy", "count_accuracy")
     judged = {who: [evaluate_frames(np.ascontiguousarray(v), captions[i][0], config.latent.fps)
                     for v, i in zip(videos, scored)] for who, videos in (("sample", samples), ("target", targets))}
-    evaluator = {who: {k: mean_or_none([r.get(k) for r in rs]) for k in keys} for who, rs in judged.items()}
+    evaluator = {who: {k: mean_or_none([r[k] for r in rs if r.get(k) is not None]) for k in keys} for who, rs in judged.items()}
     report = {"evaluator": evaluator, "scenes": len(learnt), "eval": args.eval, "steps": args.steps, "batch": args.batch, "lr": args.lr,
               "frame_noise": args.frame_noise, "clean_first": args.clean_first, "train_s": train_s, "loss_last_50": float(np.mean(losses[-50:])), "mean_iou": float(np.mean(ious)),
               "iou": ious, "captions": [captions[i][0] for i in scored], "frames": args.frames}
