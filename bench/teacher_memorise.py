@@ -17,6 +17,15 @@ and whether the sample's displacement points the target's way: cosine > 0.7, or 
 4 px for objects that do not travel). IoU is over every decoded frame (a latent frame
 decodes to 4 video frames; before clips, it was over the first of them only).
 
+`--causal C` learns the clips as the student streams them instead: chunks of C latent frames,
+each from its own noise level given the clean chunks before it (CausVid's teacher forcing,
+`distill.rollout.teacher_forcing_mask`), and samples them chunk after chunk, each chunk's 50
+steps given the chunks already sampled, the first from noise alone; the same model is then
+sampled again given the target's first chunk (and scored, with its own PNG). `--context-noise S`
+noises the given chunks in training to a level drawn from U(0, S), and in sampling to S/2 (the
+noise augmentation GameNGen found keeps an autoregressive model from drifting on its own
+output).
+
     python bench/teacher_memorise.py --model runs/k-joint/model \\
         --pool runs/k-joint/latent-pool-canonical-start0-0-4096x24 --scenes 16 --lr 2e-3
 """
@@ -75,6 +84,7 @@ def main() -> None:
     from distill.eval.evaluate import evaluate_frames
     from distill.eval.judge import mean_or_none
     from distill.losses import add_noise, flow_matching_loss, sample_sigmas
+    from distill.rollout import teacher_forcing_mask
     from distill.teacher import TeacherRun, load_autoencoder, lr_at
     from engine.components import build_text_encoder
     from engine.config import ModelConfig
@@ -97,12 +107,24 @@ def main() -> None:
     ap.add_argument("--clean-first", action="store_true",
                     help="clips: the first latent frame is given clean in training and sampling (image-to-"
                          "video), so only where the object goes is learnt and scored")
+    ap.add_argument("--causal", type=int, default=0, metavar="C",
+                    help="clips: learn and sample them in chunks of C latent frames, each given the clean "
+                         "chunks before it (teacher forcing; sampled chunk after chunk)")
+    ap.add_argument("--context-noise", type=float, default=0.0, metavar="S",
+                    help="--causal: the clean chunks a chunk is given are noised to a level drawn from "
+                         "U(0, S) in training and seen at S/2 in sampling (GameNGen's noise augmentation)")
+    ap.add_argument("--save", default=None, help="write the trained transformer's weights here (safetensors)")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast for the training forwards")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--png", default=None, help="targets above samples")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.causal and (args.frames % args.causal or args.frame_noise or args.clean_first):
+        raise SystemExit("--causal C needs --frames a multiple of C, without --frame-noise or --clean-first")
+    if args.context_noise and not args.causal:
+        raise SystemExit("--context-noise needs --causal")
+    context_at = torch.tensor(args.context_noise / 2)  # the level sampling gives the chunks so far
 
     config = ModelConfig.load(Path(args.model) / "model.json")
     captions = json.loads(Path(args.pool + ".json").read_text())
@@ -121,6 +143,9 @@ def main() -> None:
     model = build_transformer(config, seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     attention = model.full_attention(args.frames)
+    if args.causal:  # [clean frames | noisy frames] at positions 0..F-1 each
+        tf_mask = teacher_forcing_mask(args.frames, args.causal, config.tokens_per_frame)
+        attention = model.full_attention(2 * args.frames, tf_mask, torch.arange(args.frames).repeat(2))
     schedule = TeacherRun(model=config, lr=args.lr, warmup=20, steps=args.steps)  # warm-up, then held
     gen = torch.Generator().manual_seed(0)
     started, losses = time.time(), []
@@ -136,8 +161,19 @@ def main() -> None:
         if args.clean_first and args.frames > 1:  # image-to-video: frame 0 given clean
             sigma = (sigma[:, None].expand(-1, args.frames) if sigma.ndim == 1 else sigma).clone()
             sigma[:, 0] = 0
-        with autocast(model, args.autocast):
-            v = model.denoise(add_noise(x, noise, sigma), sigma * 1000, model.embed_text(text), attention)
+        if args.causal:  # each chunk its own level, given the clean chunks before it
+            chunks = args.frames // args.causal
+            sigma = sample_sigmas(args.batch * chunks, config.sampler.shift, gen).view(args.batch, chunks)
+            sigma = sigma.repeat_interleave(args.causal, dim=1)  # [B, F]
+            with autocast(model, args.autocast):
+                context = torch.rand(args.batch, 1, generator=gen).expand(-1, args.frames) * args.context_noise
+                seen = add_noise(x, torch.randn(x.shape, generator=gen), context) if args.context_noise else x
+                both = torch.cat([seen, add_noise(x, noise, sigma)], dim=2)
+                level = torch.cat([context, sigma], dim=1) * 1000
+                v = model.denoise(both, level, model.embed_text(text), attention)[:, :, args.frames:]
+        else:
+            with autocast(model, args.autocast):
+                v = model.denoise(add_noise(x, noise, sigma), sigma * 1000, model.embed_text(text), attention)
         given = 1 if args.clean_first and args.frames > 1 else 0  # no loss on a frame given clean
         loss = flow_matching_loss(v[:, :, given:], x[:, :, given:], noise[:, :, given:])
         for group in opt.param_groups:
@@ -150,13 +186,20 @@ def main() -> None:
     train_s = time.time() - started
 
     model.eval()
+    if args.save:
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save)
     autoencoder = load_autoencoder(args.model)
     scored = learnt[:16] if args.eval == "train" else held
     target, text = first_frames[scored], encoder.encode([captions[i][0] for i in scored])
+    sigmas = shift_sigma(torch.linspace(1, 0, 51), config.sampler.shift)
     with torch.no_grad():
-        x = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
-        sigmas = shift_sigma(torch.linspace(1, 0, 51), config.sampler.shift)
         cond = model.embed_text(text)
+        targets = [to_uint8_frames(autoencoder.decode(target[j:j + 1])) for j in range(len(target))]  # [T, H, W, 3]
+
+    def sample_joint() -> torch.Tensor:
+        """Every frame from noise at once (the first given clean with --clean-first)."""
+        x = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
         first = args.clean_first and args.frames > 1
         for i in range(50):
             level = sigmas[i].expand(len(x))
@@ -166,43 +209,83 @@ def main() -> None:
             x = x + (sigmas[i + 1] - sigmas[i]) * model.denoise(x, level * 1000, cond, attention)
         if first:
             x[:, :, :1] = target[:, :, :1]
-        targets = [to_uint8_frames(autoencoder.decode(target[j:j + 1])) for j in range(len(x))]  # [T, H, W, 3]
-        samples = [to_uint8_frames(autoencoder.decode(x[j:j + 1])) for j in range(len(x))]
-    ious, moves = [], []
-    for t, s in zip(targets, samples):
-        mt, ms = np.stack([object_mask(f) for f in t]), np.stack([object_mask(f) for f in s])
-        ious.append(float((mt & ms).sum() / max(1, (mt | ms).sum())))
-        if args.frames > 1:
-            moves.append(compare_paths(mt, ms))
-    # the project's evaluator on each decoded sample (and target: the ceiling), against its caption
-    keys = ("prompt_accuracy", "colour_accuracy", "shape_accuracy", "motion_accuracy", "count_accuracy")
-    judged = {who: [evaluate_frames(np.ascontiguousarray(v), captions[i][0], config.latent.fps)
-                    for v, i in zip(videos, scored)] for who, videos in (("sample", samples), ("target", targets))}
-    evaluator = {who: {k: mean_or_none([r[k] for r in rs if r.get(k) is not None]) for k in keys} for who, rs in judged.items()}
-    report = {"evaluator": evaluator, "scenes": len(learnt), "eval": args.eval, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-              "frame_noise": args.frame_noise, "clean_first": args.clean_first, "train_s": train_s, "loss_last_50": float(np.mean(losses[-50:])), "mean_iou": float(np.mean(ious)),
-              "iou": ious, "captions": [captions[i][0] for i in scored], "frames": args.frames}
-    if moves:
-        report["motion"] = moves
-        report["motion_agrees"] = float(np.mean([m["agrees"] for m in moves]))
-        report["end_error_px"] = float(np.mean([m["end_error_px"] for m in moves]))
-    print(f"{len(learnt)} scenes, {args.steps} steps at lr {args.lr:g}, {args.eval}: "
-          f"mean IoU {report['mean_iou']:.3f}, flow loss (last 50 steps) {report['loss_last_50']:.4f}, {train_s:.0f} s")
-    for who, scores in evaluator.items():
-        print(f"evaluator, {who}s: " + ", ".join(f"{k.split('_')[0]} {v:.3f}" for k, v in scores.items()
-                                                  if v is not None))
-    if moves:
-        print(f"motion: the sample travels the target's way in {report['motion_agrees']:.3f} of clips; "
-              f"last-frame centroid error {report['end_error_px']:.1f} px "
-              f"(targets travel {np.mean([m['target_px'] for m in moves]):.1f} px, "
-              f"samples {np.mean([m['sample_px'] for m in moves]):.1f} px)")
-    if args.png:
-        # one column a scene: target above sample, at the first decoded frame (clips: and the
-        # middle and last)
+        return x
+
+    def sample_causal(given_chunks: int) -> torch.Tensor:
+        """Chunk after chunk, each from noise given the chunks before it (the first
+        `given_chunks` are the target's), those seen at the context noise level."""
+        gen = torch.Generator().manual_seed(1)
+        x, context_noise = torch.randn(target.shape, generator=gen), torch.randn(target.shape, generator=gen)
+        x[:, :, :given_chunks * args.causal] = target[:, :, :given_chunks * args.causal]
+        for c in range(given_chunks, args.frames // args.causal):
+            now = slice(c * args.causal, (c + 1) * args.causal)
+            past = torch.zeros_like(x)  # the chunks so far; the rest is masked from chunk `now`
+            past[:, :, :now.start] = add_noise(x[:, :, :now.start], context_noise[:, :, :now.start], context_at)
+            level = torch.zeros(len(x), 2 * args.frames)  # only chunk `now` is read from the noisy half
+            level[:, :now.start] = context_at
+            for i in range(50):
+                level[:, args.frames + now.start:args.frames + now.stop] = sigmas[i]
+                v = model.denoise(torch.cat([past, x], dim=2), level * 1000, cond, attention)[:, :, args.frames:]
+                x[:, :, now] = x[:, :, now] + (sigmas[i + 1] - sigmas[i]) * v[:, :, now]
+        return x
+
+    def judge(x: torch.Tensor, label: str) -> tuple[dict, list[np.ndarray]]:
+        """Decode, then IoU, centroid paths and the project's evaluator (on the targets too:
+        the ceiling) against each scene's caption; prints them."""
+        with torch.no_grad():
+            samples = [to_uint8_frames(autoencoder.decode(x[j:j + 1])) for j in range(len(x))]
+        ious, moves = [], []
+        for t, s in zip(targets, samples):
+            mt, ms = np.stack([object_mask(f) for f in t]), np.stack([object_mask(f) for f in s])
+            ious.append(float((mt & ms).sum() / max(1, (mt | ms).sum())))
+            if args.frames > 1:
+                moves.append(compare_paths(mt, ms))
+        keys = ("prompt_accuracy", "colour_accuracy", "shape_accuracy", "motion_accuracy", "count_accuracy")
+        judged = {who: [evaluate_frames(np.ascontiguousarray(v), captions[i][0], config.latent.fps)
+                        for v, i in zip(videos, scored)] for who, videos in (("sample", samples), ("target", targets))}
+        evaluator = {who: {k: mean_or_none([r[k] for r in rs if r.get(k) is not None]) for k in keys}
+                     for who, rs in judged.items()}
+        part = {"evaluator": evaluator, "mean_iou": float(np.mean(ious)), "iou": ious}
+        print(f"{label}: mean IoU {part['mean_iou']:.3f}")
+        for who, scores in evaluator.items():
+            print(f"  evaluator, {who}s: " + ", ".join(f"{k.split('_')[0]} {v:.3f}" for k, v in scores.items()
+                                                      if v is not None))
+        if moves:
+            part["motion"] = moves
+            part["motion_agrees"] = float(np.mean([m["agrees"] for m in moves]))
+            part["end_error_px"] = float(np.mean([m["end_error_px"] for m in moves]))
+            print(f"  motion: the sample travels the target's way in {part['motion_agrees']:.3f} of clips; "
+                  f"last-frame centroid error {part['end_error_px']:.1f} px "
+                  f"(targets travel {np.mean([m['target_px'] for m in moves]):.1f} px, "
+                  f"samples {np.mean([m['sample_px'] for m in moves]):.1f} px)")
+        return part, samples
+
+    def grid(samples: list[np.ndarray], path: str) -> None:
+        """One column a scene: target above sample, at the first decoded frame (clips: and
+        the middle and last)."""
         keep = sorted({0, len(targets[0]) // 2, len(targets[0]) - 1}) if args.frames > 1 else [0]
         rows = [np.concatenate([np.concatenate([t[k], s[k]], axis=0) for k in keep], axis=0)
                 for t, s in zip(targets, samples)]
-        Image.fromarray(np.concatenate(rows, axis=1).astype(np.uint8)).save(args.png)
+        Image.fromarray(np.concatenate(rows, axis=1).astype(np.uint8)).save(path)
+
+    print(f"{len(learnt)} scenes, {args.steps} steps at lr {args.lr:g}, {args.eval}: "
+          f"flow loss (last 50 steps) {np.mean(losses[-50:]):.4f}, {train_s:.0f} s")
+    with torch.no_grad():
+        x = sample_causal(0) if args.causal else sample_joint()
+    report, samples = judge(x, "sampled" + (" chunk after chunk, from noise" if args.causal else ""))
+    report.update({"scenes": len(learnt), "eval": args.eval, "steps": args.steps, "batch": args.batch,
+                   "lr": args.lr, "frame_noise": args.frame_noise, "clean_first": args.clean_first,
+                   "causal": args.causal, "context_noise": args.context_noise, "train_s": train_s,
+                   "loss_last_50": float(np.mean(losses[-50:])), "captions": [captions[i][0] for i in scored],
+                   "frames": args.frames})
+    if args.png:
+        grid(samples, args.png)
+    if args.causal:  # the same model given the target's first chunk: is a good start enough?
+        with torch.no_grad():
+            x = sample_causal(1)
+        report["given_first_chunk"], samples = judge(x, "sampled chunk after chunk, the first chunk given")
+        if args.png:
+            grid(samples, str(Path(args.png).with_suffix("")) + "-given.png")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
