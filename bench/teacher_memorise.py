@@ -166,8 +166,11 @@ def main() -> None:
             sigma = sample_sigmas(args.batch * chunks, config.sampler.shift, gen).view(args.batch, chunks)
             sigma = sigma.repeat_interleave(args.causal, dim=1)  # [B, F]
             with autocast(model, args.autocast):
-                context = torch.rand(args.batch, 1, generator=gen).expand(-1, args.frames) * args.context_noise
-                seen = add_noise(x, torch.randn(x.shape, generator=gen), context) if args.context_noise else x
+                context = torch.zeros_like(sigma)  # no draws without context noise (same random stream)
+                seen = x
+                if args.context_noise:
+                    context = torch.rand(args.batch, 1, generator=gen).expand(-1, args.frames) * args.context_noise
+                    seen = add_noise(x, torch.randn(x.shape, generator=gen), context)
                 both = torch.cat([seen, add_noise(x, noise, sigma)], dim=2)
                 level = torch.cat([context, sigma], dim=1) * 1000
                 v = model.denoise(both, level, model.embed_text(text), attention)[:, :, args.frames:]
