@@ -88,6 +88,7 @@ def main() -> None:
     from distill.teacher import TeacherRun, load_autoencoder, lr_at
     from engine.components import build_text_encoder
     from engine.config import ModelConfig
+    from engine.model import save_model
     from engine.sampler import shift_sigma
     from engine.session import to_uint8_frames
     from engine.transformer import build_transformer
@@ -113,7 +114,7 @@ def main() -> None:
     ap.add_argument("--context-noise", type=float, default=0.0, metavar="S",
                     help="--causal: the clean chunks a chunk is given are noised to a level drawn from "
                          "U(0, S) in training and seen at S/2 in sampling (GameNGen's noise augmentation)")
-    ap.add_argument("--save", default=None, help="write the trained transformer's weights here (safetensors)")
+    ap.add_argument("--save", default=None, help="a dir: the trained transformer's weights and config, as engine.model.save_model writes them")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast for the training forwards")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--png", default=None, help="targets above samples")
@@ -190,8 +191,7 @@ def main() -> None:
 
     model.eval()
     if args.save:
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save)
+        save_model(args.save, config, model)
     autoencoder = load_autoencoder(args.model)
     scored = learnt[:16] if args.eval == "train" else held
     target, text = first_frames[scored], encoder.encode([captions[i][0] for i in scored])
