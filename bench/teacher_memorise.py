@@ -26,6 +26,13 @@ noises the given chunks in training to a level drawn from U(0, S), and in sampli
 noise augmentation GameNGen found keeps an autoregressive model from drifting on its own
 output).
 
+`--first-frames K` (with `--clean-first`) trains the same transformer on K single first latent
+frames a step beside the clips, from noise, so that one model both draws a first frame from its
+caption and continues it (image-to-video); it then samples clips that way, the first frame as
+an image and the rest given it, and also given the target's first frame, to compare with a
+`--clean-first` model of clips alone. This is the split the rows above pointed at: layout from
+a single-frame task, motion from a continuation.
+
     python bench/teacher_memorise.py --model runs/k-joint/model \\
         --pool runs/k-joint/latent-pool-canonical-start0-0-4096x24 --scenes 16 --lr 2e-3
 """
@@ -108,6 +115,9 @@ def main() -> None:
     ap.add_argument("--clean-first", action="store_true",
                     help="clips: the first latent frame is given clean in training and sampling (image-to-"
                          "video), so only where the object goes is learnt and scored")
+    ap.add_argument("--first-frames", type=int, default=0, metavar="K",
+                    help="--clean-first: also K single first latent frames a step, from noise; samples the "
+                         "first frame as an image, then the rest given it")
     ap.add_argument("--causal", type=int, default=0, metavar="C",
                     help="clips: learn and sample them in chunks of C latent frames, each given the clean "
                          "chunks before it (teacher forcing; sampled chunk after chunk)")
@@ -123,6 +133,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.causal and (args.frames % args.causal or args.frame_noise or args.clean_first):
         raise SystemExit("--causal C needs --frames a multiple of C, without --frame-noise or --clean-first")
+    if args.first_frames and not (args.clean_first and args.frames > 1):
+        raise SystemExit("--first-frames needs --clean-first and --frames > 1")
     if args.context_noise and not args.causal:
         raise SystemExit("--context-noise needs --causal")
     context_at = torch.tensor(args.context_noise / 2)  # the level sampling gives the chunks so far
@@ -144,6 +156,7 @@ def main() -> None:
     model = build_transformer(config, seed=0).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     attention = model.full_attention(args.frames)
+    frame_attention = model.full_attention(1)  # --first-frames: a first frame on its own
     if args.causal:  # [clean frames | noisy frames] at positions 0..F-1 each
         tf_mask = teacher_forcing_mask(args.frames, args.causal, config.tokens_per_frame)
         attention = model.full_attention(2 * args.frames, tf_mask, torch.arange(args.frames).repeat(2))
@@ -180,6 +193,16 @@ def main() -> None:
                 v = model.denoise(add_noise(x, noise, sigma), sigma * 1000, model.embed_text(text), attention)
         given = 1 if args.clean_first and args.frames > 1 else 0  # no loss on a frame given clean
         loss = flow_matching_loss(v[:, :, given:], x[:, :, given:], noise[:, :, given:])
+        if args.first_frames:  # single first frames from noise; a frame weighs as a clip's frame
+            pick = torch.randint(0, len(learnt), (args.first_frames,), generator=gen)
+            f0, f_noise = x0[pick, :, :1], torch.randn(x0[pick, :, :1].shape, generator=gen)
+            f_sigma = sample_sigmas(args.first_frames, config.sampler.shift, gen)
+            with autocast(model, args.autocast):
+                vf = model.denoise(add_noise(f0, f_noise, f_sigma), f_sigma * 1000, model.embed_text(feats[pick]),
+                                   frame_attention)
+            clip_frames = args.batch * (args.frames - given)
+            loss = (loss * clip_frames + flow_matching_loss(vf, f0, f_noise) * args.first_frames) / (
+                clip_frames + args.first_frames)
         for group in opt.param_groups:
             group["lr"] = lr_at(schedule, step)
         opt.zero_grad()
@@ -200,18 +223,26 @@ def main() -> None:
         cond = model.embed_text(text)
         targets = [to_uint8_frames(autoencoder.decode(target[j:j + 1])) for j in range(len(target))]  # [T, H, W, 3]
 
-    def sample_joint() -> torch.Tensor:
-        """Every frame from noise at once (the first given clean with --clean-first)."""
+    def sample_joint(first: torch.Tensor | None = None) -> torch.Tensor:
+        """Every frame from noise at once, or, given a first latent frame [B, C, 1, h, w]
+        (--clean-first), the rest given it."""
         x = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
-        first = args.clean_first and args.frames > 1
         for i in range(50):
             level = sigmas[i].expand(len(x))
-            if first:
-                x[:, :, :1] = target[:, :, :1]
+            if first is not None:
+                x[:, :, :1] = first
                 level = torch.cat([torch.zeros(len(x), 1), level[:, None].expand(-1, args.frames - 1)], dim=1)
             x = x + (sigmas[i + 1] - sigmas[i]) * model.denoise(x, level * 1000, cond, attention)
-        if first:
-            x[:, :, :1] = target[:, :, :1]
+        if first is not None:
+            x[:, :, :1] = first
+        return x
+
+    def sample_first_frame() -> torch.Tensor:
+        """--first-frames: a first latent frame from noise, as an image."""
+        x = torch.randn(target[:, :, :1].shape, generator=torch.Generator().manual_seed(2))
+        for i in range(50):
+            x = x + (sigmas[i + 1] - sigmas[i]) * model.denoise(x, sigmas[i].expand(len(x)) * 1000, cond,
+                                                                 frame_attention)
         return x
 
     def sample_causal(given_chunks: int) -> torch.Tensor:
@@ -273,11 +304,18 @@ def main() -> None:
 
     print(f"{len(learnt)} scenes, {args.steps} steps at lr {args.lr:g}, {args.eval}: "
           f"flow loss (last 50 steps) {np.mean(losses[-50:]):.4f}, {train_s:.0f} s")
+    clean_first = args.clean_first and args.frames > 1
     with torch.no_grad():
-        x = sample_causal(0) if args.causal else sample_joint()
-    report, samples = judge(x, "sampled" + (" chunk after chunk, from noise" if args.causal else ""))
+        if args.causal:
+            x, label = sample_causal(0), "sampled chunk after chunk, from noise"
+        elif args.first_frames:
+            x, label = sample_joint(sample_first_frame()), "sampled: the first frame as an image, then the rest given it"
+        else:
+            x, label = sample_joint(target[:, :, :1] if clean_first else None), "sampled"
+    report, samples = judge(x, label)
     report.update({"scenes": len(learnt), "eval": args.eval, "steps": args.steps, "batch": args.batch,
                    "lr": args.lr, "frame_noise": args.frame_noise, "clean_first": args.clean_first,
+                   "first_frames": args.first_frames,
                    "causal": args.causal, "context_noise": args.context_noise, "train_s": train_s,
                    "loss_last_50": float(np.mean(losses[-50:])), "captions": [captions[i][0] for i in scored],
                    "frames": args.frames})
@@ -287,6 +325,12 @@ def main() -> None:
         with torch.no_grad():
             x = sample_causal(1)
         report["given_first_chunk"], samples = judge(x, "sampled chunk after chunk, the first chunk given")
+        if args.png:
+            grid(samples, str(Path(args.png).with_suffix("")) + "-given.png")
+    if args.first_frames:  # the same model given the target's first frame: the continuation alone
+        with torch.no_grad():
+            x = sample_joint(target[:, :, :1])
+        report["given_first_frame"], samples = judge(x, "sampled given the target's first frame")
         if args.png:
             grid(samples, str(Path(args.png).with_suffix("")) + "-given.png")
     if args.json:
