@@ -195,7 +195,8 @@ def main() -> None:
         loss = flow_matching_loss(v[:, :, given:], x[:, :, given:], noise[:, :, given:])
         if args.first_frames:  # single first frames from noise; a frame weighs as a clip's frame
             pick = torch.randint(0, len(learnt), (args.first_frames,), generator=gen)
-            f0, f_noise = x0[pick, :, :1], torch.randn(x0[pick, :, :1].shape, generator=gen)
+            f0 = x0[pick, :, :1]
+            f_noise = torch.randn(f0.shape, generator=gen)
             f_sigma = sample_sigmas(args.first_frames, config.sampler.shift, gen)
             with autocast(model, args.autocast):
                 vf = model.denoise(add_noise(f0, f_noise, f_sigma), f_sigma * 1000, model.embed_text(feats[pick]),
