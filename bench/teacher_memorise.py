@@ -133,7 +133,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.causal and (args.frames % args.causal or args.frame_noise or args.clean_first):
         raise SystemExit("--causal C needs --frames a multiple of C, without --frame-noise or --clean-first")
-    if args.first_frames and not (args.clean_first and args.frames > 1):
+    clean_first = args.clean_first and args.frames > 1  # image-to-video: frame 0 given clean
+    if args.first_frames and not clean_first:
         raise SystemExit("--first-frames needs --clean-first and --frames > 1")
     if args.context_noise and not args.causal:
         raise SystemExit("--context-noise needs --causal")
@@ -172,7 +173,7 @@ def main() -> None:
             own = sample_sigmas(args.batch * args.frames, config.sampler.shift, gen).view(args.batch, args.frames)
             pick_own = torch.rand(args.batch, generator=gen) < args.frame_noise
             sigma = torch.where(pick_own[:, None], own, sigma[:, None].expand(-1, args.frames))
-        if args.clean_first and args.frames > 1:  # image-to-video: frame 0 given clean
+        if clean_first:
             sigma = (sigma[:, None].expand(-1, args.frames) if sigma.ndim == 1 else sigma).clone()
             sigma[:, 0] = 0
         if args.causal:  # each chunk its own level, given the clean chunks before it
@@ -191,7 +192,7 @@ def main() -> None:
         else:
             with autocast(model, args.autocast):
                 v = model.denoise(add_noise(x, noise, sigma), sigma * 1000, model.embed_text(text), attention)
-        given = 1 if args.clean_first and args.frames > 1 else 0  # no loss on a frame given clean
+        given = int(clean_first)  # no loss on a frame given clean
         loss = flow_matching_loss(v[:, :, given:], x[:, :, given:], noise[:, :, given:])
         if args.first_frames:  # single first frames from noise; a frame weighs as a clip's frame
             pick = torch.randint(0, len(learnt), (args.first_frames,), generator=gen)
@@ -305,7 +306,6 @@ def main() -> None:
 
     print(f"{len(learnt)} scenes, {args.steps} steps at lr {args.lr:g}, {args.eval}: "
           f"flow loss (last 50 steps) {np.mean(losses[-50:]):.4f}, {train_s:.0f} s")
-    clean_first = args.clean_first and args.frames > 1
     with torch.no_grad():
         if args.causal:
             x, label = sample_causal(0), "sampled chunk after chunk, from noise"
