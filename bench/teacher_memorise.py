@@ -95,7 +95,7 @@ def main() -> None:
     from distill.teacher import TeacherRun, load_autoencoder, lr_at
     from engine.components import build_text_encoder
     from engine.config import ModelConfig
-    from engine.model import save_model
+    from engine.model import load_transformer_weights, save_model
     from engine.sampler import shift_sigma
     from engine.session import to_uint8_frames
     from engine.transformer import build_transformer
@@ -104,6 +104,14 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="a teacher model dir: its config, text encoder and autoencoder")
     ap.add_argument("--pool", required=True, help="a teacher run's latent pool, without .safetensors/.json")
     ap.add_argument("--scenes", type=int, default=16, help="N: one-object plain-background scenes learnt")
+    ap.add_argument("--world", action="store_true",
+                    help="learn the first N scenes of the whole pool (two objects, gradients and all) instead "
+                         "of one-object plain-background ones; scored on the same 16 unseen scenes as N = 840")
+    ap.add_argument("--paraphrases", action="store_true",
+                    help="each step draws one of a scene's captions, as the teacher trainer does (else its first)")
+    ap.add_argument("--any-frame", action="store_true",
+                    help="single frames (--frames 1) from any of a clip's 6 latent frames, as the teacher "
+                         "trainer's image_batch draws them (else the first); scored on first frames")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch", type=int, default=32, help="frames a step, drawn from the N with replacement")
     ap.add_argument("--lr", type=float, default=6e-4, help="AdamW lr (20 warm-up steps, then held)")
@@ -124,6 +132,12 @@ def main() -> None:
     ap.add_argument("--context-noise", type=float, default=0.0, metavar="S",
                     help="--causal: the clean chunks a chunk is given are noised to a level drawn from "
                          "U(0, S) in training and seen at S/2 in sampling (GameNGen's noise augmentation)")
+    ap.add_argument("--init", default=None, metavar="DIR",
+                    help="start from a saved transformer (DIR/transformer.safetensors, of --model's config) "
+                         "instead of from scratch; with --steps 0, only sample and score it")
+    ap.add_argument("--guidance", type=float, default=1.0,
+                    help="classifier-free guidance in sampling (the unconditional branch reads zero text "
+                         "features, as the teacher trainer's caption dropout teaches; 1: conditional only)")
     ap.add_argument("--save", default=None, help="a dir: the trained transformer's weights and config, as engine.model.save_model writes them")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast for the training forwards")
     ap.add_argument("--threads", type=int, default=2)
@@ -145,16 +159,26 @@ def main() -> None:
     eligible = [i for i, c in enumerate(captions) if " and a" not in c[0] and ONE_OBJECT.match(c[0])]
     learnt = eligible[:args.scenes]
     held = eligible[args.scenes:args.scenes + 16]
+    if args.world:
+        held = eligible[840:856]
+        learnt = [i for i in range(len(captions)) if i not in set(held)][:args.scenes]
+    if args.any_frame and args.frames != 1:
+        raise SystemExit("--any-frame is for single frames (--frames 1)")
     if len(learnt) < args.scenes or (args.eval == "held" and len(held) < 16):
         raise SystemExit(f"the pool has {len(eligible)} one-object plain-background scenes: too few for "
                          f"--scenes {args.scenes} and --eval {args.eval}")
     with safe_open(args.pool + ".safetensors", "pt") as f:
-        first_frames = f.get_slice("latents")[:, :, :args.frames]  # [pool, C, F, h, w]
+        first_frames = f.get_slice("latents")[:, :, :6 if args.any_frame else args.frames]  # [pool, C, F, h, w]
     encoder = build_text_encoder(config, args.model, "cpu")
-    x0, feats = first_frames[learnt], encoder.encode([captions[i][0] for i in learnt])
+    x0 = first_frames[learnt]
+    per_scene = len(captions[learnt[0]]) if args.paraphrases else 1
+    feats = torch.stack([encoder.encode([captions[i][k] for i in learnt]) for k in range(per_scene)], 1)
+    first_frames = first_frames[:, :, :args.frames]  # scored on
 
     torch.manual_seed(0)
     model = build_transformer(config, seed=0).train()
+    if args.init:
+        load_transformer_weights(model, Path(args.init) / "transformer.safetensors")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
     attention = model.full_attention(args.frames)
     frame_attention = model.full_attention(1)  # --first-frames: a first frame on its own
@@ -166,7 +190,12 @@ def main() -> None:
     started, losses = time.time(), []
     for step in tqdm(range(args.steps), desc="memorise", unit="step"):
         pick = torch.randint(0, len(learnt), (args.batch,), generator=gen)
-        x, text = x0[pick], feats[pick]
+        x, text = x0[pick], feats[pick, 0]
+        if args.paraphrases:  # drawn after the scenes, so runs without keep their random stream
+            text = feats[pick, torch.randint(0, per_scene, (args.batch,), generator=gen)]
+        if args.any_frame:
+            at = torch.randint(0, x0.shape[2], (args.batch,), generator=gen)
+            x = x[torch.arange(args.batch), :, at][:, :, None]
         noise = torch.randn(x.shape, generator=gen)
         sigma = sample_sigmas(args.batch, config.sampler.shift, gen)
         if args.frame_noise > 0 and args.frames > 1:  # Diffusion Forcing: each frame its own level
@@ -200,7 +229,7 @@ def main() -> None:
             f_noise = torch.randn(f0.shape, generator=gen)
             f_sigma = sample_sigmas(args.first_frames, config.sampler.shift, gen)
             with autocast(model, args.autocast):
-                vf = model.denoise(add_noise(f0, f_noise, f_sigma), f_sigma * 1000, model.embed_text(feats[pick]),
+                vf = model.denoise(add_noise(f0, f_noise, f_sigma), f_sigma * 1000, model.embed_text(feats[pick, 0]),
                                    frame_attention)
             clip_frames = args.batch * (args.frames - given)
             loss = (loss * clip_frames + flow_matching_loss(vf, f0, f_noise) * args.first_frames) / (
@@ -223,7 +252,16 @@ def main() -> None:
     sigmas = shift_sigma(torch.linspace(1, 0, 51), config.sampler.shift)
     with torch.no_grad():
         cond = model.embed_text(text)
+        uncond = model.embed_text(torch.zeros_like(text))
         targets = [to_uint8_frames(autoencoder.decode(target[j:j + 1])) for j in range(len(target))]  # [T, H, W, 3]
+
+    def velocity(x: torch.Tensor, level: torch.Tensor, attention) -> torch.Tensor:
+        """The sampler's flow at `level` (x1000), guided when --guidance is not 1."""
+        if args.guidance == 1.0:
+            return model.denoise(x, level, cond, attention)
+        both = model.denoise(torch.cat([x, x]), torch.cat([level, level]), torch.cat([cond, uncond]), attention)
+        v_cond, v_uncond = both.chunk(2)
+        return v_uncond + args.guidance * (v_cond - v_uncond)
 
     def sample_joint(first: torch.Tensor | None = None) -> torch.Tensor:
         """Every frame from noise at once, or, given a first latent frame [B, C, 1, h, w]
@@ -234,7 +272,7 @@ def main() -> None:
             if first is not None:
                 x[:, :, :1] = first
                 level = torch.cat([torch.zeros(len(x), 1), level[:, None].expand(-1, args.frames - 1)], dim=1)
-            x = x + (sigmas[i + 1] - sigmas[i]) * model.denoise(x, level * 1000, cond, attention)
+            x = x + (sigmas[i + 1] - sigmas[i]) * velocity(x, level * 1000, attention)
         if first is not None:
             x[:, :, :1] = first
         return x
@@ -243,8 +281,7 @@ def main() -> None:
         """--first-frames: a first latent frame from noise, as an image."""
         x = torch.randn(target[:, :, :1].shape, generator=torch.Generator().manual_seed(2))
         for i in range(50):
-            x = x + (sigmas[i + 1] - sigmas[i]) * model.denoise(x, sigmas[i].expand(len(x)) * 1000, cond,
-                                                                 frame_attention)
+            x = x + (sigmas[i + 1] - sigmas[i]) * velocity(x, sigmas[i].expand(len(x)) * 1000, frame_attention)
         return x
 
     def sample_causal(given_chunks: int) -> torch.Tensor:
@@ -261,7 +298,7 @@ def main() -> None:
             level[:, :now.start] = context_at
             for i in range(50):
                 level[:, args.frames + now.start:args.frames + now.stop] = sigmas[i]
-                v = model.denoise(torch.cat([past, x], dim=2), level * 1000, cond, attention)[:, :, args.frames:]
+                v = velocity(torch.cat([past, x], dim=2), level * 1000, attention)[:, :, args.frames:]
                 x[:, :, now] = x[:, :, now] + (sigmas[i + 1] - sigmas[i]) * v[:, :, now]
         return x
 
@@ -304,8 +341,9 @@ def main() -> None:
                 for t, s in zip(targets, samples)]
         Image.fromarray(np.concatenate(rows, axis=1).astype(np.uint8)).save(path)
 
+    last = f"{np.mean(losses[-50:]):.4f}" if losses else "-"
     print(f"{len(learnt)} scenes, {args.steps} steps at lr {args.lr:g}, {args.eval}: "
-          f"flow loss (last 50 steps) {np.mean(losses[-50:]):.4f}, {train_s:.0f} s")
+          f"flow loss (last 50 steps) {last}, {train_s:.0f} s")
     with torch.no_grad():
         if args.causal:
             x, label = sample_causal(0), "sampled chunk after chunk, from noise"
@@ -315,10 +353,11 @@ def main() -> None:
             x, label = sample_joint(target[:, :, :1] if clean_first else None), "sampled"
     report, samples = judge(x, label)
     report.update({"scenes": len(learnt), "eval": args.eval, "steps": args.steps, "batch": args.batch,
-                   "lr": args.lr, "frame_noise": args.frame_noise, "clean_first": args.clean_first,
-                   "first_frames": args.first_frames,
+                   "lr": args.lr, "init": args.init, "guidance": args.guidance, "frame_noise": args.frame_noise, "clean_first": args.clean_first,
+                   "first_frames": args.first_frames, "world": args.world, "paraphrases": args.paraphrases,
+                   "any_frame": args.any_frame,
                    "causal": args.causal, "context_noise": args.context_noise, "train_s": train_s,
-                   "loss_last_50": float(np.mean(losses[-50:])), "captions": [captions[i][0] for i in scored],
+                   "loss_last_50": float(np.mean(losses[-50:])) if losses else None, "captions": [captions[i][0] for i in scored],
                    "frames": args.frames})
     if args.png:
         grid(samples, args.png)
