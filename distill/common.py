@@ -261,9 +261,16 @@ class ClipLatents:
     per step, which on 2 CPU cores more than doubles the teacher's steps per second."""
 
     pool_name = "latent-pool"
+    CAPTION_CHOICES = ("paraphrases", "canonical")
 
     def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, pool_size: int = 0,
-                 cache_dir: str | Path | None = None, progress: bool = True):
+                 cache_dir: str | Path | None = None, progress: bool = True, captions: str = "paraphrases"):
+        if captions not in self.CAPTION_CHOICES:
+            raise ValueError(f"captions {captions!r}: one of {', '.join(self.CAPTION_CHOICES)}")
+        # "canonical": every draw takes a clip's first caption (the Shapes world's canonical one,
+        # naming every attribute in the canonical words) instead of a random paraphrase; the
+        # paraphrase is still drawn, so both ways see the same clips step for step
+        self.canonical = captions == "canonical"
         self.autoencoder = autoencoder
         self.frames = latent_frames * autoencoder.config.temporal_compression
         self.batch_size, self.seed = batch_size, seed
@@ -286,7 +293,7 @@ class ClipLatents:
     def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
         if self.pool is None:
             clips = self.clips(step)
-            return self.encode(clips), [c.caption for c in clips]
+            return self.encode(clips), [c.captions[0] if self.canonical else c.caption for c in clips]
         index, captions = self.batch_draw(step)
         return self.pool[torch.from_numpy(index)], captions
 
@@ -294,8 +301,12 @@ class ClipLatents:
         """The pool clips of a step's batch and a paraphrase of each one's caption."""
         rng = np.random.default_rng([self.seed, 1, step])
         index = rng.choice(len(self.pool), size=self.batch_size, replace=False)
-        captions = [self.pool_captions[i][int(rng.integers(len(self.pool_captions[i])))] for i in index]
-        return index, captions
+        return index, self._captions(index, rng)
+
+    def _captions(self, index: np.ndarray, rng: np.random.Generator) -> list[str]:
+        """A random paraphrase of each pool clip's caption (or, with captions "canonical", its first)."""
+        drawn = [int(rng.integers(len(self.pool_captions[i]))) for i in index]
+        return [self.pool_captions[i][0 if self.canonical else k] for i, k in zip(index, drawn)]
 
     @torch.no_grad()
     def single_frames(self, step: int, count: int) -> tuple[torch.Tensor, list[str]]:
@@ -312,8 +323,7 @@ class ClipLatents:
         rng = np.random.default_rng([self.seed, 3, step])
         index = rng.integers(len(self.pool), size=count)
         frame = rng.integers(self.pool.shape[2], size=count)
-        captions = [self.pool_captions[i][int(rng.integers(len(self.pool_captions[i])))] for i in index]
-        return index, frame, captions
+        return index, frame, self._captions(index, rng)
 
     def _build_pool(self, size: int, cache_dir: Path | None, progress: bool) -> None:
         from tqdm import tqdm
@@ -344,7 +354,8 @@ class ShapesLatents(ClipLatents):
 
     def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, height: int = 128,
                  width: int = 128, fps: int = 16, max_start_frame: int = 480, pool_size: int = 0,
-                 cache_dir: str | Path | None = None, progress: bool = True, layout: str = "random"):
+                 cache_dir: str | Path | None = None, progress: bool = True, layout: str = "random",
+                 captions: str = "paraphrases"):
         from distill.data.scene import SceneSampling
         from distill.data.shapes import ShapesConfig, ShapesWorld
 
@@ -353,7 +364,7 @@ class ShapesLatents(ClipLatents):
         self.max_start = max_start_frame
         if (layout, max_start_frame) != ("random", 480):  # another pool than the default's: another file
             self.pool_name = f"latent-pool-{layout}-start{max_start_frame}"
-        super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress)
+        super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress, captions)
 
     def clips(self, step: int, stream: tuple[int, ...] = ()):
         seeds, starts = self._draws(step, stream)
@@ -420,11 +431,11 @@ class VideoFolderLatents(ClipLatents):
 
     def __init__(self, autoencoder, folder: str | Path, latent_frames: int, batch_size: int, seed: int,
                  height: int = 128, width: int = 128, fps: float = 16, pool_size: int = 0,
-                 cache_dir: str | Path | None = None, progress: bool = True):
+                 cache_dir: str | Path | None = None, progress: bool = True, captions: str = "paraphrases"):
         from distill.data.video_folder import VideoClips
 
         self.source = VideoClips(folder, latent_frames * autoencoder.config.temporal_compression, height, width, fps)
-        super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress)
+        super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress, captions)
 
     def clips(self, step: int, stream: tuple[int, ...] = ()):
         rng = np.random.default_rng([self.seed, *stream, step])

@@ -155,8 +155,10 @@ def _parse_value(item: str, value: str, kind) -> object:
     except json.JSONDecodeError as exc:
         if kind is str or typing.get_origin(kind) in (typing.Union, types.UnionType) and str in typing.get_args(kind):
             return value
-        if typing.get_origin(kind) is typing.Literal and value in typing.get_args(kind):
-            return value  # a choice of words: model.attention.text_padding=mask
+        if typing.get_origin(kind) is typing.Literal:  # a choice of words: model.attention.text_padding=mask
+            if value in typing.get_args(kind):
+                return value
+            raise CommandError(f"--set {item!r}: one of {', '.join(map(str, typing.get_args(kind)))}") from None
         raise CommandError(f"--set {item!r}: VALUE must be JSON for this field ({exc})") from None
 
 
@@ -198,6 +200,8 @@ def resolve(presets: dict, preset: str, sets: list[str], model_for=None, **paths
             model_sets.append((path, item, value))
         else:
             updates[name] = _parse_value(item, value, hints[name])
+            if typing.get_origin(hints[name]) is typing.Literal and updates[name] not in typing.get_args(hints[name]):
+                raise CommandError(f"--set {item!r}: one of {', '.join(map(str, typing.get_args(hints[name])))}")
     run = dataclasses.replace(run, **updates)
     model = model_for(run) if model_for is not None else run.model
     for path, item, value in model_sets:

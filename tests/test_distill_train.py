@@ -182,6 +182,31 @@ def test_a_canonical_pool_holds_scene_starts_in_their_slots_and_a_file_of_its_ow
     torch.testing.assert_close(canonical.pool, canonical.encode(clips), atol=1e-5, rtol=1e-4)
 
 
+def test_canonical_captions_read_each_clips_first_caption_and_draw_the_same_clips(tiny_autoencoder, tmp_path):
+    from distill.common import ShapesLatents
+
+    ae = teacher_mod.load_autoencoder(tiny_autoencoder)
+    kw = dict(height=32, width=32, pool_size=6, cache_dir=tmp_path, progress=False)
+    para = ShapesLatents(ae, 2, 4, seed=0, **kw)
+    canon = ShapesLatents(ae, 2, 4, seed=0, captions="canonical", **kw)
+    assert torch.equal(para.pool, canon.pool)
+    seen_other = False
+    for step in range(3):
+        (x, c_para), (y, c_canon) = para.batch(step), canon.batch(step)
+        assert torch.equal(x, y)  # the same clips, step for step
+        index, _ = canon.batch_draw(step)
+        assert c_canon == [canon.pool_captions[i][0] for i in index]
+        seen_other |= any(a != b for a, b in zip(c_para, c_canon))
+        (f, _), (g, f_canon) = para.single_frames(step, 5), canon.single_frames(step, 5)
+        index, _, _ = canon.single_frames_draw(step, 5)
+        assert torch.equal(f, g) and f_canon == [canon.pool_captions[i][0] for i in index]
+    assert seen_other  # paraphrases do differ from the first caption somewhere
+    fresh = ShapesLatents(ae, 2, 3, seed=0, height=32, width=32, captions="canonical")  # no pool
+    assert fresh.batch(0)[1] == [c.captions[0] for c in fresh.clips(0)]
+    with pytest.raises(ValueError, match="captions 'first'"):
+        ShapesLatents(ae, 2, 3, seed=0, height=32, width=32, captions="first")
+
+
 def test_single_frames_from_the_pool_are_what_encoding_their_four_frames_gives(tiny_autoencoder, tmp_path):
     from distill.common import ShapesLatents
 
