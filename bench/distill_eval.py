@@ -101,6 +101,10 @@ def main() -> None:
     ap.add_argument("--drift-prompts", type=int, default=0, help="prompts streamed for the drift figure (0: none)")
     ap.add_argument("--drift-minutes", type=float, default=5.0, help="how long each drift stream runs")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--rewrite", action="store_true",
+                    help="the models are given each prompt's canonical caption (distill.data.captions."
+                         "canonical_prompt: the canonical words, the unsaid filled in) and scored against "
+                         "the prompt as written; for teachers trained with captions: canonical")
     ap.add_argument("--out", default="runs/distill_eval", help="reports, plots and sample grids go here")
     args = ap.parse_args()
     if args.threads:
@@ -141,6 +145,13 @@ def main() -> None:
         contenders[f"student {schedule_name(sampler)}"] = other.generate_clip
 
     rows = {}
+    if args.rewrite:
+        from distill.data.captions import canonical_prompt
+
+        def rewritten(generate):
+            return lambda prompt, seconds, seed: generate(canonical_prompt(prompt) or prompt, seconds, seed)
+
+        contenders = {name: rewritten(generate) for name, generate in contenders.items()}
     for name, generate in contenders.items():
         run, stats = timed(generate, student.fps)
         report = evaluate_generator(run, prompts, args.seeds, args.seconds, fps=student.fps,
@@ -181,7 +192,7 @@ def main() -> None:
         print(f"  drift over {len(drifted['prompts'])} prompts: first 10 s {drifted['first_10s']:.3f} "
               f"{drifted['first_10s_interval']}, last 10 s of minute {args.drift_minutes:g} "
               f"{drifted['last_10s']:.3f} {drifted['last_10s_interval']}")
-    (out / "summary.json").write_text(json.dumps({"set": args.set, "rows": rows, "rtf": rtf, "drift": drifted},
+    (out / "summary.json").write_text(json.dumps({"set": args.set, "rewrite": args.rewrite, "rows": rows, "rtf": rtf, "drift": drifted},
                                                  indent=2))
 
 

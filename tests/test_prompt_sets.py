@@ -38,3 +38,29 @@ def test_named_sets_through_the_cli(capsys):
     from distill.commands import _read_prompts
 
     assert _read_prompts("heldout", 3) == heldout_prompts()[:3]
+
+
+def test_canonical_prompt_says_what_a_prompt_asks_in_the_canonical_words():
+    from distill.data import vocab
+    from distill.data.captions import canonical_prompt
+    from distill.eval.prompts import standard_prompts
+
+    assert all(canonical_prompt(p) == p for p in standard_prompts())  # canonical already: unchanged
+    for prompt in heldout_prompts() + ["a ball", "red ball on red background", "a big cobalt star contracting"]:
+        asked, rewritten = parse_prompt(prompt), canonical_prompt(prompt)
+        assert rewritten is not None and rewritten in {canonical_prompt(rewritten)}, prompt  # a fixed point
+        got = parse_prompt(rewritten)
+        assert len(got.objects) == len(asked.objects), (prompt, rewritten)
+        for a, g in zip(asked.objects, got.objects):  # everything said is kept; the unsaid is filled
+            assert g.shape == a.shape and g.colour == (a.colour or g.colour) and g.colour is not None
+            assert g.motion == (a.motion or "stop")
+            # (a size is not said of an object that grows or shrinks, as the captions do)
+            assert g.size == (None if g.motion in ("grow", "shrink") else a.size or "medium")
+        assert got.pattern == (None if asked.pattern == "solid" else asked.pattern)  # a plain one goes unsaid
+        if asked.background is None:  # a background that differs from every object
+            assert got.background in vocab.ALL_COLOURS and got.background not in {o.colour for o in got.objects}
+        else:
+            assert got.background == asked.background
+    # no object the world draws, or more than its canonical slots: left as it is (None)
+    assert canonical_prompt("a beautiful sunset over the sea") is None and canonical_prompt("") is None
+    assert canonical_prompt("a red ball, a blue box, a green star and a pink dot") is None

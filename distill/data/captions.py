@@ -340,3 +340,44 @@ def parse_prompt(text: str) -> PromptIntent:
             motion=_motion_of(after),
         ))
     return PromptIntent(objects=tuple(objects), background=background, pattern=pattern)
+
+
+# --- rewriting a prompt into the caption a canonical-caption model reads --------------
+
+
+def _contrast(a: str, b: str) -> float:
+    return float(np.linalg.norm(np.subtract(vocab.ALL_COLOURS[a], vocab.ALL_COLOURS[b])))
+
+
+def canonical_prompt(text: str) -> str | None:
+    """The canonical caption of what a prompt asks, with what it leaves unsaid filled in, or
+    None when it names no object the Shapes world draws (or more than its canonical slots hold).
+
+    A teacher trained on canonical captions only (`captions: canonical`) reads one phrasing
+    of each scene; this maps a person's phrasing onto it, as video models' prompt extenders
+    do: synonyms become the canonical words (through `parse_prompt`, the evaluator's own
+    reading), an unsaid size is "medium", an unsaid motion "stays still", an object without a
+    colour takes the object colour farthest from the background, and an unsaid background the
+    colour farthest from every object's, so the object always stands out."""
+    intent = parse_prompt(text)
+    from distill.data.scene import CANONICAL_SLOTS, Background, ObjectSpec, Scene
+
+    if not intent.objects or len(intent.objects) > max(CANONICAL_SLOTS):
+        return None
+    named = [o.colour for o in intent.objects if o.colour is not None]
+    background = intent.background
+    colours = []
+    for o in intent.objects:
+        colour = o.colour
+        if colour is None:  # farthest from the background (or from nothing said: the first free colour)
+            free = [c for c in vocab.OBJECT_COLOURS if c not in named + colours and c != background]
+            free = free or list(vocab.OBJECT_COLOURS)
+            colour = max(free, key=lambda c: _contrast(c, background)) if background else free[0]
+        colours.append(colour)
+    if background is None:
+        candidates = [c for c in vocab.ALL_COLOURS if c not in colours]
+        background = max(candidates, key=lambda c: min(_contrast(c, o) for o in colours))
+    slots = CANONICAL_SLOTS[len(intent.objects)]
+    objects = tuple(ObjectSpec(colour=c, shape=o.shape, size=o.size or "medium", motion=o.motion or "stop",
+                               x=x, y=y) for o, c, (x, y) in zip(intent.objects, colours, slots))
+    return scene_caption(Scene(objects, Background(background, intent.pattern or "solid")))
