@@ -476,6 +476,10 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert main(["distill", "teacher", "--preset", "tiny", "--set", "model.attention.text_padding=maybe",
                  "--dry-run"]) == 2
     assert "text_padding" in capsys.readouterr().err
+    assert main(["distill", "teacher", "--preset", "tiny", "--set", "captions=canonical", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["captions"] == "canonical"
+    assert main(["distill", "teacher", "--preset", "tiny", "--set", 'captions="first"', "--dry-run"]) == 2
+    assert "one of paraphrases, canonical" in capsys.readouterr().err  # JSON text is checked as well
     assert main(["distill", "teacher", "--preset", "tiny", "--set", "model.text_pooling=mean", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["model"]["text_pooling"] == "mean"
 
