@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--drift-minutes", type=float, default=5.0, help="how long each drift stream runs")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--rewrite", action="store_true",
-                    help="the models are given each prompt's canonical caption (distill.data.captions."
+                    help="the models are given each prompt's canonical caption (engine.shapes.captions."
                          "canonical_prompt: the canonical words, the unsaid filled in) and scored against "
                          "the prompt as written; for teachers trained with captions: canonical")
     ap.add_argument("--out", default="runs/distill_eval", help="reports, plots and sample grids go here")
@@ -146,7 +146,7 @@ def main() -> None:
 
     rows = {}
     if args.rewrite:
-        from distill.data.captions import canonical_prompt
+        from engine.shapes.captions import canonical_prompt
 
         def rewritten(generate):
             return lambda prompt, seconds, seed: generate(canonical_prompt(prompt) or prompt, seconds, seed)

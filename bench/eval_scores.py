@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.data.captions import parse_prompt
+from engine.shapes.captions import parse_prompt
 from distill.data.shapes import ShapesConfig, ShapesWorld
 from distill.eval import evaluate_frames
 from distill.eval.judge import TrackSummary, prompt_scores

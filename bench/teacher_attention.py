@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.data.captions import scene_caption  # noqa: E402
+from engine.shapes.captions import scene_caption  # noqa: E402
 from distill.losses import add_noise  # noqa: E402
 from engine.attention import apply_rope  # noqa: E402
 from teacher_conditioning import single_object_clips  # noqa: E402

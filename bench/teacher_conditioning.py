@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill.data import vocab  # noqa: E402
-from distill.data.captions import scene_caption  # noqa: E402
+from engine.shapes import vocab  # noqa: E402
+from engine.shapes.captions import scene_caption  # noqa: E402
 from distill.data.shapes import ShapesConfig, ShapesWorld  # noqa: E402
 from distill.eval.report import bootstrap_interval  # noqa: E402
 from distill.losses import add_noise, blur_latents, masked_flow_error, object_cells  # noqa: E402

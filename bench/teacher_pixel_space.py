@@ -64,7 +64,7 @@ def pixel_config(patch: int = PATCH, prediction: str = "flow"):
 def scale_objects(factor: float) -> None:
     """Every object `factor` times as wide, for this process: vocab.SIZES scaled in place, as
     the renderer, the standard scenes and the evaluator's size judgement all read it."""
-    from distill.data import vocab
+    from engine.shapes import vocab
 
     for name in vocab.SIZES:
         vocab.SIZES[name] *= factor

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.teacher_conditioning import changed  # noqa: E402
 from distill.common import token_shape_maps  # noqa: E402
-from distill.data import vocab  # noqa: E402
-from distill.data.captions import scene_caption  # noqa: E402
+from engine.shapes import vocab  # noqa: E402
+from engine.shapes.captions import scene_caption  # noqa: E402
 from distill.data.shapes import ShapesConfig, ShapesWorld  # noqa: E402
 from distill.eval.report import bootstrap_interval  # noqa: E402
 from distill.losses import add_noise  # noqa: E402

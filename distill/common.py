@@ -356,7 +356,7 @@ class ShapesLatents(ClipLatents):
                  width: int = 128, fps: int = 16, max_start_frame: int = 480, pool_size: int = 0,
                  cache_dir: str | Path | None = None, progress: bool = True, layout: str = "random",
                  captions: str = "paraphrases"):
-        from distill.data.scene import SceneSampling
+        from engine.shapes.scene import SceneSampling
         from distill.data.shapes import ShapesConfig, ShapesWorld
 
         self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps,
@@ -382,7 +382,7 @@ class ShapesLatents(ClipLatents):
         `cache_dir` beside the pool."""
         from tqdm import tqdm
 
-        from distill.data.captions import scene_caption
+        from engine.shapes.captions import scene_caption
 
         if self.pool is None:
             raise ValueError("shape maps are made for the clip pool: set pool_size > 0")

@@ -162,14 +162,16 @@ def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
     is of the preset's kind (the same transformer and latent layout: a Shapes teacher for the
     Shapes presets, Wan2.1-1.3B at 832x480 for `wan`); for any other teacher, from the
     teacher's own config: its chunking and step schedule, with the preset's attention policy
-    in place of full attention. A Shapes teacher thus gets SHAPES_STUDENT exactly."""
+    in place of full attention. A Shapes teacher thus gets SHAPES_STUDENT exactly. How prompts
+    are read when serving (`prompt_rewrite`) is the preset's for a teacher of its kind."""
     base = teacher.model_copy(update={"guidance_scale": 1.0, "provenance": {}})
     if (teacher.transformer, teacher.latent) == (preset.transformer, preset.latent):
         # how the transformer reads its prompt and positions is the teacher's (its weights were trained so)
         attention = preset.attention.model_copy(
             update={field: getattr(teacher.attention, field) for field in TEACHER_ATTENTION_FIELDS})
         return base.model_copy(update={"name": preset.name, "description": preset.description,
-                                       "attention": attention, "sampler": preset.sampler})
+                                       "attention": attention, "sampler": preset.sampler,
+                                       "prompt_rewrite": preset.prompt_rewrite})
     policy = preset.attention.policy if teacher.attention.policy == "full" else teacher.attention.policy
     return base.model_copy(update={
         "name": f"{teacher.name}-student",

@@ -27,7 +27,7 @@ from engine.transformer import CausalWanTransformer, build_transformer
 
 from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
                      autocast, run_to_json, step_generator)
-from .data.captions import swapped_caption
+from engine.shapes.captions import swapped_caption
 from .losses import add_noise, blur_latents, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over
@@ -48,6 +48,9 @@ SHAPES_MODEL = ModelConfig(
     # Measured on the 5000-step teacher, 8 standard prompts at 50 steps: prompt accuracy 0.18
     # at guidance 4, 0.25 at 8, 0.23 at 12 (objects only show up as colour at higher guidance).
     guidance_scale=8.0,
+    # people's prompts are read as their canonical caption (docs/default-model.md); the teacher
+    # trains on the captions themselves either way
+    prompt_rewrite="shapes",
 )
 TINY_MODEL = ModelConfig(
     name="tiny-teacher",
@@ -85,7 +88,7 @@ class TeacherRun:
     # every step). Cached in the run dir, so a resumed run does not encode them again.
     pool_size: int = 0
     # The Shapes world's clips: windows starting at a random frame up to `max_start_frame` of
-    # each scene's stream, its objects placed by `layout` (distill.data.scene.SceneSampling:
+    # each scene's stream, its objects placed by `layout` (engine.shapes.scene.SceneSampling:
     # "random", or "canonical", where the i-th object the caption names starts in a fixed
     # place). "canonical" with max_start_frame 0 makes where each object is, and so its
     # outline at every noise level, follow from the prompt.
@@ -107,7 +110,7 @@ class TeacherRun:
     caption_dropout: float = 0.1
     # > 0: weight of a hard-negative hinge (distill.losses.hard_negative_loss): each captioned
     # clip is also denoised under its caption with a shape noun or the directions swapped
-    # (distill.data.captions.swapped_caption), whose fit of the objects must be `negative_margin`
+    # (engine.shapes.captions.swapped_caption), whose fit of the objects must be `negative_margin`
     # worse. One more forward per step (~1.7x the step). The teacher ignores shape and motion
     # words otherwise (bench/teacher_conditioning.py; docs/default-model.md).
     negative_captions: float = 0.0
@@ -561,11 +564,13 @@ class TeacherGenerator:
 
     @torch.no_grad()
     def generate(self, prompt: str, seconds: float, seed: int | None = None):
+        from engine.model import read_prompt
         from engine.session import to_uint8_frames
 
         total = max(1, round(seconds * self.fps))
         latent_frames = max(self.latent_frames, -(-total // self.config.latent.temporal_compression))
         gen = torch.Generator().manual_seed(seed or 0)
-        x0 = sample_teacher(self.transformer, self.config, self.text_encoder.encode([prompt]), latent_frames,
+        x0 = sample_teacher(self.transformer, self.config, self.text_encoder.encode([read_prompt(self.config, prompt)]),
+                            latent_frames,
                             steps=self.steps, guidance=self.guidance, generator=gen)
         return to_uint8_frames(self.autoencoder.decode(x0))[:total]

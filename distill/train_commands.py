@@ -256,7 +256,7 @@ def _check_inputs(stage: str, run) -> None:
         raise CommandError("shape_critic (a weight >= 0) learns from the Shapes world's scenes: it needs the "
                            "Shapes world (no --data), a clip pool (pool_size > 0) and shape_critic_sigma in (0, 1]")
     if stage == "teacher":
-        from distill.data.scene import LAYOUTS
+        from engine.shapes.scene import LAYOUTS
 
         if run.layout not in LAYOUTS or run.max_start_frame < 0:
             raise CommandError(f"layout is one of {', '.join(LAYOUTS)} (got {run.layout!r}) and max_start_frame "

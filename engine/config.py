@@ -197,6 +197,13 @@ class ModelConfig(FrozenConfig):
     # manifold, noise does not. Measured on the Shapes pixel control: backgrounds and no objects
     # after 1500 steps, where the flow output draws blobs (docs/default-model.md).
     prediction: Literal["flow", "sample"] = "flow"
+    # "shapes": the model reads each prompt as its canonical Shapes caption
+    # (engine.shapes.captions.canonical_prompt: the canonical words, the unsaid filled in, a
+    # background that differs from the objects), as video models' prompt extenders rewrite what
+    # people type into the phrasing their model knows best; a prompt naming nothing of the world
+    # is read as written. "none": as written. Measured on the held-out prompts
+    # (docs/default-model.md).
+    prompt_rewrite: Literal["none", "shapes"] = "none"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     runtime: Runtime = "eager"
     provenance: dict[str, Any] = {}

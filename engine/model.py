@@ -106,6 +106,9 @@ class StreamModel:
         return KVCache.bytes_per_row(cfg, self.dtype) + latents
 
     # --- prompts ---------------------------------------------------------------------
+    def read_prompt(self, prompt: str) -> str:
+        return read_prompt(self.config, prompt)
+
     @torch.no_grad()
     def context_for(self, prompt: str) -> torch.Tensor:
         """[1, L, D] projected text context, cached per prompt (never re-encoded per chunk)."""
@@ -113,7 +116,7 @@ class StreamModel:
             if prompt in self._contexts:
                 self._contexts.move_to_end(prompt)
                 return self._contexts[prompt]
-        states = self.text_encoder.encode([prompt]).to(self.device, self.dtype)
+        states = self.text_encoder.encode([self.read_prompt(prompt)]).to(self.device, self.dtype)
         context = self.transformer.embed_text(states)
         with self._contexts_lock:
             self._contexts[prompt] = context
@@ -166,6 +169,16 @@ class StreamModel:
 
 
 # --- loading and saving --------------------------------------------------------------
+
+def read_prompt(config: ModelConfig, prompt: str) -> str:
+    """What a model's text encoder is given for `prompt`: the prompt, or with `prompt_rewrite:
+    shapes` its canonical Shapes caption (a prompt naming nothing of that world: itself)."""
+    if config.prompt_rewrite == "shapes":
+        from engine.shapes.captions import canonical_prompt
+
+        return canonical_prompt(prompt) or prompt
+    return prompt
+
 
 def save_model(model_dir: str | Path, config: ModelConfig, transformer: torch.nn.Module) -> None:
     model_dir = Path(model_dir)

@@ -282,7 +282,7 @@ def test_pixel_space_control_trains_the_shared_transformer_on_frames_and_resumes
     assert not all(torch.equal(a, b) for a, b in zip(first.parameters(), resumed.parameters()))
 
     # --object-scale: the same scene drawn with wider objects, its pool cached apart
-    from distill.data import vocab
+    from engine.shapes import vocab
 
     red = lambda f: int(((f[..., 0] > 180) & (f[..., 1] < 80) & (f[..., 2] < 80)).sum())  # noqa: E731
     before, sizes = red(ShapesWorld().render(scene, 1)), dict(vocab.SIZES)

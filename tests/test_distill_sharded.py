@@ -175,6 +175,9 @@ def test_the_student_config_follows_the_teacher(tmp_path, capsys):
     # a Shapes teacher gets exactly the Shapes student (the embedded default's recipe is unchanged)
     trained = SHAPES_MODEL.model_copy(update={"provenance": {"stage": "teacher"}})
     assert student_config(SHAPES_STUDENT, trained) == SHAPES_STUDENT
+    # a Shapes teacher from before prompts were rewritten: the student still reads them as the preset says
+    assert trained.prompt_rewrite == "shapes"
+    assert student_config(SHAPES_STUDENT, trained.model_copy(update={"prompt_rewrite": "none"})) == SHAPES_STUDENT
     # ... and reads its prompt and positions as the teacher does (its weights learnt to)
     masked = trained.model_copy(update={"attention": trained.attention.model_copy(
         update={"text_padding": "mask", "rope_theta": 10.0})})
@@ -194,6 +197,7 @@ def test_the_student_config_follows_the_teacher(tmp_path, capsys):
     assert printed["model"]["attention"] == {**teacher["attention"], "policy": "sink_window"}
     assert printed["model"]["sampler"] == {**teacher["sampler"], "shift": 5.0}
     assert printed["model"]["guidance_scale"] == 1.0 and printed["model"]["provenance"] == {}
+    assert printed["model"]["prompt_rewrite"] == "none"  # a Wan model reads prompts as written
     # the wan preset on a full-size Wan teacher keeps its own attention and schedule, the teacher's paths
     wan = PRESETS["wan"].model
     full = json.loads(json.dumps(teacher))

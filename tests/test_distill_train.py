@@ -160,7 +160,7 @@ def test_latent_pool_is_encoded_once_and_reused(tiny_autoencoder, tmp_path):
 
 def test_a_canonical_pool_holds_scene_starts_in_their_slots_and_a_file_of_its_own(tiny_autoencoder, tmp_path):
     from distill.common import ShapesLatents
-    from distill.data.scene import CANONICAL_SLOTS, SceneSampling
+    from engine.shapes.scene import CANONICAL_SLOTS, SceneSampling
     from distill.data.shapes import ShapesConfig, ShapesWorld
 
     ae = teacher_mod.load_autoencoder(tiny_autoencoder)
@@ -732,7 +732,7 @@ def test_bf16_autocast_only_where_the_cpu_runs_bf16(monkeypatch, capsys, expecte
 
 
 def test_shape_maps_show_each_objects_shape_where_the_frames_show_the_object():
-    from distill.data import vocab
+    from engine.shapes import vocab
     from distill.data.render import render_scene, shape_maps
     from distill.data.shapes import ShapesConfig, ShapesWorld
 

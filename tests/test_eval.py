@@ -15,10 +15,10 @@ from PIL import Image
 
 from framecast import CommandError
 from framecast.cli import main
-from distill.data import vocab
-from distill.data.captions import ObjectIntent, PromptIntent, parse_prompt
+from engine.shapes import vocab
+from engine.shapes.captions import ObjectIntent, PromptIntent, parse_prompt
 from distill.data.render import render_background
-from distill.data.scene import Background
+from engine.shapes.scene import Background
 from distill.data.shapes import ShapesConfig, ShapesWorld
 from distill.eval import EvalConfig, evaluate_frames, evaluate_generator, evaluate_video, standard_prompts
 from distill.eval.colour import COLOUR_NAMES, classify_pixels

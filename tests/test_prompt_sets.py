@@ -1,7 +1,12 @@
 """The named prompt sets: the held-out set is outside what training captions can say, and
 the evaluator reads every prompt of both sets."""
 
-from distill.data.captions import caption_vocabulary, caption_words, parse_prompt
+import subprocess
+import sys
+
+import torch
+
+from engine.shapes.captions import caption_vocabulary, caption_words, parse_prompt
 from distill.data.shapes import ShapesWorld
 from distill.eval.prompts import PROMPT_SETS, heldout_prompts
 
@@ -41,8 +46,8 @@ def test_named_sets_through_the_cli(capsys):
 
 
 def test_canonical_prompt_says_what_a_prompt_asks_in_the_canonical_words():
-    from distill.data import vocab
-    from distill.data.captions import canonical_prompt
+    from engine.shapes import vocab
+    from engine.shapes.captions import canonical_prompt
     from distill.eval.prompts import standard_prompts
 
     assert all(canonical_prompt(p) == p for p in standard_prompts())  # canonical already: unchanged
@@ -64,3 +69,44 @@ def test_canonical_prompt_says_what_a_prompt_asks_in_the_canonical_words():
     # no object the world draws, or more than its canonical slots: left as it is (None)
     assert canonical_prompt("a beautiful sunset over the sea") is None and canonical_prompt("") is None
     assert canonical_prompt("a red ball, a blue box, a green star and a pink dot") is None
+
+
+def test_a_model_with_prompt_rewrite_reads_the_canonical_caption():
+    from engine.config import ModelConfig
+    from engine.model import read_prompt
+    from tests.engine_helpers import tiny_model
+
+    prompt = "a crimson ball drifting slowly to the left"
+    rewritten = "a medium red circle moves left on a cyan background"
+    shipped = ModelConfig.load("engine/models/shapes-default/model.json")
+    assert shipped.prompt_rewrite == "shapes" and read_prompt(shipped, prompt) == rewritten
+    assert read_prompt(shipped, "a corgi surfing a wave") == "a corgi surfing a wave"  # nothing of the world
+    plain = tiny_model()
+    assert plain.config.prompt_rewrite == "none" and plain.read_prompt(prompt) == prompt
+    rewriting = tiny_model()
+    rewriting.config = rewriting.config.model_copy(update={"prompt_rewrite": "shapes"})
+    # the context the stream is conditioned on is the rewritten prompt's, and the prompt as written is kept
+    session = rewriting.open_session(prompt, seed=0)
+    assert session.prompt == prompt
+    torch.testing.assert_close(session.context, plain.context_for(rewritten))
+    assert not torch.allclose(session.context, plain.context_for(prompt))
+
+
+def test_the_engine_imports_neither_distill_nor_server():
+    """The import direction: server -> engine, distill -> engine. The prompt rewrite reads the
+    Shapes world's language from engine.shapes, never from distill."""
+    code = (
+        "import importlib, pkgutil, sys, engine\n"
+        "for m in pkgutil.walk_packages(engine.__path__, 'engine.'):\n"
+        "    try:\n"
+        "        importlib.import_module(m.name)\n"
+        "    except ImportError as exc:\n"
+        "        if 'distill' in str(exc) or 'server' in str(exc): raise\n"  # optional GPU wheels may be absent
+        "from engine.config import ModelConfig\n"
+        "from engine.model import read_prompt\n"
+        "read_prompt(ModelConfig(prompt_rewrite='shapes'), 'a red ball')\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('distill', 'server'))\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]

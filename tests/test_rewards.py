@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from distill.data.captions import PromptIntent, parse_prompt
+from engine.shapes.captions import PromptIntent, parse_prompt
 from distill.data.shapes import ShapesConfig, ShapesWorld
 from distill.rewards import SHAPES_REWARD_DIR, RewardModel, load_reward, motion_magnitude
 from distill.rewards.corrupt import (

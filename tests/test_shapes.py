@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from distill.data import vocab
-from distill.data.captions import PromptIntent, parse_prompt
+from engine.shapes import vocab
+from engine.shapes.captions import PromptIntent, parse_prompt
 from distill.data.render import SHAPE_AREA, draw_object
-from distill.data.captions import scene_caption
-from distill.data.scene import CANONICAL_FLOOR, CANONICAL_SLOTS, Scene, SceneSampling, object_state, random_scene
+from engine.shapes.captions import scene_caption
+from engine.shapes.scene import CANONICAL_FLOOR, CANONICAL_SLOTS, Scene, SceneSampling, object_state, random_scene
 from distill.data.shapes import SWITCH_KINDS, ShapesConfig, ShapesDataset, ShapesWorld
 
 WORLD = ShapesWorld(ShapesConfig(height=64, width=64, fps=16))
@@ -220,7 +220,7 @@ def test_workers_and_ranks_split_the_stream_without_repeats():
 def test_swapped_caption_changes_one_shape_or_reverses_the_directions():
     """Hard negatives for teacher training: the swapped caption parses to a scene that differs
     in exactly the swapped attribute; motion words that have no direction stay as they are."""
-    from distill.data.captions import swapped_caption
+    from engine.shapes.captions import swapped_caption
     from distill.data.shapes import ShapesConfig, ShapesWorld
 
     rng = np.random.default_rng(0)

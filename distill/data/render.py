@@ -14,8 +14,8 @@ import math
 
 import numpy as np
 
-from distill.data import vocab
-from distill.data.scene import Background, Scene, object_state
+from engine.shapes import vocab
+from engine.shapes.scene import Background, Scene, object_state
 
 # Stripes and gradients vary the background's shade by at most this much (a mix
 # towards black for light colours, towards white for dark ones), small enough that

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from distill.data.captions import scene_captions
+from engine.shapes.captions import scene_captions
 from distill.data.render import render_timeline
-from distill.data.scene import (
+from engine.shapes.scene import (
     Scene, SceneSampling, carried_on, random_background, random_object, random_scene, state_at, with_motion,
 )
 

@@ -1,7 +1,7 @@
 """The Shapes evaluator: a procedural judge of generated video, not a learned model.
 
 It finds objects by colour, measures their shape, size and motion and the background,
-and compares them with what the prompt asks (parsed by distill.data.captions).
+and compares them with what the prompt asks (parsed by engine.shapes.captions).
 
     from distill.eval import evaluate_frames, evaluate_generator, standard_prompts
     evaluate_frames(frames, "a red ball rolls to the left", fps=16)  # -> dict of metrics

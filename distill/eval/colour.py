@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from distill.data import vocab
+from engine.shapes import vocab
 
 COLOUR_NAMES: tuple[str, ...] = tuple(vocab.ALL_COLOURS)  # class index -> name
 UNKNOWN = len(COLOUR_NAMES)  # class index of pixels near no named colour

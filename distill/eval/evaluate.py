@@ -31,7 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
-from distill.data.captions import parse_prompt
+from engine.shapes.captions import parse_prompt
 from distill.eval.config import EvalConfig
 from distill.eval.detect import analyse
 from distill.eval.judge import score_window

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distill.data import vocab
-from distill.data.captions import ObjectIntent, PromptIntent
+from engine.shapes import vocab
+from engine.shapes.captions import ObjectIntent, PromptIntent
 from distill.data.render import SHAPE_AREA
 from distill.eval.colour import CLASS_NAMES, UNKNOWN
 from distill.eval.config import EvalConfig

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.data import vocab
-from distill.data.captions import scene_caption
-from distill.data.scene import Background, ObjectSpec, Scene
+from engine.shapes import vocab
+from engine.shapes.captions import scene_caption
+from engine.shapes.scene import Background, ObjectSpec, Scene
 
 NUM_STANDARD = 48
 

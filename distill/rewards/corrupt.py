@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.data import vocab
-from distill.data.captions import NUM_TEMPLATES, scene_caption
-from distill.data.scene import Scene, random_scene
+from engine.shapes import vocab
+from engine.shapes.captions import NUM_TEMPLATES, scene_caption
+from engine.shapes.scene import Scene, random_scene
 
 VISUAL_KINDS: tuple[str, ...] = ("blur", "noise", "colour", "blocks", "flicker")
 MOTION_KINDS: tuple[str, ...] = ("shuffle", "freeze", "stutter", "jitter", "pingpong")

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from distill.data import vocab
+from engine.shapes import vocab
 from engine.config import FrozenConfig
 
 from .base import DIMENSIONS, MANIFEST, check_video, motion_magnitude

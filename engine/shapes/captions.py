@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distill.data import vocab
-from distill.data.scene import Background, ObjectSpec, Scene
+from engine.shapes import vocab
+from engine.shapes.scene import Background, ObjectSpec, Scene
 
 # --- writing captions -------------------------------------------------------------
 
@@ -360,7 +360,7 @@ def canonical_prompt(text: str) -> str | None:
     colour takes the object colour farthest from the background, and an unsaid background the
     colour farthest from every object's, so the object always stands out."""
     intent = parse_prompt(text)
-    from distill.data.scene import CANONICAL_SLOTS, Background, ObjectSpec, Scene
+    from engine.shapes.scene import CANONICAL_SLOTS, Background, ObjectSpec, Scene
 
     if not intent.objects or len(intent.objects) > max(CANONICAL_SLOTS):
         return None

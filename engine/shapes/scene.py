@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from distill.data import vocab
+from engine.shapes import vocab
 
 
 @dataclass(frozen=True)
