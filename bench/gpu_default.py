@@ -104,17 +104,21 @@ def prepare(directory: Path, args) -> int:
     model = load_model(str(args.model), device="cpu", backend="eager")
     scored = list(dict.fromkeys(p for ps in sets.values() for p in ps))
     everything = scored + [p for p in bench_prompts(MAX_SESSIONS) if p not in scored]
-    # the scored prompts' states as they are; the speed rows' in bfloat16 (their values do
-    # not change the cost), so that the file stays small enough to travel (~5 MB)
-    states = {f"s{i}": model.text_encoder.encode([p]).float().to(torch.float32 if p in scored else torch.bfloat16)
-              .contiguous() for i, p in enumerate(everything)}
+    # the states of what the text encoder is given (the model's read_prompt of each prompt:
+    # with prompt_rewrite, its canonical caption); the scored prompts' as they are, the speed
+    # rows' in bfloat16 (their values do not change the cost), so that the file stays small
+    # enough to travel (~5 MB)
+    read_scored = {model.read_prompt(p) for p in scored}
+    encoded = list(dict.fromkeys(model.read_prompt(p) for p in everything))
+    states = {f"s{i}": model.text_encoder.encode([t]).float().to(torch.float32 if t in read_scored else torch.bfloat16)
+              .contiguous() for i, t in enumerate(encoded)}
     inputs = probe_inputs(model, model.context_for(PROMPT).float())
     expected = probe(model, inputs)
     save_file({**states, **{f"probe.{k}": v.contiguous() for k, v in inputs.items()}, "probe.output": expected},
               str(directory / "inputs.safetensors"))
     cpu = {name: accuracy(model, ps, args.seeds, args.seconds) for name, ps in sets.items()}
     (directory / "prepared.json").write_text(json.dumps(
-        {"model": str(args.model), "prompts": everything, "sets": sets, "seeds": args.seeds, "seconds": args.seconds,
+        {"model": str(args.model), "prompts": everything, "encoded": encoded, "sets": sets, "seeds": args.seeds, "seconds": args.seconds,
          "cpu_accuracy": cpu, "cpu": device_label("cpu"), "threads": torch.get_num_threads()}, indent=2) + "\n")
     for name, row in cpu.items():
         print(f"cpu {name}: prompt accuracy {row['summary']['prompt_accuracy']:.3f} "
@@ -133,7 +137,7 @@ def check(directory: Path, args) -> int:
         return 2
     prepared = json.loads((directory / "prepared.json").read_text())
     tensors = load_file(str(directory / "inputs.safetensors"))
-    states = {p: tensors[f"s{i}"].float() for i, p in enumerate(prepared["prompts"])}
+    states = {t: tensors[f"s{i}"].float() for i, t in enumerate(prepared["encoded"])}
     inputs = {k.removeprefix("probe."): v for k, v in tensors.items() if k.startswith("probe.") and k != "probe.output"}
     expected = tensors["probe.output"]
     torch._dynamo.config.recompile_limit = 64

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.shapes import vocab
-from engine.shapes.scene import Background, ObjectSpec, Scene
+from engine.shapes.scene import CANONICAL_SLOTS, Background, ObjectSpec, Scene
 
 # --- writing captions -------------------------------------------------------------
 
@@ -360,8 +360,6 @@ def canonical_prompt(text: str) -> str | None:
     colour takes the object colour farthest from the background, and an unsaid background the
     colour farthest from every object's, so the object always stands out."""
     intent = parse_prompt(text)
-    from engine.shapes.scene import CANONICAL_SLOTS, Background, ObjectSpec, Scene
-
     if not intent.objects or len(intent.objects) > max(CANONICAL_SLOTS):
         return None
     named = [o.colour for o in intent.objects if o.colour is not None]
