@@ -13,7 +13,7 @@ import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -250,6 +250,10 @@ class CaptionCache:
 
 # --- latent batches: the Shapes world or a folder of videos --------------------------------------
 
+# Which of a clip's captions a training step reads (TeacherRun.captions says why)
+CaptionChoice = Literal["paraphrases", "canonical"]
+
+
 class ClipLatents:
     """Deterministic batches of (latents, captions) for a training step: clips derive from
     (seed, step), so a resumed run sees the data it would have seen. Subclasses say where
@@ -261,7 +265,7 @@ class ClipLatents:
     per step, which on 2 CPU cores more than doubles the teacher's steps per second."""
 
     pool_name = "latent-pool"
-    CAPTION_CHOICES = ("paraphrases", "canonical")
+    CAPTION_CHOICES = get_args(CaptionChoice)
 
     def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, pool_size: int = 0,
                  cache_dir: str | Path | None = None, progress: bool = True, captions: str = "paraphrases"):

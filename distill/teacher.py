@@ -14,7 +14,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelCo
                            TextEncoderConfig, TransformerConfig)
 from engine.transformer import CausalWanTransformer, build_transformer
 
-from .common import (EMA, CaptionCache, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
+from .common import (EMA, CaptionCache, CaptionChoice, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
                      autocast, run_to_json, step_generator)
 from engine.shapes.captions import swapped_caption
 from .losses import add_noise, blur_latents, flow_matching_loss, sample_sigmas
@@ -98,7 +97,7 @@ class TeacherRun:
     # (always the first, which names every attribute in the canonical words, so that a caption
     # fixes its scene's first frame). In an 840-scene screen a paraphrase-trained model drew
     # blobs where the canonical-trained one drew the asked shapes (docs/default-model.md).
-    captions: Literal["paraphrases", "canonical"] = "paraphrases"
+    captions: CaptionChoice = "paraphrases"
     max_start_frame: int = 480
     steps: int = 600
     lr: float = 1e-3
