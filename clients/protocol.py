@@ -189,6 +189,12 @@ CLIENT_MESSAGE_TYPES = ("session.start", "session.update", "session.pause", "ses
 
 # --- server -> client ----------------------------------------------------------
 
+# What the model reads for the prompt, when that is not the prompt as written: a model whose
+# config has `prompt_rewrite` (the Shapes default reads "a crimson ball drifting left" as "a
+# medium red circle moves left on a cyan background"). None: it reads the prompt as written.
+ReadAs = Annotated[str | None, Field(description="the caption the model reads for the prompt, "
+                                     "when it rewrites it; null when it reads the prompt as written")]
+
 class SessionStarted(_Message):
     type: Literal["session.started"] = "session.started"
     session_id: str
@@ -201,6 +207,7 @@ class SessionStarted(_Message):
     # RFC 6381 codecs string of the fmp4 stream (e.g. "avc1.42C01E") for
     # MediaSource.addSourceBuffer; webrtc: the negotiated RTP codec ("video/H264"); None for jpeg.
     codec: str | None = None
+    read_as: ReadAs = None
 
 
 class VideoChunk(_Message):
@@ -231,6 +238,7 @@ class SessionUpdateQueued(_Message):
     type: Literal["session.update.queued"] = "session.update.queued"
     event_id: str
     at_frame: int
+    read_as: ReadAs = None
 
 
 class SessionStats(_Message):
@@ -343,6 +351,7 @@ class VideoJob(_Message):
     completed_at: int | None = None
     model: str
     prompt: str
+    read_as: ReadAs = None
     seconds: Annotated[str, BeforeValidator(_seconds_as_text)]
     seed: int
     size: str

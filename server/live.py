@@ -44,7 +44,7 @@ from .auth import Caller
 from .encoding import kept_count, kept_frames
 from .errors import ApiError
 from .state import ServerState
-from .validation import check_model, check_output, check_prompt, check_seconds
+from .validation import check_model, check_output, check_prompt, check_seconds, read_as
 
 log = logging.getLogger("framecast.server")
 
@@ -179,7 +179,8 @@ class LiveStream:
             check_prompt(message.prompt, self.settings.max_prompt_chars)
             event_id = message.event_id or "evt_" + uuid.uuid4().hex[:12]
             at_frame = await self.switch(message.prompt, event_id)
-            await self.send(SessionUpdateQueued(event_id=event_id, at_frame=at_frame))
+            await self.send(SessionUpdateQueued(event_id=event_id, at_frame=at_frame,
+                                                read_as=read_as(self.state.model, message.prompt)))
         elif isinstance(message, SessionStop):
             return "stopped"
         return None

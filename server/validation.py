@@ -22,6 +22,12 @@ def check_prompt(prompt: str, max_chars: int) -> str:
     return prompt
 
 
+def read_as(model, prompt: str) -> str | None:
+    """The protocol's `read_as`: what `model` reads for `prompt` when it rewrites it, else None."""
+    read = model.read_prompt(prompt)
+    return None if read == prompt else read
+
+
 def check_output(model, fps: float | None, size: str | None) -> float:
     """The output fps (frames are dropped evenly below the model's); ApiError for a size or
     fps this model cannot make."""

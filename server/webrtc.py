@@ -49,6 +49,7 @@ from .auth import Caller
 from .errors import ApiError
 from .live import ChunkOut, LiveStream, read_controls, receive_start
 from .state import ServerState
+from .validation import read_as
 from .websocket import parse_client_message
 
 log = logging.getLogger("framecast.server")
@@ -336,7 +337,7 @@ class WebRTCStream:
         model = self.state.model
         await self.live.send(SessionStarted(
             session_id=self.live.session_id, width=model.width, height=model.height, fps=self.live.fps,
-            format="webrtc", model=model.name, codec=self.codec))
+            format="webrtc", model=model.name, codec=self.codec, read_as=read_as(model, start.prompt)))
         log.info("%s started (webrtc %s, %.3g fps, key %s)", self.live.session_id, self.codec, self.live.fps,
                  "yes" if self.key else "none")
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self._unless_gone(self.live.run())),

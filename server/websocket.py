@@ -26,6 +26,7 @@ from .encoding import Fmp4StreamEncoder, JpegEncoder
 from .errors import ApiError, from_validation_error
 from .live import ChunkOut, LiveStream, read_controls, receive_start
 from .state import ServerState
+from .validation import read_as
 
 log = logging.getLogger("framecast.server")
 FINISH_WAIT_S = 5.0  # how long a closing message waits for a media send in progress
@@ -105,7 +106,8 @@ class WebSocketStream:
         self.encoder = Fmp4StreamEncoder(model.width, model.height, self.live.fps) if fmt == "fmp4" else JpegEncoder()
         await self.live.send(SessionStarted(
             session_id=self.live.session_id, width=model.width, height=model.height, fps=self.live.fps, format=fmt,
-            model=model.name, codec=self.encoder.codec_string if fmt == "fmp4" else None))
+            model=model.name, codec=self.encoder.codec_string if fmt == "fmp4" else None,
+            read_as=read_as(model, start.prompt)))
         log.info("%s started (%s, %.3g fps, key %s)", self.live.session_id, fmt, self.live.fps,
                  "yes" if key else "none")
         self._tasks = [asyncio.create_task(self._read()), asyncio.create_task(self.live.run())]

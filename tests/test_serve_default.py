@@ -23,11 +23,11 @@ FRAMECAST = str(Path(sys.executable).parent / "framecast")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def stream_frames(url: str, prompt: str, seconds: float) -> tuple[np.ndarray, float]:
+async def stream_frames(url: str, prompt: str, seconds: float) -> tuple[np.ndarray, float, str | None]:
     async with FramecastClient(url) as client:
         async with client.stream(prompt, seed=3, format="jpeg", max_seconds=seconds) as stream:
             frames = [frame.image async for frame in stream.frames()]
-            return np.stack(frames), stream.started.fps
+            return np.stack(frames), stream.started.fps, stream.started.read_as
 
 
 def test_framecast_serve_streams_the_default_model(tmp_path):
@@ -52,8 +52,9 @@ def test_framecast_serve_streams_the_default_model(tmp_path):
         card = httpx.get(url + "/v1/models").json()["data"][0]
         assert card["id"] == "shapes-default" and card["backend"] == "eager"  # FRAMECAST_BACKEND won
         prompt = "a red ball bouncing on a blue background"
-        frames, fps = asyncio.run(stream_frames(url, prompt, 1.5))
+        frames, fps, read_as = asyncio.run(stream_frames(url, prompt, 1.5))
         assert frames.shape == (24, 128, 128, 3)
+        assert read_as == "a medium red circle bounces on a blue background"  # the caption it reads, said
         assert evaluate_frames(frames, prompt, fps=fps)["background_accuracy"] >= 0.9
     finally:
         proc.terminate()

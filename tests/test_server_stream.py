@@ -25,6 +25,7 @@ def test_fmp4_stream_probes_as_h264_with_every_frame(server, tmp_path):
         parse_server_message(json.dumps(message))  # every message is a valid protocol message
     started = got.of_type("session.started")[0]
     assert (started["width"], started["height"]) == (64, 64) and started["codec"].startswith("avc1.")
+    assert started["read_as"] is None  # tiny-random reads prompts as written
     init_meta, init = got.media[0]
     assert init_meta["init"] and init_meta["index"] == 0 and init_meta["frames"] == 0
     assert init[4:8] == b"ftyp"
@@ -261,3 +262,40 @@ def test_a_switch_after_the_last_chunk_was_made_still_ends_the_stream(tiny_model
     assert queued["at_frame"] == 16  # after chunk 1, the last sent
     assert [m for m, _ in got.media if m["prompt_event_id"] == "evt-end"][0]["frame"] == 16
     assert got.of_type("session.done")[0]["frames"] == 24
+
+
+async def _start_then_switch(url: str, first: str, second: str) -> Received:
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({**START, "prompt": first, "format": "jpeg", "max_seconds": 2.0}))
+        got = await receive_all(ws, until=lambda r: len(r.media) >= 2)
+        await ws.send(json.dumps({"type": "session.update", "prompt": second, "event_id": "evt-2"}))
+        got = await receive_all(ws, got, until=lambda r: r.of_type("session.update.queued"))
+        await ws.send(json.dumps({"type": "session.stop"}))
+        return await receive_all(ws, got)
+
+
+def test_a_rewriting_model_says_what_it_reads(tiny_model, tmp_path, monkeypatch):
+    """A model whose config rewrites prompts (the Shapes default's `prompt_rewrite`) reads its
+    canonical caption: session.started, session.update.queued and the clip job say which
+    (`read_as`); a prompt it reads as written gets null, as every prompt does on a model
+    that does not rewrite (the other tests' server)."""
+    from collections import OrderedDict
+
+    from engine.model import read_prompt
+
+    monkeypatch.setattr(tiny_model, "config", tiny_model.config.model_copy(update={"prompt_rewrite": "shapes"}))
+    monkeypatch.setattr(tiny_model, "_contexts", OrderedDict())  # contexts of the rewritten captions stay here
+    first, second, foreign = "a crimson ball drifting slowly to the left", "a yellow triangle sliding down", "a corgi"
+    expected = read_prompt(tiny_model.config, first)
+    assert expected != first and "red circle" in expected
+    with live_server(tmp_path, tiny_model) as rewriting:
+        got = run(_start_then_switch(rewriting.ws_url, first, second))
+        with rewriting.client() as http:
+            job = http.post("/v1/videos", json={"prompt": second, "seconds": 1, "seed": 5}).json()
+            kept = http.get(f"/v1/videos/{job['id']}").json()
+            plain = http.post("/v1/videos", json={"prompt": foreign, "seconds": 1, "seed": 5}).json()
+    assert got.of_type("session.started")[0]["read_as"] == expected
+    queued = got.of_type("session.update.queued")[0]
+    assert queued["read_as"] == read_prompt(tiny_model.config, second) and "yellow triangle moves down" in queued["read_as"]
+    assert job["prompt"] == second and job["read_as"] == queued["read_as"] and kept["read_as"] == job["read_as"]
+    assert plain["read_as"] is None

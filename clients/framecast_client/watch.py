@@ -158,10 +158,12 @@ async def _run_session(stream: Stream, options: WatchOptions, result: WatchResul
                 _, result.prompt = pending.pop(0)
                 switch = await stream.switch_prompt(result.prompt)
                 result.switches.append({"event_id": switch.event_id, "prompt": result.prompt,
+                                        "read_as": switch.queued.read_as,
                                         "at_frame": switch.queued.at_frame, "applied_frame": None,
                                         "sent_at": switch.sent_at, "latency_s": None,
                                         "video_seconds": round(result.video_seconds, 3)})
-                note = f"prompt -> {result.prompt!r} (from frame {switch.queued.at_frame})"
+                read = f", read as {switch.queued.read_as!r}" if switch.queued.read_as else ""
+                note = f"prompt -> {result.prompt!r}{read} (from frame {switch.queued.at_frame})"
             if on_progress is not None:
                 on_progress(WatchProgress(result.video_seconds, result.frames,
                                           meter.add(media.meta.frames, time.monotonic()), stream.latency_ms,

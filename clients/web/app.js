@@ -27,7 +27,7 @@ const ui = {
   video: $("video"), canvas: $("canvas"), prompt: $("prompt"), start: $("start"), stop: $("stop"),
   switch: $("switch"), record: $("record"), format: $("format"), seed: $("seed"), apiKey: $("api-key"),
   status: $("status"), message: $("message"), fps: $("fps"), latency: $("latency"),
-  firstFrame: $("first-frame"), frames: $("frames"), formatBadge: $("format-badge"),
+  firstFrame: $("first-frame"), frames: $("frames"), formatBadge: $("format-badge"), readAs: $("read-as"),
 };
 
 // ---------------------------------------------------------------- stats (test hooks)
@@ -47,6 +47,7 @@ function freshStats() {
     promptSwitches: [],        // {event_id, prompt, sentAt, queuedAt, atFrame, firstChunkIndex, firstChunkAt, firstFrameAt, latencyMs}
     lastPromptSwitchFirstFrameAt: null, lastPromptSwitchLatencyMs: null,
     recordedBytes: 0, errors: [], closeCode: null, doneReason: null,
+    readAs: null,              // what the model reads for the prompt when it rewrites it (session.started, update.queued)
   };
 }
 let stats = window.framecastStats = freshStats();
@@ -64,6 +65,13 @@ let lastStartOptions = {};
 function setStatus(text, cls = "") {
   ui.status.textContent = text;
   ui.status.className = "status " + cls;
+}
+
+// A model that rewrites prompts (the Shapes default) says what it reads: show it under the prompt.
+function showReadAs(readAs) {
+  stats.readAs = readAs ?? null;
+  ui.readAs.textContent = readAs ? `read as: ${readAs}` : "";
+  ui.readAs.hidden = !readAs;
 }
 
 function showMessage(text, info = false) {
@@ -171,6 +179,7 @@ function onControl(msg) {
         ui.formatBadge.textContent = `webrtc · ${(msg.codec || "").replace("video/", "")}`;
       }
       setStatus(`live · ${msg.model} · ${msg.width}×${msg.height} @ ${msg.fps} fps`, "live");
+      showReadAs(msg.read_as);
       break;
     case "video.chunk":
       if (stats.transport === "webrtc") onChunk(msg, 0);  // nothing follows: its frames are on the track
@@ -179,6 +188,7 @@ function onControl(msg) {
     case "session.update.queued": {
       const sw = stats.promptSwitches.find((s) => s.event_id === msg.event_id);
       if (sw) { sw.queuedAt = performance.now(); sw.atFrame = msg.at_frame ?? null; }
+      showReadAs(msg.read_as);
       break;
     }
     case "session.stats":

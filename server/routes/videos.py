@@ -28,7 +28,7 @@ from ..encoding import mp4_thumbnail
 from ..errors import ApiError, from_validation_error
 from ..jobs import new_job_id
 from ..state import ServerState
-from ..validation import check_model, check_output, check_prompt, check_seconds
+from ..validation import check_model, check_output, check_prompt, check_seconds, read_as
 from .common import error_responses, get_state, strict_query
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"], dependencies=[Depends(require_api_key), Depends(strict_query)],
@@ -129,7 +129,7 @@ async def create_video(request: Request, key: str | None = Depends(require_api_k
     fps = check_output(model, body.fps, body.size)
     check_seconds(model, body.seconds, settings.max_job_seconds, "seconds")
     job = VideoJob(id=new_job_id(), status="queued", created_at=int(time.time()), model=model.name,
-                   prompt=body.prompt, seconds=f"{body.seconds:g}",
+                   prompt=body.prompt, read_as=read_as(model, body.prompt), seconds=f"{body.seconds:g}",
                    # A server-chosen seed is recorded, so every clip can be made again.
                    seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
                    size=f"{model.width}x{model.height}", fps=fps)
