@@ -139,6 +139,9 @@ def main() -> None:
                     help="classifier-free guidance in sampling (the unconditional branch reads zero text "
                          "features, as the teacher trainer's caption dropout teaches; 1: conditional only)")
     ap.add_argument("--save", default=None, help="a dir: the trained transformer's weights and config, as engine.model.save_model writes them")
+    ap.add_argument("--text-encoder", choices=("model", "shapes"), default="model",
+                    help="shapes: read captions as the world's slot codes (engine/shapes/slots.py: one token "
+                         "per object, one for the background) instead of --model's text encoder")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast for the training forwards")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--png", default=None, help="targets above samples")
@@ -155,6 +158,9 @@ def main() -> None:
     context_at = torch.tensor(args.context_noise / 2)  # the level sampling gives the chunks so far
 
     config = ModelConfig.load(Path(args.model) / "model.json")
+    if args.text_encoder == "shapes":  # same width, so the transformer is the same
+        te = config.text_encoder.model_copy(update={"kind": "shapes", "path": None, "sha256": None, "feature_norm": "rms"})
+        config = config.model_copy(update={"text_encoder": te})
     captions = json.loads(Path(args.pool + ".json").read_text())
     eligible = [i for i, c in enumerate(captions) if " and a" not in c[0] and ONE_OBJECT.match(c[0])]
     learnt = eligible[:args.scenes]
@@ -355,6 +361,7 @@ def main() -> None:
     report.update({"scenes": len(learnt), "eval": args.eval, "steps": args.steps, "batch": args.batch,
                    "lr": args.lr, "init": args.init, "guidance": args.guidance, "frame_noise": args.frame_noise, "clean_first": args.clean_first,
                    "first_frames": args.first_frames, "world": args.world, "paraphrases": args.paraphrases,
+                   "text_encoder": args.text_encoder,
                    "any_frame": args.any_frame,
                    "causal": args.causal, "context_noise": args.context_noise, "train_s": train_s,
                    "loss_last_50": float(np.mean(losses[-50:])) if losses else None, "captions": [captions[i][0] for i in scored],

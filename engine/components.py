@@ -103,6 +103,10 @@ def build_text_encoder(config: ModelConfig, model_dir: Path | None, device: str,
 
         return MiniLMTextEncoder(model_dir=resolve(model_dir, te.path), max_tokens=te.max_tokens, device=device,
                                  feature_norm=te.feature_norm, **({"sha256": te.sha256} if te.sha256 else {}))
+    if te.kind == "shapes":
+        from .shapes.slots import ShapesTextEncoder
+
+        return ShapesTextEncoder(te.dim, te.max_tokens, te.feature_norm)
     if te.kind == "umt5":
         from .text_umt5 import UMT5TextEncoder
 

@@ -138,7 +138,7 @@ class LatentConfig(FrozenConfig):
 
 
 class TextEncoderConfig(FrozenConfig):
-    kind: Literal["hash", "minilm", "umt5"] = "hash"
+    kind: Literal["hash", "minilm", "umt5", "shapes"] = "hash"  # shapes: engine/shapes/slots.py
     dim: int = 32
     max_tokens: int = 16
     path: str | None = None  # local directory (relative paths are relative to the model dir)
