@@ -195,6 +195,7 @@ CLIENT_MESSAGE_TYPES = ("session.start", "session.update", "session.pause", "ses
 ReadAs = Annotated[str | None, Field(description="the caption the model reads for the prompt, "
                                      "when it rewrites it; null when it reads the prompt as written")]
 
+
 class SessionStarted(_Message):
     type: Literal["session.started"] = "session.started"
     session_id: str

@@ -54,3 +54,28 @@ def test_built_from_a_model_config_and_checked():
         ShapesTextEncoder(CODE_DIM - 1, 8)
     with pytest.raises(ValueError, match="fewer than a background"):
         ShapesTextEncoder(64, MAX_OBJECTS)
+
+
+def test_a_model_reading_slots_streams_and_its_prompt_decides_the_video():
+    from engine import PRESETS
+    from engine.model import StreamModel, build_decoder, build_transformer
+
+    base = PRESETS["tiny-random"]
+    config = base.model_copy(update={
+        "text_encoder": TextEncoderConfig(kind="shapes", dim=64, max_tokens=8, feature_norm="rms"),
+        "transformer": base.transformer.model_copy(update={"text_dim": 64})})
+    config = config.model_validate(config.model_dump())
+    model = StreamModel(config, build_transformer(config), build_text_encoder(config, None, "cpu"),
+                        build_decoder(config, None, "cpu"))
+
+    def first_chunk(prompt: str):
+        session = model.open_session(prompt, seed=1)
+        try:
+            return session.next_chunk().frames
+        finally:
+            session.close()
+
+    ball, paraphrase, square = (first_chunk(p) for p in ("a red circle on a blue background",
+                                                         "on a blue backdrop, a crimson ball", "a red square on a blue background"))
+    assert ball.shape[0] > 0 and (ball == paraphrase).all()  # the same slots: the same video
+    assert (ball != square).any()
