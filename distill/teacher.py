@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelConfig, SamplerConfig,
                            TextEncoderConfig, TransformerConfig)
+from engine.shapes.captions import swapped_caption
 from engine.transformer import CausalWanTransformer, build_transformer
 
 from .common import (EMA, CaptionCache, CaptionChoice, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
                      autocast, run_to_json, step_generator)
-from engine.shapes.captions import swapped_caption
 from .losses import add_noise, blur_latents, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over

@@ -13,6 +13,8 @@ which is what caption dropout trains as "no prompt". No weights: the codes are f
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from . import vocab
@@ -29,12 +31,8 @@ PATTERNS = ("gradient", "stripes")  # a plain background: neither
 _BLOCKS = (("kind", 1 + MAX_OBJECTS), ("colour", len(OBJECT_COLOURS)), ("shape", len(vocab.SHAPES)),
            ("size", len(SIZES)), ("motion", len(vocab.MOTIONS)), ("bg_colour", len(ALL_COLOURS)),
            ("pattern", len(PATTERNS)))
-_OFFSET: dict[str, int] = {}
-_at = 0
-for _name, _width in _BLOCKS:
-    _OFFSET[_name] = _at
-    _at += _width
-CODE_DIM = _at
+_OFFSET = dict(zip((name for name, _ in _BLOCKS), itertools.accumulate((w for _, w in _BLOCKS), initial=0)))
+CODE_DIM = sum(w for _, w in _BLOCKS)
 
 
 def _set(row: torch.Tensor, block: str, options: tuple[str, ...], value: str | None) -> None:
@@ -74,7 +72,7 @@ class ShapesTextEncoder:
         out = torch.zeros(len(prompts), self.max_tokens, self.dim)
         for i, prompt in enumerate(prompts):
             encode_intent(parse_prompt(prompt), out[i])
-        if self.feature_norm == "rms":
+        if self.feature_norm == "rms":  # exactly unit RMS: a lone one-hot is far below MiniLM's eps
             rms = out.pow(2).mean(-1, keepdim=True).sqrt()
             out = torch.where(rms > 0, out / rms.clamp_min(1e-12), out)
         return out
