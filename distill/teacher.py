@@ -30,8 +30,9 @@ from .common import (EMA, CaptionCache, CaptionChoice, Checkpointer, MetricsLog,
 from .losses import add_noise, blur_latents, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over
-# 16x16x16 latents (128x128 frames), MiniLM token features as context. Student and teacher
-# share it. Sized for 2 CPU cores: a teacher step of 16 clips in bf16 takes ~1-2 s there,
+# 16x16x16 latents (128x128 frames), the prompt read as slots (engine/shapes/slots.py: one
+# token for the background and one per object, no weights) as context, and a learned table of
+# each token's place in the frame (absolute_positions). Student and teacher share it. Sized for 2 CPU cores: a teacher step of 16 clips in bf16 takes ~1-2 s there,
 # and the student streams a chunk (0.75 s of video, 4 steps + refresh) in ~0.1-0.2 s
 # (the 1.3 M model of the first default model was 3x cheaper and could not hold shapes
 # and motion).
@@ -42,8 +43,9 @@ SHAPES_MODEL = ModelConfig(
     attention=AttentionConfig(policy="full", chunk_frames=3, sink_frames=3, window_frames=6),
     sampler=SamplerConfig(),
     latent=LatentConfig(channels=16, height=128, width=128, fps=16.0),
-    text_encoder=TextEncoderConfig(kind="minilm", dim=384, max_tokens=32, feature_norm="rms"),
+    text_encoder=TextEncoderConfig(kind="shapes", dim=384, max_tokens=32, feature_norm="rms"),
     decoder=DecoderConfig(kind="shapes_ae", path="."),
+    absolute_positions=True,
     # Measured on the 5000-step teacher, 8 standard prompts at 50 steps: prompt accuracy 0.18
     # at guidance 4, 0.25 at 8, 0.23 at 12 (objects only show up as colour at higher guidance).
     guidance_scale=8.0,
@@ -150,11 +152,14 @@ class TeacherRun:
 
 
 PRESETS: dict[str, TeacherRun] = {
-    # 12288 clips encoded once (their captions drawn anew each step), 10000 steps of 16 clips
-    # in bf16 (~2.2 h on 2 cores): lr held to 7000, then a linear decay to a tenth. On 12 standard
-    # prompts: 0.39 prompt accuracy after a 4500-step schedule, 0.44 at 7000 (lr held), 0.50 at
-    # 10000; colour 1.0, shape and motion 0.0 (docs/default-model.md).
-    "shapes": TeacherRun(batch_size=16, steps=10000, lr=6e-4, decay_from=7000, pool_size=12288, warmup=300,
+    # The slot teacher (docs/default-model.md, "The slot teacher"): 4096 clips encoded once
+    # (12 min), each object placed where its caption's order puts it (canonical layout, from the
+    # scene's first frame), read by their canonical caption; then 3000 steps of 96 single latent
+    # frames in bf16 (1.2 s a step on 2 cores, about an hour), each frame at its place in its
+    # clip, lr 2e-3 held to 2400 and then decayed linearly to a tenth. Frames only: it draws
+    # shapes in the asked colours and places, and keeps objects where they start (no motion).
+    "shapes": TeacherRun(batch_size=0, image_batch=96, pool_size=4096, layout="canonical", max_start_frame=0,
+                         captions="canonical", steps=3000, lr=2e-3, decay_from=2400, warmup=300,
                          ema_decay=0.9995, autocast=True, log_every=25, ckpt_every=250),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
