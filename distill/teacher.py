@@ -32,8 +32,9 @@ from .losses import add_noise, blur_latents, flow_matching_loss, sample_sigmas
 # The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over
 # 16x16x16 latents (128x128 frames), the prompt read as slots (engine/shapes/slots.py: one
 # token for the background and one per object, no weights) as context, and a learned table of
-# each token's place in the frame (absolute_positions). Student and teacher share it. Sized for 2 CPU cores: a teacher step of 16 clips in bf16 takes ~1-2 s there,
-# and the student streams a chunk (0.75 s of video, 4 steps + refresh) in ~0.1-0.2 s
+# each token's place in the frame (absolute_positions). Student and teacher share it. Sized
+# for 2 CPU cores: a teacher step of 96 single frames in bf16 takes ~1.2-1.4 s there, and the
+# student streams a chunk (0.75 s of video, 4, 3, then 2 steps) in ~0.1-0.2 s
 # (the 1.3 M model of the first default model was 3x cheaper and could not hold shapes
 # and motion).
 SHAPES_MODEL = ModelConfig(
