@@ -97,6 +97,8 @@ def main() -> None:
                     help="comma-separated rows: gt (standard set only), teacher, student (its own step "
                          "schedule), other (the student with the other schedule: plain or diagonal)")
     ap.add_argument("--teacher-steps", type=int, default=50, help="teacher sampling steps")
+    ap.add_argument("--shared-noise", action="store_true",
+                    help="the teacher's latent frames start from one noise (a frames-only teacher: one object drawn in every frame)")
     ap.add_argument("--guidance", type=float, default=None, help="teacher guidance (default: its config's)")
     ap.add_argument("--drift-prompts", type=int, default=0, help="prompts streamed for the drift figure (0: none)")
     ap.add_argument("--drift-minutes", type=float, default=5.0, help="how long each drift stream runs")
@@ -128,7 +130,7 @@ def main() -> None:
         from distill.teacher import TeacherGenerator
 
         contenders[f"teacher {args.teacher_steps} steps"] = TeacherGenerator(
-            args.teacher, steps=args.teacher_steps, guidance=args.guidance).generate
+            args.teacher, steps=args.teacher_steps, guidance=args.guidance, shared_noise=args.shared_noise).generate
     from distill.student import DIAGONAL_SCHEDULE, PLAIN_SCHEDULE
 
     def schedule_name(sampler) -> str:

@@ -164,7 +164,7 @@ def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
     teacher's own config: its chunking and step schedule, with the preset's attention policy
     in place of full attention. A Shapes teacher thus gets SHAPES_STUDENT exactly. How prompts
     are read when serving (`prompt_rewrite`) is the preset's for a teacher of its kind."""
-    base = teacher.model_copy(update={"guidance_scale": 1.0, "provenance": {}})
+    base = teacher.model_copy(update={"guidance_scale": 1.0, "provenance": {}, "frame_time": 0})
     if (teacher.transformer, teacher.latent) == (preset.transformer, preset.latent):
         # how the transformer reads its prompt and positions is the teacher's (its weights were trained so)
         attention = preset.attention.model_copy(
@@ -301,13 +301,18 @@ def ode_step_loss(run: StudentRun, student, pairs: dict, gen: torch.Generator) -
     return ode_regression_loss(pred, x0)
 
 
-def judged_window(latents: torch.Tensor, run: StudentRun, gen: torch.Generator, first_chunk: int = 0) -> torch.Tensor:
+def judged_window(latents: torch.Tensor, run: StudentRun, gen: torch.Generator, first_chunk: int = 0,
+                  anchored: bool = False) -> torch.Tensor:
     """A random chunk-aligned window of the teacher's clip length from a longer rollout,
     starting at `first_chunk` or later (Self-Forcing++-style: the teacher and critic only
-    ever see clips of their length; after a switch, only what follows it)."""
+    ever see clips of their length; after a switch, only what follows it). `anchored` (a
+    teacher told each frame's place in its clip, `frame_time`): the window that starts at
+    `first_chunk`, the only one whose places since the scene (or the switch) began it knows."""
     chunk, frames = run.model.attention.chunk_frames, latents.shape[2]
     if frames <= run.latent_frames:
         return latents
+    if anchored:
+        return latents[:, :, first_chunk * chunk : first_chunk * chunk + run.latent_frames]
     starts = (frames - run.latent_frames) // chunk + 1 - first_chunk
     start = (first_chunk + int(torch.randint(starts, (1,), generator=gen, device=gen.device))) * chunk
     return latents[:, :, start : start + run.latent_frames]
@@ -329,23 +334,24 @@ def student_rollout(run: StudentRun, t: StudentTraining, prompts: list[str], gen
     -> (window [B, C, F, h, w], the prompts that window was generated under, their features)"""
     student = t.student
     feats = t.features(prompts)
+    anchored = t.teacher.teacher_config.frame_time > 0
     switch_at = draw_switch(run, t.chunks, shared or gen)
     if switch_at is None:
         out = rollout(student, run.model, student.embed_text(feats), t.chunks, gen, grad=grad, structure=shared,
                       cache_dtype=t.cache_dtype)
-        return judged_window(out.latents, run, gen), prompts, feats
+        return judged_window(out.latents, run, gen, anchored=anchored), prompts, feats
     after = t.draw_prompts(caption_seed[0], len(prompts), run.seed + 2 + caption_seed[1])
     after_feats = t.features(after)
     out = rollout(student, run.model, student.embed_text(feats), t.chunks, gen, grad=grad,
                   switch=(switch_at, student.embed_text(after_feats)), structure=shared, cache_dtype=t.cache_dtype)
-    return judged_window(out.latents, run, gen, first_chunk=switch_at), after, after_feats
+    return judged_window(out.latents, run, gen, first_chunk=switch_at, anchored=anchored), after, after_feats
 
 
 def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma: torch.Tensor,
                      feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x0 of the real score (teacher with guidance) and of the fake score (critic)."""
     t = sigma * 1000
-    att = teacher.full_attention(x_t.shape[2])
+    att = teacher.clip_attention(x_t.shape[2])  # the critic is the teacher's network: the same view
     g = teacher_guidance(run, teacher)
     cond, uncond = teacher.embed_text(feats), teacher.embed_text(torch.zeros_like(feats))
     v_c, v_u = teacher.denoise(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]), att).chunk(2)
@@ -387,7 +393,7 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
         sigma = sample_sigmas(len(x), run.model.sampler.shift, gen)
         with autocast(t.critic, run.autocast):
             v = t.critic.denoise(add_noise(x, noise, sigma), sigma * 1000, t.critic.embed_text(feats),
-                                 t.critic.full_attention(x.shape[2]))
+                                 t.critic.clip_attention(x.shape[2]))
         loss_c = flow_matching_loss(v, x, noise)
         if t.discriminator is not None:
             real, real_prompts = t.real.batch(step * run.critic_ratio + k)
@@ -433,7 +439,7 @@ def discriminate(run: StudentRun, t: StudentTraining, x: torch.Tensor, feats: to
     x_t = add_noise(x, torch.randn(x.shape, generator=gen, device=gen.device), sigma)
     with autocast(t.critic, run.autocast):
         tokens = t.critic.features(x_t, sigma * 1000, t.critic.embed_text(feats),
-                                   t.critic.full_attention(x.shape[2]), gan_layers(run, t.critic))
+                                   t.critic.clip_attention(x.shape[2]), gan_layers(run, t.critic))
     return t.discriminator(tokens)
 
 

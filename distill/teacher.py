@@ -211,7 +211,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         data = VideoFolderLatents(autoencoder, run.data, run.latent_frames, clip_batch, run.seed, lat.height,
                                   lat.width, lat.fps, pool_size=run.pool_size, cache_dir=run_dir, progress=progress,
                                   captions=run.captions)
-    attention = model.full_attention(run.latent_frames)
+    attention = model.clip_attention(run.latent_frames)
     frame_attention = model.full_attention(1)
     if run.batch_size <= 0 and run.image_batch <= 0:
         raise ValueError("batch_size and image_batch are both 0: nothing to train on")
@@ -228,7 +228,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     step = 0
     if (latest := ckpt.latest()) is not None:
         step, _ = ckpt.load(latest, modules, optimizers,
-                            optional=("shape_head", "output_refiner", "spatial_position"))
+                            optional=("shape_head", "output_refiner", "spatial_position", "frame_time"))
         print(f"resumed from {latest} at step {step}", file=sys.stderr)
 
     # --- loop: sample, loss, step, EMA, log, checkpoint ---------------------------------
@@ -506,19 +506,22 @@ def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module,
 def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_feats: torch.Tensor,
                    latent_frames: int, steps: int = 50, guidance: float | None = None,
                    generator: torch.Generator | None = None, return_trajectory_at: list[float] | None = None,
-                   start: tuple[torch.Tensor, float] | None = None):
+                   start: tuple[torch.Tensor, float] | None = None, shared_noise: bool = False):
     """Euler sampling of the probability-flow ODE with classifier-free guidance.
 
     text_feats [B, L, text_dim] -> x0 [B, C, F, h, w]; with `return_trajectory_at`
     (noise levels s), also the states x_s on the way (for the student's ODE init). With
     `start` = (x_s, s), sampling begins from that noisy state and skips the schedule's
     levels above s (SDEdit: how much of a clip the teacher keeps from each level; x_s is
-    taken to be at the first level of the schedule at or below s, one step of it away at most)."""
+    taken to be at the first level of the schedule at or below s, one step of it away at most).
+    `shared_noise`: every latent frame starts from the same noise (a frames-only teacher,
+    which draws each frame on its own, then draws one object in every frame, not a new one)."""
     guidance = config.guidance_scale if guidance is None else guidance
     lat = config.latent
     b, device = text_feats.shape[0], text_feats.device
-    x = torch.randn((b, lat.channels, latent_frames, lat.latent_height, lat.latent_width), generator=generator,
-                    device=generator.device if generator is not None else device)
+    x = torch.randn((b, lat.channels, 1 if shared_noise else latent_frames, lat.latent_height, lat.latent_width),
+                    generator=generator, device=generator.device if generator is not None else device)
+    x = x.expand(-1, -1, latent_frames, -1, -1).contiguous()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=config.sampler.shift)
     scheduler.set_timesteps(steps)
     first = 0
@@ -528,7 +531,7 @@ def sample_teacher(transformer: CausalWanTransformer, config: ModelConfig, text_
         scheduler.set_begin_index(first)
     cond = transformer.embed_text(text_feats)
     uncond = transformer.embed_text(torch.zeros_like(text_feats))
-    attention = transformer.full_attention(latent_frames)
+    attention = transformer.clip_attention(latent_frames)
     targets = sorted(return_trajectory_at or [], reverse=True)
     trajectory: list[torch.Tensor] = []
     for i, t in enumerate(scheduler.timesteps[first:], start=first):
@@ -550,7 +553,8 @@ class TeacherGenerator:
     """The teacher as a clip generator for the evaluator: generate(prompt, seconds, seed)
     -> uint8 [T, H, W, 3] by 50-step guided sampling of clips of its training length."""
 
-    def __init__(self, model_dir: str | Path, steps: int = 50, guidance: float | None = None):
+    def __init__(self, model_dir: str | Path, steps: int = 50, guidance: float | None = None,
+                 shared_noise: bool = False):
         from engine.components import build_text_encoder
         from engine.model import load_transformer_weights
 
@@ -560,7 +564,7 @@ class TeacherGenerator:
         load_transformer_weights(self.transformer, model_dir / "transformer.safetensors")
         self.text_encoder = build_text_encoder(self.config, model_dir, "cpu")
         self.autoencoder = load_autoencoder(model_dir)
-        self.steps, self.guidance = steps, guidance
+        self.steps, self.guidance, self.shared_noise = steps, guidance, shared_noise
         run = self.config.provenance.get("run", {})
         # the clip length it trained on: a frames-only teacher (batch_size 0) never saw a clip
         # longer than one latent frame, so it is sampled at the length asked for
@@ -577,5 +581,5 @@ class TeacherGenerator:
         gen = torch.Generator().manual_seed(seed or 0)
         x0 = sample_teacher(self.transformer, self.config, self.text_encoder.encode([read_prompt(self.config, prompt)]),
                             latent_frames,
-                            steps=self.steps, guidance=self.guidance, generator=gen)
+                            steps=self.steps, guidance=self.guidance, generator=gen, shared_noise=self.shared_noise)
         return to_uint8_frames(self.autoencoder.decode(x0))[:total]

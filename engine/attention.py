@@ -99,6 +99,9 @@ class FullAttention(AttentionMode):
     sin: torch.Tensor
     mask: torch.Tensor | None = None
     backend: str = "native"
+    # each latent frame's place in its clip, [F] or [B, F]: what a model's `frame_time` table
+    # reads (rotary positions alone cancel between tokens of one frame)
+    frames: torch.Tensor | None = None
 
     def __call__(self, layer, q, k, v):
         q, k = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)

@@ -189,6 +189,15 @@ class ModelConfig(FrozenConfig):
     # is; a small one does not, and cannot put an object where its prompt (or a canonical
     # layout) says. The same table for every frame: streaming and the cache are unchanged.
     absolute_positions: bool = False
+    # > 0: a teacher trained on single frames (`framecast distill teacher --set batch_size=0`).
+    # A learned table [frame_time, D] (`frame_time`, zero-initialised) of each latent frame's
+    # place in its clip is added to that frame's tokens, and the model sees a clip one frame
+    # at a time (attention within each frame, `CausalWanTransformer.clip_attention`), as it
+    # was trained. Rotary positions cannot tell a lone frame where it is in its clip (between
+    # tokens of one frame they cancel), so without the table a frames-only teacher learns the
+    # average of a moving object's path and nothing moves. Teachers only: a student is told
+    # nothing of where it is in its stream, and its config sets 0.
+    frame_time: int = Field(0, ge=0)
     # What the network's output is. "flow": the flow v = noise - x0 itself (Wan). "sample": the
     # clean sample x0, turned into the flow v = (x_t - x0) / s inside `denoise` (s clipped at
     # SAMPLE_MIN_SIGMA), so samplers, losses and students see a flow either way. Predicting the

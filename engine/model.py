@@ -129,6 +129,9 @@ class StreamModel:
         return KVCache.for_model(self.config, self.transformer.rope_tables, rows, self.device, self.dtype)
 
     def open_session(self, prompt: str, seed: int | None = None) -> StreamSession:
+        if self.config.frame_time:
+            raise InvalidInput(f"model {self.name} is a frames-only teacher (frame_time): it draws whole clips "
+                               "one frame at a time and cannot stream; serve a student distilled from it")
         return StreamSession(self, prompt, seed)
 
     @torch.no_grad()

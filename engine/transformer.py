@@ -9,6 +9,8 @@ parameter names, so a Wan2.1 checkpoint in diffusers format loads as is). What i
 - an optional zero-initialised `temporal_state_out` projection per block for the linear
   temporal state (Hybrid Forcing), absent from plain Wan checkpoints;
 - an optional clean-sample output (`prediction: sample`), turned into the flow in `denoise`;
+- an optional zero-initialised `frame_time` table for a frames-only teacher: each latent
+  frame told its place in its clip, the clip seen one frame at a time (`clip_attention`);
 - an optional zero-initialised `pooled_text_embedder` (`text_pooling: mean`) that adds the
   prompt's mean context vector to the time embedding, so the prompt modulates every block.
 """
@@ -110,6 +112,9 @@ class CausalWanTransformer(WanTransformer3DModel):
             self.pooled_text_embedder = mlp.to(self.device, self.dtype)
         if config.absolute_positions and getattr(self, "spatial_position", None) is None:
             self.spatial_position = SpatialPosition(grid_h * grid_w, t.inner_dim).to(self.device, self.dtype)
+        if config.frame_time > 0 and getattr(self, "frame_time", None) is None:
+            self.frame_time = FrameTime(config.frame_time, t.inner_dim).to(self.device, self.dtype)
+        self.tokens_per_frame = grid_h * grid_w
         if config.output_refiner > 0 and getattr(self, "output_refiner", None) is None:
             self.output_refiner = OutputRefiner(t.inner_dim, t.out_channels, t.patch_size,
                                                 config.output_refiner).to(self.device, self.dtype)
@@ -155,7 +160,15 @@ class CausalWanTransformer(WanTransformer3DModel):
         cos, sin = self.rope_tables.for_frames(pos)
         if pos.ndim == 1:
             cos, sin = cos[None], sin[None]
-        return FullAttention(cos, sin, mask, self.attention_backend)
+        return FullAttention(cos, sin, mask, self.attention_backend, frames=pos)
+
+    def clip_attention(self, frames: int) -> FullAttention:
+        """How this model sees a whole clip of `frames` latent frames: all at once, or, for a
+        frames-only teacher (`frame_time`), each frame on its own at its place in the clip."""
+        if getattr(self, "frame_time", None) is None:
+            return self.full_attention(frames)
+        frame = torch.arange(frames, device=self.rope_tables.t_cos.device).repeat_interleave(self.tokens_per_frame)
+        return self.full_attention(frames, mask=(frame[:, None] == frame[None, :])[None, None])
 
     def embed_patches(self, latents: torch.Tensor) -> torch.Tensor:
         """The Conv3d patch embedding as one matmul over non-overlapping patches: the same
@@ -176,7 +189,7 @@ class CausalWanTransformer(WanTransformer3DModel):
         latents [B, C, F, H, W]; timestep [B] or [B, F]; context [B, L, D] from
         `embed_text`; returns [B, C, F, H, W]."""
         b, c, f, h, w = latents.shape
-        x, temb, proj, (gh, gw) = self._embed(latents, timestep, context)
+        x, temb, proj, (gh, gw) = self._embed(latents, timestep, context, attention)
         for block in self.blocks:
             x = block(x, context, proj, attention)  # [B, N, D]
         if temb.ndim == 3:  # per-token modulation
@@ -198,12 +211,13 @@ class CausalWanTransformer(WanTransformer3DModel):
                  attention: AttentionMode, layers: int) -> torch.Tensor:
         """The tokens after the first `layers` blocks [B, N, D], without running the rest
         (what DMD2's discriminator head reads from the critic)."""
-        x, _, proj, _ = self._embed(latents, timestep, context)
+        x, _, proj, _ = self._embed(latents, timestep, context, attention)
         for block in self.blocks[:layers]:
             x = block(x, context, proj, attention)
         return x
 
-    def _embed(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor):
+    def _embed(self, latents: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+               attention: AttentionMode):
         """-> patch tokens [B, N, D], the time embedding and its projection, the token grid (gh, gw)."""
         _, c, _, h, w = latents.shape
         p_t, p_h, p_w = self.config.patch_size
@@ -216,6 +230,12 @@ class CausalWanTransformer(WanTransformer3DModel):
         place = getattr(self, "spatial_position", None)
         if place is not None:  # the same table for every frame
             tokens = place(tokens, gh * gw)
+        when = getattr(self, "frame_time", None)
+        if when is not None:
+            if not isinstance(attention, FullAttention) or attention.frames is None:
+                raise ShapeMismatch("a frames-only teacher (frame_time) is run on whole clips (clip_attention), "
+                                    "not streamed")
+            tokens = when(tokens, gh * gw, attention.frames)
         return tokens, temb, proj, (gh, gw)
 
 
@@ -242,6 +262,27 @@ class SpatialPosition(nn.Module):
                                 f"{self.table.shape[0]}")
         b, n, d = tokens.shape
         return (tokens.view(b, n // per_frame, per_frame, d) + self.table.to(tokens.dtype)).view(b, n, d)
+
+
+class FrameTime(nn.Module):
+    """`frame_time` (engine/config.py): a learned table [places, D], zero at the start, whose
+    row for each latent frame's place in its clip is added to that frame's tokens. A module of
+    its own so that a resumed run can gain it."""
+
+    def __init__(self, places: int, dim: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(places, dim))
+
+    def forward(self, tokens: torch.Tensor, per_frame: int, frames: torch.Tensor) -> torch.Tensor:
+        """tokens [B, F * per_frame, D], frames [F] or [B, F] (places) -> the tokens plus their rows."""
+        b, n, d = tokens.shape
+        f = n // per_frame
+        if frames.shape[-1] != f:
+            raise ShapeMismatch(f"{f} latent frames but {frames.shape[-1]} places")
+        if int(frames.max()) >= self.table.shape[0]:
+            raise ShapeMismatch(f"latent frame {int(frames.max())} is past this teacher's {self.table.shape[0]} places")
+        rows = self.table.to(tokens.dtype)[frames.to(tokens.device).expand(b, f)]  # [B, F, D]
+        return (tokens.view(b, f, per_frame, d) + rows[:, :, None]).view(b, n, d)
 
 
 class OutputRefiner(nn.Module):

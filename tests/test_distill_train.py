@@ -904,3 +904,70 @@ def test_memorise_bench_masks_the_object_and_not_the_background():
     assert not bench.compare_paths(clip(20), clip(-20))["agrees"]
     assert not bench.compare_paths(clip(20), clip(0))["agrees"]
     assert bench.compare_paths(clip(0), clip(1))["agrees"]
+
+
+def test_frames_only_teacher_learns_places_in_time_and_its_student_streams(tiny_autoencoder, tmp_path, monkeypatch):
+    """model.frame_time on a frames-only teacher: resumed from a checkpoint without the table, it
+    starts it at zero and trains it from each single frame's place in its clip; its samples
+    and the DMD judge see clips one frame at a time (clip_attention), a rollout longer than the
+    teacher's clip is judged on the window its places fit (the first), and the student made
+    from it has no table and streams."""
+    from safetensors.torch import load_file
+
+    from distill import student as student_mod
+
+    base = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=6, ckpt_every=6,
+                   batch_size=0, image_batch=6, pool_size=4)
+    teacher_mod.train_teacher(base, tmp_path / "teacher", progress=False)
+    run = replace(base, steps=12, model=teacher_mod.TINY_MODEL.updated(frame_time=2))
+    out = teacher_mod.train_teacher(run, tmp_path / "teacher", progress=False).out_dir
+    after = load_file(tmp_path / "teacher" / "checkpoint-0000012.safetensors")
+    assert after["model.frame_time.table"].abs().max() > 0  # trained away from its zero start
+    teacher = load_model(str(out))
+    assert teacher.config.frame_time == 2
+    judged = []
+    real = student_mod.real_and_fake_x0
+    monkeypatch.setattr(student_mod, "real_and_fake_x0", lambda run, te, cr, x_t, *a: judged.append(
+        (x_t.shape[2], te.clip_attention(x_t.shape[2]).mask)) or real(run, te, cr, x_t, *a))
+    window = student_mod.judged_window
+    windows = []
+    monkeypatch.setattr(student_mod, "judged_window", lambda lat, r, g, first_chunk=0, anchored=False: windows.append(
+        anchored) or window(lat, r, g, first_chunk, anchored))
+    srun = student_mod.for_teacher(replace(student_mod.PRESETS["tiny"], teacher=str(out), ode_iters=2, dmd_iters=1,
+                                           rollout_frames=4))
+    assert srun.model.frame_time == 0
+    student = load_model(str(student_mod.train_student(srun, tmp_path / "student", progress=False).out_dir))
+    assert judged and all(f == 2 and mask is not None for f, mask in judged)  # one frame at a time
+    assert windows and all(windows)
+    assert student.config.frame_time == 0 and getattr(student.transformer, "frame_time", None) is None
+    assert torch.isfinite(student.open_session("a red ball moving left", seed=0).next_chunk().latents).all()
+    latents = torch.arange(4.0).view(1, 1, 4, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    first = [student_mod.judged_window(latents, srun, gen, anchored=True).flatten().tolist() for _ in range(4)]
+    assert first == [[0.0, 1.0]] * 4
+    assert student_mod.judged_window(latents, srun, gen, first_chunk=1, anchored=True).flatten().tolist() == [1.0, 2.0]
+
+
+def test_shared_noise_draws_one_object_that_a_frames_only_teacher_moves():
+    """sample_teacher(shared_noise=True): every latent frame starts from the same noise, so a
+    frames-only teacher (frames seen apart) whose table of places is still zero draws the same
+    frame at every place; trained (non-zero), the places differ. Without it the frames differ
+    from the first step; both are finite and reproducible."""
+    from engine.transformer import build_transformer
+
+    cfg = teacher_mod.TINY_MODEL.updated(frame_time=3)
+    tr = build_transformer(cfg, seed=0).eval()
+    feats = torch.randn(2, cfg.text_encoder.max_tokens, cfg.text_encoder.dim)
+
+    def sample(shared):
+        return teacher_mod.sample_teacher(tr, cfg, feats, 3, steps=4, generator=torch.Generator().manual_seed(1),
+                                          shared_noise=shared)
+
+    same = sample(True)
+    torch.testing.assert_close(same[:, :, 1:], same[:, :, :1].expand(-1, -1, 2, -1, -1))
+    assert (sample(False)[:, :, 1:] - sample(False)[:, :, :1]).abs().max() > 1e-2
+    torch.testing.assert_close(sample(False), sample(False))
+    with torch.no_grad():
+        torch.nn.init.normal_(tr.frame_time.table, std=0.5)
+    moved = sample(True)
+    assert torch.isfinite(moved).all() and (moved[:, :, 2] - moved[:, :, 0]).abs().max() > 1e-2

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
-from engine.errors import ShapeMismatch
+from engine.errors import InvalidInput, ShapeMismatch
 from engine.reference import generate_recompute
 from tests.engine_helpers import ExplicitWindowAttention, tiny_model
 
@@ -278,3 +278,47 @@ def test_sample_prediction_turns_the_networks_clean_estimate_into_a_flow():
     assert (cached - generate_recompute(model, PROMPT, seed=3, chunks=4)).abs().max() < 1e-4
     with pytest.raises(ValueError, match="output_refiner"):
         base.config.updated(prediction="sample", output_refiner=8)
+
+
+def test_a_lone_frame_knows_its_place_in_the_clip_only_through_frame_time():
+    """Rotary positions cancel between the tokens of one frame, so a frame denoised on its own
+    gives the same flow at place 0 and place 5 (what a frames-only teacher without the table
+    learnt: no motion). With `frame_time` (trained: non-zero) the places differ; zero, the
+    table is a no-op; and `clip_attention` over a clip equals each frame denoised alone at its
+    place. Such a teacher is not streamed: a cache mode is refused."""
+    base = tiny_model(policy="sink_window", sink_frames=0, window_frames=64)
+    cfg = base.config.updated(frame_time=6)
+    from engine.transformer import build_transformer
+    plain, tr = base.transformer, build_transformer(cfg)
+    missing = tr.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["frame_time.table"]
+    x, t = torch.randn(2, 16, 1, 8, 8), torch.tensor([500.0, 500.0])
+    ctx = torch.randn(2, 5, 32)
+    at = {place: torch.tensor([[place], [place]]) for place in (0, 5)}
+    with torch.no_grad():
+        lone = [plain.denoise(x, t, plain.embed_text(ctx), plain.full_attention(1, positions=at[p])) for p in (0, 5)]
+        torch.testing.assert_close(lone[0], lone[1])  # the rotary place alone changes nothing
+        zero = tr.denoise(x, t, tr.embed_text(ctx), tr.full_attention(1, positions=at[5]))
+        torch.testing.assert_close(zero, lone[1])
+        torch.nn.init.normal_(tr.frame_time.table, std=0.5)
+        told = [tr.denoise(x, t, tr.embed_text(ctx), tr.full_attention(1, positions=at[p])) for p in (0, 5)]
+        assert (told[0] - told[1]).abs().max() > 1e-2
+        clip = torch.randn(2, 16, 4, 8, 8)
+        whole = tr.denoise(clip, t, tr.embed_text(ctx), tr.clip_attention(4))
+        for f in range(4):
+            alone = tr.denoise(clip[:, :, f : f + 1], t, tr.embed_text(ctx),
+                               tr.full_attention(1, positions=torch.tensor([[f], [f]])))
+            torch.testing.assert_close(whole[:, :, f : f + 1], alone, atol=1e-5, rtol=1e-4)
+        with pytest.raises(ShapeMismatch, match="past this teacher's 6 places"):
+            tr.denoise(torch.randn(1, 16, 7, 8, 8), t[:1], tr.embed_text(ctx[:1]), tr.clip_attention(7))
+        # a model without the table sees the clip whole: clip_attention is plain full attention
+        assert plain.clip_attention(4).mask is None
+    from engine.components import build_decoder, build_text_encoder
+    from engine.model import StreamModel
+    teacher = StreamModel(cfg, tr, build_text_encoder(cfg, None, "cpu"), build_decoder(cfg, None, "cpu"))
+    with pytest.raises(InvalidInput, match="frames-only teacher"):
+        teacher.open_session(PROMPT, seed=0)
+    from engine.attention import FullAttention
+    unplaced = tr.full_attention(1)
+    with pytest.raises(ShapeMismatch, match="not streamed"):  # an attention that does not say the places
+        tr.denoise(x, t, tr.embed_text(ctx), FullAttention(unplaced.cos, unplaced.sin))
