@@ -162,6 +162,14 @@ PRESETS: dict[str, TeacherRun] = {
     "shapes": TeacherRun(batch_size=0, image_batch=96, pool_size=4096, layout="canonical", max_start_frame=0,
                          captions="canonical", steps=3000, lr=2e-3, decay_from=2400, warmup=300,
                          ema_decay=0.9995, autocast=True, log_every=25, ckpt_every=250),
+    # The slot teacher carried on (run it in a finished `shapes` run's dir: it resumes at step
+    # 3000) with a table of places in time (`model.frame_time`, docs/distill.md): 800 steps
+    # more, lr 1e-3 held to 3500 and then decayed to a tenth (15 min). Each frame is now told
+    # where it is in its clip, so a moving object is drawn where it has got to.
+    "shapes-time": TeacherRun(model=SHAPES_MODEL.updated(frame_time=6), batch_size=0, image_batch=96,
+                              pool_size=4096, layout="canonical", max_start_frame=0, captions="canonical",
+                              steps=3800, lr=1e-3, decay_from=3500, warmup=300, ema_decay=0.9995, autocast=True,
+                              log_every=25, ckpt_every=250),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }

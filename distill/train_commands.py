@@ -36,8 +36,9 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
     "reward": ("distill.rewards.train", "train_reward", "runs/reward",
                "train (or --evaluate) the Shapes video reward model: visual, motion, text scores"),
 }
-# What `framecast distill default` chains, into one run dir per stage.
-DEFAULT_CHAIN = ("autoencoder", "teacher", "student")
+# What `framecast distill default` chains: (stage, preset), into one run dir per stage (the
+# teacher's second preset carries its first on in the same dir).
+DEFAULT_CHAIN = (("autoencoder", "shapes"), ("teacher", "shapes"), ("teacher", "shapes-time"), ("student", "shapes"))
 
 
 def _common(p: argparse.ArgumentParser, default_run_dir: str) -> None:
@@ -324,16 +325,21 @@ def evaluate_reward(args: argparse.Namespace, run) -> int:
 def run_default(args: argparse.Namespace) -> int:
     """Autoencoder -> teacher -> student, each with its `shapes` preset, into RUN_DIR/<stage>."""
     root = args.run_dir
-    runs = {stage: _stage(stage)[0]["shapes"] for stage in DEFAULT_CHAIN}
-    runs["teacher"] = dataclasses.replace(runs["teacher"], autoencoder=str(root / "autoencoder" / "autoencoder"))
-    runs["student"] = dataclasses.replace(runs["student"], teacher=str(root / "teacher" / "model"))
+    runs = []
+    for stage, preset in DEFAULT_CHAIN:
+        run = _stage(stage)[0][preset]
+        if stage == "teacher":
+            run = dataclasses.replace(run, autoencoder=str(root / "autoencoder" / "autoencoder"))
+        elif stage == "student":
+            run = dataclasses.replace(run, teacher=str(root / "teacher" / "model"))
+        runs.append((stage, preset, run))
     if args.dry_run:
-        for stage in DEFAULT_CHAIN:
-            _print(runs[stage], stage=stage, run_dir=root / stage)
+        for stage, preset, run in runs:
+            _print(run, stage=stage, preset=preset, run_dir=root / stage)
         return 0
-    for stage in DEFAULT_CHAIN:
-        out = args.out if stage == DEFAULT_CHAIN[-1] else None
-        result = _stage(stage)[1](runs[stage], root / stage, out, args.threads, not args.no_progress)
+    for i, (stage, _, run) in enumerate(runs):
+        out = args.out if i == len(runs) - 1 else None
+        result = _stage(stage)[1](run, root / stage, out, args.threads, not args.no_progress)
         _report(stage, result)
     print(f"default model written to {args.out}")
     return 0

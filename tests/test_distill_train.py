@@ -971,3 +971,30 @@ def test_shared_noise_draws_one_object_that_a_frames_only_teacher_moves():
         torch.nn.init.normal_(tr.frame_time.table, std=0.5)
     moved = sample(True)
     assert torch.isfinite(moved).all() and (moved[:, :, 2] - moved[:, :, 0]).abs().max() > 1e-2
+
+
+def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys, tmp_path):
+    """`framecast distill default` chains autoencoder, the `shapes` teacher, the `shapes-time`
+    teacher in the same run dir (it resumes where the first stopped and gains the table of
+    places: the same data and recipe otherwise), then the student from that teacher."""
+    from framecast.cli import main
+
+    assert main(["distill", "default", "--run-dir", str(tmp_path), "--dry-run"]) == 0
+    out, decoder, printed = capsys.readouterr().out, json.JSONDecoder(), []
+    i = 0
+    while i < len(out):
+        if out[i].isspace():
+            i += 1
+            continue
+        obj, i = decoder.raw_decode(out, i)
+        printed.append(obj)
+    assert [(p["stage"], p["preset"]) for p in printed] == [("autoencoder", "shapes"), ("teacher", "shapes"),
+                                                            ("teacher", "shapes-time"), ("student", "shapes")]
+    first, then = printed[1], printed[2]
+    assert first["run_dir"] == then["run_dir"] == str(tmp_path / "teacher")
+    assert first["model"]["frame_time"] == 0 and then["model"]["frame_time"] == 6
+    assert then["steps"] > first["steps"] and then["decay_from"] >= first["steps"]
+    same = {k for k in first if k not in ("preset", "model", "steps", "lr", "decay_from")}
+    assert {k: first[k] for k in same} == {k: then[k] for k in same}
+    assert {**first["model"], "frame_time": 6} == then["model"]
+    assert printed[3]["teacher"] == str(tmp_path / "teacher" / "model")
