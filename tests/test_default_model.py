@@ -183,8 +183,8 @@ def test_conditioning_probe_from_blurred_single_frames_scores_the_sharp_frame():
     clips = single_object_clips(6, 5, 4, 128, 16)
     assert all(c.frames.shape[0] == 4 for c in clips)
     sharp = measure(str(DEFAULT_MODEL_DIR), clips, [0.3], 5)
-    blurred = measure(str(DEFAULT_MODEL_DIR), clips, [0.3], 5, blur=1.5)
-    assert blurred["blur"] == 1.5 and sharp["blur"] == 0.0
+    blurred = measure(str(DEFAULT_MODEL_DIR), clips, [0.3], 5, blur=3.0)
+    assert blurred["blur"] == 3.0 and sharp["blur"] == 0.0
     a, b = sharp["levels"]["0.3"], blurred["levels"]["0.3"]
     assert abs(b["object_error_true"] / a["object_error_true"] - 1) > 0.01
     assert a["shape"]["increase"] != b["shape"]["increase"]
