@@ -5,7 +5,7 @@ The data distribution is N(m, 1); the generator is x = mu + eps (eps ~ N(0, 1)),
 distribution is N(mu, 1) and the best fake-score critic is the exact denoiser of N(mu, 1).
 For x_t = (1 - s) x0 + s eps, E[x0 | x_t] = m + (1 - s) (x_t - (1 - s) m) / ((1 - s)^2 + s^2).
 The teacher and critic below return the flow v = (x_t - E[x0 | x_t]) / s of their Gaussians
-through the same `denoise` / `embed_text` / `full_attention` calls the student's DMD step
+through the same `denoise` / `embed_text` / `clip_attention` calls the student's DMD step
 uses (distill.student.real_and_fake_x0), so the test covers the loss and its wiring."""
 
 import torch
@@ -25,7 +25,7 @@ class GaussianDenoiser(torch.nn.Module):
     def embed_text(self, feats):
         return feats
 
-    def full_attention(self, frames):
+    def clip_attention(self, frames):
         return None
 
     def denoise(self, x_t, t, context, attention):
