@@ -12,7 +12,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -152,24 +152,24 @@ class TeacherRun:
     extra: dict = field(default_factory=dict)
 
 
+# The slot teacher (docs/default-model.md, "The slot teacher"): 4096 clips encoded once
+# (12 min), each object placed where its caption's order puts it (canonical layout, from the
+# scene's first frame), read by their canonical caption; then 3000 steps of 96 single latent
+# frames in bf16 (1.2 s a step on 2 cores, about an hour), each frame at its place in its
+# clip, lr 2e-3 held to 2400 and then decayed linearly to a tenth. Frames only: it draws
+# shapes in the asked colours and places, and keeps objects where they start (no motion).
+SHAPES_TEACHER = TeacherRun(batch_size=0, image_batch=96, pool_size=4096, layout="canonical", max_start_frame=0,
+                            captions="canonical", steps=3000, lr=2e-3, decay_from=2400, warmup=300,
+                            ema_decay=0.9995, autocast=True, log_every=25, ckpt_every=250)
+
 PRESETS: dict[str, TeacherRun] = {
-    # The slot teacher (docs/default-model.md, "The slot teacher"): 4096 clips encoded once
-    # (12 min), each object placed where its caption's order puts it (canonical layout, from the
-    # scene's first frame), read by their canonical caption; then 3000 steps of 96 single latent
-    # frames in bf16 (1.2 s a step on 2 cores, about an hour), each frame at its place in its
-    # clip, lr 2e-3 held to 2400 and then decayed linearly to a tenth. Frames only: it draws
-    # shapes in the asked colours and places, and keeps objects where they start (no motion).
-    "shapes": TeacherRun(batch_size=0, image_batch=96, pool_size=4096, layout="canonical", max_start_frame=0,
-                         captions="canonical", steps=3000, lr=2e-3, decay_from=2400, warmup=300,
-                         ema_decay=0.9995, autocast=True, log_every=25, ckpt_every=250),
+    "shapes": SHAPES_TEACHER,
     # The slot teacher carried on (run it in a finished `shapes` run's dir: it resumes at step
     # 3000) with a table of places in time (`model.frame_time`, docs/distill.md): 800 steps
     # more, lr 1e-3 held to 3500 and then decayed to a tenth (15 min). Each frame is now told
     # where it is in its clip, so a moving object is drawn where it has got to.
-    "shapes-time": TeacherRun(model=SHAPES_MODEL.updated(frame_time=6), batch_size=0, image_batch=96,
-                              pool_size=4096, layout="canonical", max_start_frame=0, captions="canonical",
-                              steps=3800, lr=1e-3, decay_from=3500, warmup=300, ema_decay=0.9995, autocast=True,
-                              log_every=25, ckpt_every=250),
+    "shapes-time": replace(SHAPES_TEACHER, model=SHAPES_MODEL.updated(frame_time=6), steps=3800, lr=1e-3,
+                           decay_from=3500),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }

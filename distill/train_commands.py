@@ -323,7 +323,8 @@ def evaluate_reward(args: argparse.Namespace, run) -> int:
 
 
 def run_default(args: argparse.Namespace) -> int:
-    """Autoencoder -> teacher -> student, each with its `shapes` preset, into RUN_DIR/<stage>."""
+    """DEFAULT_CHAIN's stages with their presets, into RUN_DIR/<stage> (autoencoder -> teacher,
+    then the teacher carried on -> student)."""
     root = args.run_dir
     runs = []
     for stage, preset in DEFAULT_CHAIN:
