@@ -300,3 +300,49 @@ def test_bootstrap_interval_of_the_mean():
     assert 0.32 < low < 0.38 and 0.62 < high < 0.68
     wide = bootstrap_interval(coin[:8])
     assert wide[0] < low and wide[1] > high  # fewer samples, a wider interval
+
+
+def _latent_motion_bench():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("latent_motion", Path(__file__).resolve().parents[1]
+                                                  / "bench" / "latent_motion.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_latent_motion_tells_a_saw_tooth_from_an_object_carried_on():
+    """bench/latent_motion.py splits a path into motion inside each latent frame (4 video
+    frames) and the step between latent frames. The world's own straight motion advances
+    by its speed in both; frames re-ordered as a model that draws the velocity but does not
+    carry the object on (1-4, 2-5, 3-6, ...) move inside each latent frame and jump back
+    between them, advancing a quarter as fast."""
+    bench = _latent_motion_bench()
+    prompt, scene = bench.straight_scenes()[0]
+    world = ShapesWorld()
+    rendered = world.render(scene, 40)
+    saw = np.concatenate([rendered[k : k + 4] for k in range(6)])  # latent frame k shows frames k..k+3
+    gens = {"carried": lambda p, s, seed: rendered[:24], "saw": lambda p, s, seed: saw}
+    unit = min(rendered.shape[1], rendered.shape[2])
+    per_frame = scene.objects[0].speed * unit / 16  # px per video frame at 16 fps
+    got = {name: bench.measure(g, [(prompt, scene)], 1, 1.5, 16.0, 4)["summary"] for name, g in gens.items()}
+    carried, tooth = got["carried"], got["saw"]
+    assert carried["found"] == tooth["found"] == 1
+    assert carried["advance"] == pytest.approx(4 * per_frame, rel=0.05)
+    assert carried["within"] == pytest.approx(3 * per_frame, rel=0.05)
+    assert carried["between"] == pytest.approx(per_frame, rel=0.1)
+    assert tooth["within"] == pytest.approx(3 * per_frame, rel=0.05)
+    assert tooth["between"] == pytest.approx(-2 * per_frame, rel=0.1)
+    assert tooth["advance"] == pytest.approx(per_frame, rel=0.1)
+
+
+def test_latent_motion_unwraps_an_object_across_the_frame_edge():
+    from distill.eval.detect import Track
+
+    bench = _latent_motion_bench()
+    x = np.array([120.0, 124.0, 2.0, 6.0])  # moving right through the right edge of a 128 px frame
+    track = Track("red", np.ones(4, bool), x, np.full(4, 64.0), np.full(4, 50.0), np.zeros(4, bool), np.zeros((4, 1)))
+    assert bench.along_direction(track, "right", 128, 128).tolist() == [120.0, 124.0, 130.0, 134.0]
+    assert bench.along_direction(track, "left", 128, 128).tolist() == [-120.0, -124.0, -130.0, -134.0]
