@@ -11,7 +11,8 @@ For each of the standard set's straight motions (one object, 8 directions) this 
 asked object's centroid (the evaluator's tracks) and reports, in pixels per latent frame
 along the asked direction: `within` (first to last video frame of a latent frame),
 `between` (last frame of one latent frame to the first of the next), `advance` (first
-frame to first frame: their sum), and what the asked speed is. For ground truth through
+frame to first frame: their sum), and what the asked speed is; `between` is also split into the boundaries
+inside a student's chunk and those between its chunks (the cache hand-over). For ground truth through
 the autoencoder, a student (as it streams), and a teacher (50 steps; optionally one noise
 for every latent frame).
 
@@ -31,10 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def latent_steps(position: np.ndarray, frames_per_latent: int) -> dict[str, float]:
+def latent_steps(position: np.ndarray, frames_per_latent: int, chunk_frames: int = 0) -> dict[str, float]:
     """position [T] along the asked direction (NaN where the object is not seen whole) ->
     mean pixels per latent frame inside latent frames (`within`), across their boundaries
-    (`between`) and first frame to first frame (`advance`); NaN where none can be measured."""
+    (`between`) and first frame to first frame (`advance`); NaN where none can be measured.
+    With `chunk_frames` (a streaming student's latent frames a chunk), `between` split into the
+    boundaries inside a chunk (`between_in_chunk`: frames denoised together) and those from
+    one chunk to the next (`between_chunks`: what the next chunk reads from the cache)."""
     k = frames_per_latent
     starts = position[::k]
     ends = position[k - 1 :: k]
@@ -47,7 +51,11 @@ def latent_steps(position: np.ndarray, frames_per_latent: int) -> dict[str, floa
         a = a[np.isfinite(a)]
         return float(a.mean()) if len(a) else float("nan")
 
-    return {"within": mean(within), "between": mean(between), "advance": mean(advance)}
+    out = {"within": mean(within), "between": mean(between), "advance": mean(advance)}
+    if chunk_frames:
+        at_chunk = (np.arange(len(between)) + 1) % chunk_frames == 0  # boundary i: latent frame i -> i + 1
+        out["between_in_chunk"], out["between_chunks"] = mean(between[~at_chunk]), mean(between[at_chunk])
+    return out
 
 
 def along_direction(track, direction: str, width: int, height: int) -> np.ndarray:
@@ -77,7 +85,8 @@ def straight_scenes():
             if len(s.objects) == 1 and s.objects[0].motion in vocab.DIRECTIONS]
 
 
-def measure(generate, scenes, seeds: int, seconds: float, fps: float, frames_per_latent: int) -> dict:
+def measure(generate, scenes, seeds: int, seconds: float, fps: float, frames_per_latent: int,
+            chunk_frames: int = 0) -> dict:
     from distill.eval.detect import analyse
     from distill.eval.report import bootstrap_interval
 
@@ -93,7 +102,7 @@ def measure(generate, scenes, seeds: int, seconds: float, fps: float, frames_per
                 continue
             pos = along_direction(track, obj.motion, analysis.width, analysis.height)
             rows.append({"prompt": prompt, "seed": seed, "found": True,
-                         **latent_steps(pos, frames_per_latent)})
+                         **latent_steps(pos, frames_per_latent, chunk_frames)})
     found = [r for r in rows if r["found"]]
 
     def mean(key):
@@ -101,7 +110,7 @@ def measure(generate, scenes, seeds: int, seconds: float, fps: float, frames_per
         return (float(np.mean(v)), bootstrap_interval(v)) if v else (None, None)
 
     summary = {"clips": len(rows), "found": len(found)}
-    for key in ("within", "between", "advance"):
+    for key in ("within", "between", "advance", *(("between_in_chunk", "between_chunks") if chunk_frames else ())):
         summary[key], summary[key + "_interval"] = mean(key)
     return {"summary": summary, "rows": rows}
 
@@ -125,6 +134,7 @@ def main() -> None:
 
     student = load_model(args.student)
     k = student.config.latent.temporal_compression
+    chunk = student.config.attention.chunk_frames
     contenders = {"ground truth via AE": ground_truth_generator(Path(args.student)),
                   "student": student.generate_clip}
     if args.teacher:
@@ -140,7 +150,7 @@ def main() -> None:
           f"{asked:.2f}")
     out = {"asked_px_per_latent_frame": asked, "frames_per_latent": k, "rows": {}}
     for name, generate in contenders.items():
-        result = measure(generate, scenes, args.seeds, args.seconds, student.fps, k)
+        result = measure(generate, scenes, args.seeds, args.seconds, student.fps, k, chunk)
         out["rows"][name] = result
         s = result["summary"]
 
@@ -152,6 +162,8 @@ def main() -> None:
 
         print(f"  {name:28s} advance {fmt('advance')}  within {fmt('within')}  between {fmt('between')}  "
               f"(object found in {s['found']}/{s['clips']})", flush=True)
+        print(f"  {'':28s} between, inside a chunk of {chunk} latent frames {fmt('between_in_chunk')}; "
+              f"from one chunk to the next {fmt('between_chunks')}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -338,6 +338,24 @@ def test_latent_motion_tells_a_saw_tooth_from_an_object_carried_on():
     assert tooth["advance"] == pytest.approx(per_frame, rel=0.1)
 
 
+def test_latent_motion_tells_a_jump_at_the_chunk_boundary_from_one_inside_chunks():
+    """With a student's chunk length, `between` is split into the boundaries inside a chunk
+    and those between chunks: frames that carry the object on inside each chunk of 3 latent
+    frames and start every chunk back at the scene's first frame step +1 video frame inside
+    and jump 11 frames back between chunks."""
+    bench = _latent_motion_bench()
+    prompt, scene = bench.straight_scenes()[0]
+    rendered = ShapesWorld().render(scene, 40)
+    restart = np.concatenate([rendered[o : o + 4] for o in (0, 4, 8, 0, 4, 8)])
+    unit = min(rendered.shape[1], rendered.shape[2])
+    per_frame = scene.objects[0].speed * unit / 16
+    got = bench.measure(lambda p, s, seed: restart, [(prompt, scene)], 1, 1.5, 16.0, 4, chunk_frames=3)["summary"]
+    assert got["between_in_chunk"] == pytest.approx(per_frame, rel=0.1)
+    assert got["between_chunks"] == pytest.approx(-11 * per_frame, rel=0.05)
+    plain = bench.measure(lambda p, s, seed: restart, [(prompt, scene)], 1, 1.5, 16.0, 4)["summary"]
+    assert "between_chunks" not in plain and plain["between"] == pytest.approx(got["between"])
+
+
 def test_latent_motion_unwraps_an_object_across_the_frame_edge():
     from distill.eval.detect import Track
 
