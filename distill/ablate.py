@@ -40,7 +40,9 @@ def variant_run(base, name: str, init_from: str):
         update=DIAGONAL_SCHEDULE if diag else PLAIN_SCHEDULE)})
     stem = "shapes" if base.model.name == "shapes-default" else base.model.name
     model = model.model_copy(update={"name": f"{stem}-{name}"})
-    return dataclasses.replace(base, model=model, method=method, init_from=init_from, ode_iters=0)
+    # Each variant streams as it was trained: its schedule is what the ablation compares.
+    return dataclasses.replace(base, model=model, method=method, init_from=init_from, ode_iters=0,
+                               serve_chunk_frames=0, serve_refresh_context=None)
 
 
 def trained(model_dir: Path) -> bool:

@@ -127,15 +127,23 @@ class StudentRun:
     log_every: int = 10
     ckpt_every: int = 50
     seed: int = 0
+    # How the exported model streams, where it differs from how it was trained (`served_model`):
+    # latent frames a chunk (0: as trained) and whether a finished chunk is re-run at t=0 to fill the
+    # cache (None: as trained). Measured on the Shapes student (docs/default-model.md, "Chunks of one
+    # latent frame"): trained in chunks of 3 from the last pass's context, it carries objects on
+    # streamed a latent frame at a time from clean context.
+    serve_chunk_frames: int = 0
+    serve_refresh_context: bool | None = None
 
 
 PRESETS: dict[str, StudentRun] = {
     # 512 teacher trajectories of 24 steps (13 min on 2 cores), 1000 ODE steps of 8 (23 min), then
     # 300 DMD steps on 9-frame rollouts (3 chunks: eviction starts), a quarter of them switching
     # prompts before chunk 1 or 2 and judged after the switch. bf16 forwards throughout.
+    # Exported to stream a latent frame a chunk, each re-run at t=0 into the cache.
     "shapes": StudentRun(ode_pairs=512, ode_teacher_steps=24, ode_iters=1000, ode_batch=8, ode_lr=5e-4,
                          dmd_iters=300, rollout_frames=9, switch_prob=0.25, lr_generator=5e-5, autocast=True,
-                         ckpt_every=100),
+                         ckpt_every=100, serve_chunk_frames=1, serve_refresh_context=True),
     "tiny": StudentRun(model=TINY_STUDENT, latent_frames=2, ode_pairs=4, ode_teacher_steps=4, ode_iters=12,
                        ode_batch=2, ode_lr=2e-3, dmd_iters=4, batch_size=2, critic_ratio=2, lr_generator=1e-3,
                        lr_critic=1e-3, log_every=2, ckpt_every=4, ema_decay=0.5),
@@ -177,6 +185,20 @@ def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
         "name": f"{teacher.name}-student",
         "description": f"Causal few-step student distilled from {teacher.name}.",
         "attention": teacher.attention.model_copy(update={"policy": policy})})
+
+
+def served_model(run: StudentRun) -> ModelConfig:
+    """The config a student run exports: its model, streaming as `serve_chunk_frames` and
+    `serve_refresh_context` say where they are set. Only how chunks are cut and cached changes;
+    the weights read latents, text and positions as they were trained to."""
+    attention, sampler = run.model.attention, run.model.sampler
+    if run.serve_chunk_frames < 0:
+        raise ValueError(f"serve_chunk_frames {run.serve_chunk_frames}: 0 (as trained) or more")
+    if run.serve_chunk_frames:
+        attention = attention.model_copy(update={"chunk_frames": run.serve_chunk_frames})
+    if run.serve_refresh_context is not None:
+        sampler = sampler.model_copy(update={"refresh_context": run.serve_refresh_context})
+    return run.model.model_copy(update={"attention": attention, "sampler": sampler})
 
 
 def for_teacher(run: StudentRun, teacher_dir: str | Path | None = None) -> StudentRun:
@@ -551,6 +573,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     """Train (or resume) the student; rank 0 writes the EMA weights as a model dir (default run_dir/model)."""
     if threads:
         torch.set_num_threads(threads)
+    served_model(run)  # a serving override that cannot be exported fails before any work
     par = init_parallel(run.shard_size, run.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     if par.rank == 0:
@@ -615,6 +638,7 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     if par.sharded:
         exported = build_transformer(run.model)
         exported.load_state_dict(ema_weights)
-    export_model(run, run.teacher, exported, out_dir, seconds=time.time() - start, stage="student",
+    export_model(dataclasses.replace(run, model=served_model(run)), run.teacher, exported, out_dir,
+                 seconds=time.time() - start, stage="student",
                  data=f"prompts from {run.prompts}" if run.prompts else None)
     return TrainResult(out_dir, step, time.time() - start, all_losses)

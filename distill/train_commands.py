@@ -275,10 +275,14 @@ def _check_inputs(stage: str, run) -> None:
     if getattr(run, "data", None) is not None and not (Path(run.data) / "captions.jsonl").is_file():
         raise CommandError(f"no captions.jsonl in {run.data} (--data DIR: your videos and their captions)")
     if stage == "student":
-        from distill.student import gan_refusal
+        from distill.student import gan_refusal, served_model
 
         if (refused := gan_refusal(run, int(os.environ.get("WORLD_SIZE", "1")))) is not None:
             raise CommandError(refused)
+        try:
+            served_model(run)
+        except ValueError as exc:  # pydantic's ValidationError is one
+            raise CommandError(f"serve_chunk_frames / serve_refresh_context: {exc}".replace("\n", " ")) from None
 
 
 def _report(stage: str, result) -> None:

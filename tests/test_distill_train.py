@@ -356,6 +356,37 @@ def test_student_ode_then_dmd_exports_a_streaming_model(tiny_teacher, tmp_path):
     assert chunk.frames.shape == (model.frames_per_chunk, 32, 32, 3) and chunk.latents.std() > 0.1
 
 
+def test_student_is_exported_to_stream_as_its_serving_fields_say(tiny_teacher, tmp_path):
+    """serve_chunk_frames / serve_refresh_context change how the exported model cuts and caches
+    chunks, nothing it reads: trained a latent frame a chunk with a refresh, exported to stream
+    2 a chunk from the last pass's context."""
+    run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), latent_frames=2, ode_iters=2, dmd_iters=1,
+                  serve_chunk_frames=2, serve_refresh_context=False)
+    assert run.model.attention.chunk_frames == 1 and run.model.sampler.refresh_context
+    out = student_mod.train_student(run, tmp_path / "student", progress=False).out_dir
+    model = load_model(str(out))
+    assert model.config.attention.chunk_frames == 2 and not model.config.sampler.refresh_context
+    assert model.config.model_copy(update={"attention": run.model.attention, "sampler": run.model.sampler,
+                                           "provenance": {}}) == run.model
+    chunk = model.open_session("a red ball moving left", seed=0).next_chunk()
+    assert chunk.frames.shape == (8, 32, 32, 3)
+    as_trained = load_model(str(student_mod.train_student(replace(run, serve_chunk_frames=0, serve_refresh_context=None),
+                                                          tmp_path / "as-trained", progress=False).out_dir))
+    assert as_trained.config.attention.chunk_frames == 1 and as_trained.config.sampler.refresh_context
+    with pytest.raises(ValueError, match="serve_chunk_frames"):
+        student_mod.train_student(replace(run, serve_chunk_frames=-1), tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+
+
+def test_the_shapes_student_streams_a_latent_frame_a_chunk_with_a_refresh():
+    run = student_mod.PRESETS["shapes"]
+    served = student_mod.served_model(run)
+    assert (run.model.attention.chunk_frames, run.model.sampler.refresh_context) == (3, False)  # as trained
+    assert (served.attention.chunk_frames, served.sampler.refresh_context) == (1, True)
+    assert served.sampler.steps_per_chunk == run.model.sampler.steps_per_chunk == (4, 3, 2)
+    assert served.transformer == run.model.transformer and served.latent == run.model.latent
+
+
 def test_student_resume_through_ode_and_dmd_continues_exactly(tiny_teacher, tmp_path):
     """Killed after step 5 (of 4 ODE + 4 DMD steps: inside DMD, critic and both optimisers
     in flight), the same command resumes and ends with the uninterrupted run's weights."""
@@ -542,9 +573,12 @@ def test_every_ablation_variant_names_its_schedule_whatever_the_default_streams_
     assert base.model.sampler.model_dump(include={"steps_per_chunk", "refresh_context"}) == \
         {"steps_per_chunk": (4, 3, 2), "refresh_context": False}
     for name in VARIANTS:
-        sampler = variant_run(base, name, init_from="start").model.sampler
+        variant = variant_run(base, name, init_from="start")
+        sampler = variant.model.sampler
         expected = student_mod.DIAGONAL_SCHEDULE if name.endswith("+diag") else student_mod.PLAIN_SCHEDULE
         assert (sampler.steps_per_chunk, sampler.refresh_context) == tuple(expected.values()), name
+        # ... and each is exported streaming as it was trained, not as the default serves
+        assert student_mod.served_model(variant) == variant.model, name
 
 
 @pytest.mark.parametrize("method,diagonal", [("re_dmd", False), ("stream_r1", True)])
@@ -998,3 +1032,4 @@ def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys,
     assert {k: first[k] for k in same} == {k: then[k] for k in same}
     assert {**first["model"], "frame_time": 6} == then["model"]
     assert printed[3]["teacher"] == str(tmp_path / "teacher" / "model")
+
