@@ -1033,3 +1033,34 @@ def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys,
     assert {**first["model"], "frame_time": 6} == then["model"]
     assert printed[3]["teacher"] == str(tmp_path / "teacher" / "model")
 
+
+def test_real_forcing_bench_fits_real_clips_given_their_past_and_exports_a_model(tiny_teacher, tmp_path):
+    """bench/student_real_forcing.py: a student regressed onto real clips, each chunk given the
+    clean real chunks before it; the loss falls, the model dir it writes loads with changed
+    weights, and its command refuses a missing model with a usage error."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "student_real_forcing.py"
+    spec = importlib.util.spec_from_file_location("student_real_forcing", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    student = load_model(str(student_mod.train_student(
+        replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), latent_frames=2, ode_iters=2, dmd_iters=0),
+        tmp_path / "student", progress=False).out_dir))
+    init = tmp_path / "student" / "model"
+    torch.manual_seed(0)
+    out, losses = bench.fine_tune(init, tmp_path / "rf", steps=30, batch=4, lr=3e-3, pool=8, frames=2, progress=False)
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    before, after = load_file(init / "transformer.safetensors"), load_file(out / "transformer.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    tuned = load_model(str(out))
+    assert tuned.config.attention == student.config.attention
+    chunk = tuned.open_session("a red ball moving left", seed=0).next_chunk()
+    assert chunk.frames.shape == (tuned.frames_per_chunk, 32, 32, 3)
+    bad = subprocess.run([sys.executable, str(path), "--init", str(tmp_path / "none"), "--run-dir", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no model.json" in bad.stderr
