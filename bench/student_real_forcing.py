@@ -7,8 +7,8 @@ clip is fixed by its caption and its first frame (canonical layout, clips from t
 start), so each chunk after the first is fixed by the chunks before it: the loss teaches the
 step from one latent frame to the next that the v5 student does not take
 (bench/latent_motion.py). What it does not teach is to continue from the student's own,
-imperfect frames (exposure bias): docs/default-model.md, "Chunks of one latent frame", has
-what it measured.
+imperfect frames (exposure bias): docs/default-model.md, "Measured: v5, streamed a latent frame
+a chunk", has what it measured.
 
     python bench/student_real_forcing.py --init engine/models/shapes-default --run-dir runs/rf --steps 400
     python bench/latent_motion.py --student runs/rf/model --threads 2

@@ -129,9 +129,9 @@ class StudentRun:
     seed: int = 0
     # How the exported model streams, where it differs from how it was trained (`served_model`):
     # latent frames a chunk (0: as trained) and whether a finished chunk is re-run at t=0 to fill the
-    # cache (None: as trained). Measured on the Shapes student (docs/default-model.md, "Chunks of one
-    # latent frame"): trained in chunks of 3 from the last pass's context, it carries objects on
-    # streamed a latent frame at a time from clean context.
+    # cache (None: as trained). Measured on the Shapes student (docs/default-model.md, "Measured:
+    # v5, streamed a latent frame a chunk"): trained in chunks of 3 from the last pass's context, it
+    # carries objects on streamed a latent frame at a time from clean context.
     serve_chunk_frames: int = 0
     serve_refresh_context: bool | None = None
 

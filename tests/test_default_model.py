@@ -149,11 +149,11 @@ def straight_motion_advance(model, clips: int = 8) -> list[float]:
 
 def test_default_model_carries_a_moving_object_on(model):
     """An object asked to move goes that way from one latent frame to the next, not only within
-    each (docs/default-model.md, "Chunks of one latent frame"): v5 streamed in chunks of 3 from
-    its last pass's context drew a saw-tooth, +1.5 px a latent frame along the asked direction
-    on the standard set's straight motions; a latent frame a chunk from clean context, +4.5 (the
-    world: +5.7). Over 8 of them here (7 found whole), measured 5.4; v5's way of streaming
-    gives 1.5."""
+    each (docs/default-model.md, "Measured: v5, streamed a latent frame a chunk"): v5 streamed in
+    chunks of 3 from its last pass's context drew a saw-tooth, +1.5 px a latent frame along the
+    asked direction on the standard set's straight motions; a latent frame a chunk from clean
+    context, +4.5 (the world: +5.7). Over 8 of them here (7 found whole), measured 5.4; v5's way
+    of streaming gives 1.5."""
     advance = np.array(straight_motion_advance(model))
     found = advance[np.isfinite(advance)]
     assert len(found) >= 6 and found.mean() > 3.5, advance

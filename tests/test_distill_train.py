@@ -370,8 +370,8 @@ def test_student_is_exported_to_stream_as_its_serving_fields_say(tiny_teacher, t
                                            "provenance": {}}) == run.model
     chunk = model.open_session("a red ball moving left", seed=0).next_chunk()
     assert chunk.frames.shape == (8, 32, 32, 3)
-    as_trained = load_model(str(student_mod.train_student(replace(run, serve_chunk_frames=0, serve_refresh_context=None),
-                                                          tmp_path / "as-trained", progress=False).out_dir))
+    plain = replace(run, serve_chunk_frames=0, serve_refresh_context=None)
+    as_trained = load_model(str(student_mod.train_student(plain, tmp_path / "as-trained", progress=False).out_dir))
     assert as_trained.config.attention.chunk_frames == 1 and as_trained.config.sampler.refresh_context
     with pytest.raises(ValueError, match="serve_chunk_frames"):
         student_mod.train_student(replace(run, serve_chunk_frames=-1), tmp_path / "refused", progress=False)
@@ -1061,6 +1061,6 @@ def test_real_forcing_bench_fits_real_clips_given_their_past_and_exports_a_model
     assert tuned.config.attention == student.config.attention
     chunk = tuned.open_session("a red ball moving left", seed=0).next_chunk()
     assert chunk.frames.shape == (tuned.frames_per_chunk, 32, 32, 3)
-    bad = subprocess.run([sys.executable, str(path), "--init", str(tmp_path / "none"), "--run-dir", str(tmp_path / "x")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, str(path), "--init", str(tmp_path / "none"), "--run-dir",
+                          str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no model.json" in bad.stderr
