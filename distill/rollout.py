@@ -109,13 +109,16 @@ def teacher_forcing_mask(frames: int, chunk: int, tokens_per_frame: int, device=
 
 
 def teacher_forcing_forward(student: CausalWanTransformer, config: ModelConfig, clean: torch.Tensor,
-                            noisy: torch.Tensor, sigma_per_frame: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+                            noisy: torch.Tensor, sigma_per_frame: torch.Tensor, context: torch.Tensor,
+                            context_timestep: float = 0.0) -> torch.Tensor:
     """x0 predictions [B, C, F, h, w] for every noisy chunk given clean earlier chunks.
-    clean, noisy [B, C, F, h, w]; sigma_per_frame [B, F]."""
+    clean, noisy [B, C, F, h, w]; sigma_per_frame [B, F]. `context_timestep`: the timestep the
+    earlier chunks are given at (0: clean; a caller that noises them to a cache's level says so)."""
     b, _, f = clean.shape[:3]
     mask = teacher_forcing_mask(f, config.attention.chunk_frames, config.tokens_per_frame, device=clean.device)
     positions = torch.arange(f, device=clean.device).repeat(2)
     attention = student.full_attention(2 * f, mask, positions)
-    timestep = torch.cat([torch.zeros(b, f, device=clean.device), sigma_per_frame * 1000], dim=1)
+    timestep = torch.cat([torch.full((b, f), float(context_timestep), device=clean.device), sigma_per_frame * 1000],
+                         dim=1)
     v = student.denoise(torch.cat([clean, noisy], dim=2), timestep, context, attention)[:, :, f:]
     return noisy - sigma_per_frame[:, None, :, None, None] * v

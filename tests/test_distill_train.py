@@ -1059,6 +1059,11 @@ def test_real_forcing_bench_fits_real_clips_given_their_past_and_exports_a_model
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     tuned = load_model(str(out))
     assert tuned.config.attention == student.config.attention
+    _, noised = bench.fine_tune(init, tmp_path / "rf250", steps=3, batch=4, lr=3e-3, pool=8, frames=2, context_t=250,
+                                progress=False)
+    _, clean = bench.fine_tune(init, tmp_path / "rf0", steps=3, batch=4, lr=3e-3, pool=8, frames=2, progress=False)
+    assert np.isfinite(noised).all() and noised != clean  # the same draws, another context
+    assert json.loads((tmp_path / "rf250" / "model" / "model.json").read_text())["provenance"]["context_t"] == 250
     chunk = tuned.open_session("a red ball moving left", seed=0).next_chunk()
     assert chunk.frames.shape == (tuned.frames_per_chunk, 32, 32, 3)
     bad = subprocess.run([sys.executable, str(path), "--init", str(tmp_path / "none"), "--run-dir",
