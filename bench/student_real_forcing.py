@@ -45,6 +45,7 @@ def fine_tune(init: Path, run_dir: Path, steps: int, batch: int, lr: float, pool
     from engine.components import build_text_encoder
     from engine.config import ModelConfig
     from engine.model import load_transformer_weights
+    from engine.sampler import shift_sigma
     from engine.transformer import build_transformer
 
     cfg = ModelConfig.load(init / "model.json")
@@ -59,8 +60,7 @@ def fine_tune(init: Path, run_dir: Path, steps: int, batch: int, lr: float, pool
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     chunk = cfg.attention.chunk_frames
     gen = torch.Generator().manual_seed(0)
-    shift = cfg.sampler.shift
-    s_context = shift * context_t / 1000 / (1 + (shift - 1) * context_t / 1000)  # the sampler's shifted level
+    s_context = shift_sigma(context_t / cfg.sampler.num_train_timesteps, cfg.sampler.shift)  # the sampler's level
     losses = []
     for step in tqdm(range(steps), desc="real forcing", unit="step", disable=not progress, dynamic_ncols=True):
         x0, captions = data.batch(step)

@@ -129,14 +129,10 @@ def test_default_model_sets_the_object_apart_when_no_background_is_named(model):
 def straight_motion_advance(model, clips: int = 8) -> list[float]:
     """Pixels a latent frame along the asked direction (bench/latent_motion.py) of the first
     `clips` straight motions of the standard set, 1.5 s each, seed 0."""
-    import importlib.util
-
     from distill.eval.detect import analyse
+    from tests.test_eval import _latent_motion_bench
 
-    spec = importlib.util.spec_from_file_location("latent_motion", Path(__file__).resolve().parents[1]
-                                                  / "bench" / "latent_motion.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _latent_motion_bench()
     advance = []
     for prompt, scene in bench.straight_scenes()[:clips]:
         analysis = analyse(stream(model, prompt, seconds=1.5), model.fps)
