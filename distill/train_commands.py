@@ -270,6 +270,9 @@ def _check_inputs(stage: str, run) -> None:
                            f"{run.model.transformer.num_layers}-block model (0: half the blocks)")
     if stage == "student" and not (Path(run.teacher) / "model.json").is_file():
         raise CommandError(f"no teacher at {run.teacher}; train one with `framecast distill teacher` or pass --teacher")
+    if stage == "student" and run.init_from is not None and not (Path(run.init_from) / "model.json").is_file():
+        raise CommandError(f"no student to start from at {run.init_from} (init_from): train one with "
+                           "`framecast distill student` or pass --set init_from=DIR")
     if getattr(run, "prompts", None) is not None and not Path(run.prompts).is_file():
         raise CommandError(f"no prompt file at {run.prompts}")
     if getattr(run, "data", None) is not None and not (Path(run.data) / "captions.jsonl").is_file():

@@ -387,6 +387,17 @@ def test_the_shapes_student_streams_a_latent_frame_a_chunk_with_a_refresh():
     assert served.transformer == run.model.transformer and served.latent == run.model.latent
 
 
+def test_a_student_that_starts_from_a_missing_model_is_refused_before_any_work(tiny_teacher, tmp_path, capsys):
+    """A run that carries a trained student on (init_from) without one stops with a usage error
+    that says how to make one, and writes nothing."""
+    from framecast.cli import main
+
+    run_dir = tmp_path / "stream"
+    assert main(["distill", "student", "--preset", "tiny", "--teacher", str(tiny_teacher), "--run-dir",
+                 str(run_dir), "--set", f"init_from={tmp_path / 'missing'}"]) == 2
+    assert "no student to start from" in capsys.readouterr().err and not run_dir.exists()
+
+
 def test_student_resume_through_ode_and_dmd_continues_exactly(tiny_teacher, tmp_path):
     """Killed after step 5 (of 4 ODE + 4 DMD steps: inside DMD, critic and both optimisers
     in flight), the same command resumes and ends with the uninterrupted run's weights."""
