@@ -37,8 +37,9 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
                "train (or --evaluate) the Shapes video reward model: visual, motion, text scores"),
 }
 # What `framecast distill default` chains: (stage, preset), into one run dir per stage (the
-# teacher's second preset carries its first on in the same dir).
-DEFAULT_CHAIN = (("autoencoder", "shapes"), ("teacher", "shapes"), ("teacher", "shapes-time"), ("student", "shapes"))
+# teacher's later presets carry the first on in the same dir).
+DEFAULT_CHAIN = (("autoencoder", "shapes"), ("teacher", "shapes"), ("teacher", "shapes-time"),
+                 ("teacher", "shapes-time-carry"), ("student", "shapes"))
 
 
 def _common(p: argparse.ArgumentParser, default_run_dir: str) -> None:

@@ -1021,7 +1021,8 @@ def test_shared_noise_draws_one_object_that_a_frames_only_teacher_moves():
 def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys, tmp_path):
     """`framecast distill default` chains autoencoder, the `shapes` teacher, the `shapes-time`
     teacher in the same run dir (it resumes where the first stopped and gains the table of
-    places: the same data and recipe otherwise), then the student from that teacher."""
+    places: the same data and recipe otherwise), `shapes-time-carry` carrying that on in the same
+    dir, then the student from that teacher."""
     from framecast.cli import main
 
     assert main(["distill", "default", "--run-dir", str(tmp_path), "--dry-run"]) == 0
@@ -1034,15 +1035,20 @@ def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys,
         obj, i = decoder.raw_decode(out, i)
         printed.append(obj)
     assert [(p["stage"], p["preset"]) for p in printed] == [("autoencoder", "shapes"), ("teacher", "shapes"),
-                                                            ("teacher", "shapes-time"), ("student", "shapes")]
-    first, then = printed[1], printed[2]
-    assert first["run_dir"] == then["run_dir"] == str(tmp_path / "teacher")
+                                                            ("teacher", "shapes-time"),
+                                                            ("teacher", "shapes-time-carry"), ("student", "shapes")]
+    first, then, carry = printed[1], printed[2], printed[3]
+    assert first["run_dir"] == then["run_dir"] == carry["run_dir"] == str(tmp_path / "teacher")
+    # the third stage carries the second on from where it ended, at a lower lr and a shorter EMA horizon
+    assert carry["model"] == then["model"] and carry["steps"] > then["steps"]
+    assert then["steps"] <= carry["decay_from"] < carry["steps"]
+    assert carry["lr"] < then["lr"] and carry["ema_decay"] < then["ema_decay"]
     assert first["model"]["frame_time"] == 0 and then["model"]["frame_time"] == 6
     assert then["steps"] > first["steps"] and then["decay_from"] >= first["steps"]
     same = {k for k in first if k not in ("preset", "model", "steps", "lr", "decay_from")}
     assert {k: first[k] for k in same} == {k: then[k] for k in same}
     assert {**first["model"], "frame_time": 6} == then["model"]
-    assert printed[3]["teacher"] == str(tmp_path / "teacher" / "model")
+    assert printed[4]["teacher"] == str(tmp_path / "teacher" / "model")
 
 
 def test_real_forcing_bench_fits_real_clips_given_their_past_and_exports_a_model(tiny_teacher, tmp_path):
