@@ -162,20 +162,21 @@ SHAPES_TEACHER = TeacherRun(batch_size=0, image_batch=96, pool_size=4096, layout
                             captions="canonical", steps=3000, lr=2e-3, decay_from=2400, warmup=300,
                             ema_decay=0.9995, autocast=True, log_every=25, ckpt_every=250)
 
+# The slot teacher carried on (run it in a finished `shapes` run's dir: it resumes at step
+# 3000) with a table of places in time (`model.frame_time`, docs/distill.md): 800 steps
+# more, lr 1e-3 held to 3500 and then decayed to a tenth (15 min). Each frame is now told
+# where it is in its clip, so a moving object is drawn where it has got to.
+SHAPES_TIME_TEACHER = replace(SHAPES_TEACHER, model=SHAPES_MODEL.updated(frame_time=6), steps=3800, lr=1e-3,
+                              decay_from=3500)
+
 PRESETS: dict[str, TeacherRun] = {
     "shapes": SHAPES_TEACHER,
-    # The slot teacher carried on (run it in a finished `shapes` run's dir: it resumes at step
-    # 3000) with a table of places in time (`model.frame_time`, docs/distill.md): 800 steps
-    # more, lr 1e-3 held to 3500 and then decayed to a tenth (15 min). Each frame is now told
-    # where it is in its clip, so a moving object is drawn where it has got to.
-    "shapes-time": replace(SHAPES_TEACHER, model=SHAPES_MODEL.updated(frame_time=6), steps=3800, lr=1e-3,
-                           decay_from=3500),
+    "shapes-time": SHAPES_TIME_TEACHER,
     # `shapes-time` carried on (run it in the same dir: it resumes at step 3800) 1000 steps more
     # at lr 3e-4, decayed to a tenth from 4300, with an EMA horizon of 1000 steps instead of
     # 2000, which had left the table of places in time short of the trained one (19 min).
     # Its objects move about twice as often the asked way (docs/default-model.md, v6).
-    "shapes-time-carry": replace(SHAPES_TEACHER, model=SHAPES_MODEL.updated(frame_time=6), steps=4800, lr=3e-4,
-                                 decay_from=4300, ema_decay=0.999),
+    "shapes-time-carry": replace(SHAPES_TIME_TEACHER, steps=4800, lr=3e-4, decay_from=4300, ema_decay=0.999),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }
