@@ -364,3 +364,59 @@ def test_latent_motion_unwraps_an_object_across_the_frame_edge():
     track = Track("red", np.ones(4, bool), x, np.full(4, 64.0), np.full(4, 50.0), np.zeros(4, bool), np.zeros((4, 1)))
     assert bench.along_direction(track, "right", 128, 128).tolist() == [120.0, 124.0, 130.0, 134.0]
     assert bench.along_direction(track, "left", 128, 128).tolist() == [-120.0, -124.0, -130.0, -134.0]
+
+
+def _report(scores: dict) -> dict:
+    """A report as evaluate_generator writes it: {(prompt, seed): {metric: value}}."""
+    return {"samples": [{"prompt": p, "seed": s, **m} for (p, s), m in scores.items()]}
+
+
+def test_paired_difference_tells_apart_what_side_by_side_intervals_cannot():
+    """Two models on the same (prompt, seed) pairs: each pair's difficulty is shared, so the
+    paired interval is narrow where each model's own interval is wide and they overlap."""
+    from distill.eval.report import bootstrap_interval, paired_difference
+
+    rng = np.random.default_rng(0)
+    hard = rng.uniform(0.2, 0.9, size=40)  # each scene's difficulty, shared by both models
+    keys = [(f"prompt {i // 2}", i % 2) for i in range(40)]
+    before = _report({k: {"prompt_accuracy": float(h), "contrast_accuracy": None} for k, h in zip(keys, hard)})
+    after = _report({k: {"prompt_accuracy": float(h) + 0.05, "contrast_accuracy": None} for k, h in zip(keys, hard)})
+    own = [bootstrap_interval([s["prompt_accuracy"] for s in r["samples"]]) for r in (before, after)]
+    assert own[1][0] < own[0][1]  # side by side the intervals overlap
+    diff = paired_difference(before, after, metrics=("prompt_accuracy", "contrast_accuracy"))
+    d = diff["prompt_accuracy"]
+    assert d["difference"] == pytest.approx(0.05) and d["samples"] == 40
+    assert d["interval"][0] > 0 and d["interval"][1] == pytest.approx(0.05)  # the same gain everywhere
+    assert "contrast_accuracy" not in diff  # no pair has it
+    # a mixed change: as often worse as better, so the interval holds 0
+    mixed = _report({k: {"prompt_accuracy": float(h) + (0.1 if i % 2 else -0.1), "contrast_accuracy": None}
+                     for i, (k, h) in enumerate(zip(keys, hard))})
+    lo, hi = paired_difference(before, mixed, metrics=("prompt_accuracy",))["prompt_accuracy"]["interval"]
+    assert lo < 0 < hi
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_difference(before, _report({k: {"prompt_accuracy": 1.0} for k in keys[:-1]}))
+
+
+def test_compare_reports_bench_prints_the_paired_difference_and_refuses_unpaired_reports(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("compare_reports", Path(__file__).resolve().parents[1]
+                                                  / "bench" / "compare_reports.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    keys = [(f"p{i}", s) for i in range(6) for s in (0, 1)]
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_report({k: {"prompt_accuracy": 0.5, "motion_accuracy": 0.0} for k in keys})))
+    b.write_text(json.dumps(_report({k: {"prompt_accuracy": 0.5, "motion_accuracy": 1.0} for k in keys})))
+    c.write_text(json.dumps(_report({k: {"prompt_accuracy": 0.5} for k in keys[:3]})))
+    assert bench.main([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    motion = next(line for line in out.splitlines() if "motion_accuracy" in line)
+    assert "+1.000 [+1.000, +1.000]" in motion and "differs" in motion
+    prompt = next(line for line in out.splitlines() if "prompt_accuracy" in line)
+    assert "+0.000" in prompt and "differs" not in prompt
+    assert bench.main([str(a), str(c)]) == 2
+    assert "same prompts" in capsys.readouterr().err
+    assert bench.main([str(a), str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err

@@ -49,6 +49,33 @@ def bootstrap_interval(values, level: float = 0.95, resamples: int = BOOTSTRAP_R
     return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
 
 
+def paired_difference(before: dict, after: dict, metrics: Sequence[str] = METRICS, level: float = 0.95,
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
+    """`after` minus `before`, two reports of evaluate_generator on the same prompts and seeds,
+    paired sample by sample: {metric: {"before", "after", "difference", "interval", "samples"}}.
+    Two models run on the same (prompt, seed) share a scene's difficulty, so the interval of the
+    paired difference (the same percentile bootstrap over those pairs) is much narrower than the
+    two models' own intervals side by side: it tells them apart when those overlap. A metric a
+    pair lacks (None: no background asked, ...) leaves that pair out of it. Refuses reports
+    whose (prompt, seed) pairs differ."""
+    def keyed(report: dict) -> dict:
+        return {(s["prompt"], s["seed"]): s for s in report["samples"]}
+
+    a, b = keyed(before), keyed(after)
+    if set(a) != set(b) or len(a) != len(before["samples"]) or len(b) != len(after["samples"]):
+        raise ValueError("the two reports must score the same prompts with the same seeds, each pair once "
+                         f"({len(set(a) ^ set(b))} pairs in one report only)")
+    out = {}
+    for m in metrics:
+        pairs = [(a[k][m], b[k][m]) for k in a if a[k].get(m) is not None and b[k].get(m) is not None]
+        if not pairs:
+            continue
+        old, new = np.array(pairs, dtype=float).T
+        out[m] = {"before": float(old.mean()), "after": float(new.mean()), "difference": float((new - old).mean()),
+                  "interval": bootstrap_interval(new - old, level, resamples, seed), "samples": len(pairs)}
+    return out
+
+
 def evaluate_generator(generate: Generate, prompts: Sequence[str], seeds: int | Sequence[int], seconds: float,
                        out_dir: str | Path | None = None, fps: float = 16, config: EvalConfig | None = None,
                        grid_samples: int = 8) -> dict:
