@@ -54,7 +54,7 @@ def paired_difference(before: dict, after: dict, metrics: Sequence[str] = METRIC
     """`after` minus `before`, two reports of evaluate_generator on the same prompts and seeds,
     paired sample by sample: {metric: {"before", "after", "difference", "interval", "samples"}}.
     Two models run on the same (prompt, seed) share a scene's difficulty, so the interval of the
-    paired difference (the same percentile bootstrap over those pairs) is much narrower than the
+    paired difference (the same percentile bootstrap over those pairs) is narrower than the
     two models' own intervals side by side: it tells them apart when those overlap. A metric a
     pair lacks (None: no background asked, ...) leaves that pair out of it. Refuses reports
     whose (prompt, seed) pairs differ."""
