@@ -302,15 +302,19 @@ def test_bootstrap_interval_of_the_mean():
     assert wide[0] < low and wide[1] > high  # fewer samples, a wider interval
 
 
-def _latent_motion_bench():
+def _bench(name: str):
+    """bench/NAME.py loaded as a module (bench/ is scripts, not a package)."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("latent_motion", Path(__file__).resolve().parents[1]
-                                                  / "bench" / "latent_motion.py")
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
+
+
+def _latent_motion_bench():
+    return _bench("latent_motion")
 
 
 def test_latent_motion_tells_a_saw_tooth_from_an_object_carried_on():
@@ -398,13 +402,7 @@ def test_paired_difference_tells_apart_what_side_by_side_intervals_cannot():
 
 
 def test_compare_reports_bench_prints_the_paired_difference_and_refuses_unpaired_reports(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("compare_reports", Path(__file__).resolve().parents[1]
-                                                  / "bench" / "compare_reports.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench("compare_reports")
     keys = [(f"p{i}", s) for i in range(6) for s in (0, 1)]
     a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
     a.write_text(json.dumps(_report({k: {"prompt_accuracy": 0.5, "motion_accuracy": 0.0} for k in keys})))
