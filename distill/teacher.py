@@ -182,6 +182,8 @@ PRESETS: dict[str, TeacherRun] = {
     # `shapes-time-carry` carried on once more in the same dir (it resumes at step 4800): the same
     # recipe, the lr back at 3e-4 and decayed to a tenth from 5300 (18 min; docs/default-model.md, v7).
     "shapes-time-carry-2": replace(SHAPES_TIME_CARRY, steps=5800, decay_from=5300),
+    # and once more (it resumes at step 5800): the same recipe, decayed from 6300 (18 min; v8).
+    "shapes-time-carry-3": replace(SHAPES_TIME_CARRY, steps=6800, decay_from=6300),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }

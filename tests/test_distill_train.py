@@ -1022,7 +1022,8 @@ def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys,
     """`framecast distill default` chains autoencoder, the `shapes` teacher, the `shapes-time`
     teacher in the same run dir (it resumes where the first stopped and gains the table of
     places: the same data and recipe otherwise), `shapes-time-carry` carrying that on in the same
-    dir and `shapes-time-carry-2` carrying that on once more, then the student from that teacher."""
+    dir, `shapes-time-carry-2` and `-3` each carrying the one before on with the same recipe, then
+    the student from that teacher."""
     from framecast.cli import main
 
     assert main(["distill", "default", "--run-dir", str(tmp_path), "--dry-run"]) == 0
@@ -1037,24 +1038,27 @@ def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys,
     assert [(p["stage"], p["preset"]) for p in printed] == [("autoencoder", "shapes"), ("teacher", "shapes"),
                                                             ("teacher", "shapes-time"),
                                                             ("teacher", "shapes-time-carry"),
-                                                            ("teacher", "shapes-time-carry-2"), ("student", "shapes")]
-    first, then, carry, carry2 = printed[1], printed[2], printed[3], printed[4]
-    assert first["run_dir"] == then["run_dir"] == carry["run_dir"] == carry2["run_dir"] == str(tmp_path / "teacher")
+                                                            ("teacher", "shapes-time-carry-2"),
+                                                            ("teacher", "shapes-time-carry-3"), ("student", "shapes")]
+    first, then, carry, *more = printed[1:-1]
+    assert {p["run_dir"] for p in printed[1:-1]} == {str(tmp_path / "teacher")}
     # the third stage carries the second on from where it ended, at a lower lr and a shorter EMA horizon
     assert carry["model"] == then["model"] and carry["steps"] > then["steps"]
     assert then["steps"] <= carry["decay_from"] < carry["steps"]
     assert carry["lr"] < then["lr"] and carry["ema_decay"] < then["ema_decay"]
-    # the fourth carries the third on from where it ended with the same recipe, its own decay at its end
-    assert carry["steps"] <= carry2["decay_from"] < carry2["steps"]
-    assert carry2["steps"] - carry2["decay_from"] == carry["steps"] - carry["decay_from"]
-    assert {k: v for k, v in carry2.items() if k not in ("preset", "steps", "decay_from")} == \
-        {k: v for k, v in carry.items() if k not in ("preset", "steps", "decay_from")}
+    # each later one carries the one before on from where it ended with the same recipe, its own
+    # decay at its end
+    for before, after in zip([carry, *more], more):
+        assert before["steps"] <= after["decay_from"] < after["steps"]
+        assert after["steps"] - after["decay_from"] == carry["steps"] - carry["decay_from"]
+        assert {k: v for k, v in after.items() if k not in ("preset", "steps", "decay_from")} == \
+            {k: v for k, v in carry.items() if k not in ("preset", "steps", "decay_from")}
     assert first["model"]["frame_time"] == 0 and then["model"]["frame_time"] == 6
     assert then["steps"] > first["steps"] and then["decay_from"] >= first["steps"]
     same = {k for k in first if k not in ("preset", "model", "steps", "lr", "decay_from")}
     assert {k: first[k] for k in same} == {k: then[k] for k in same}
     assert {**first["model"], "frame_time": 6} == then["model"]
-    assert printed[5]["teacher"] == str(tmp_path / "teacher" / "model")
+    assert printed[-1]["teacher"] == str(tmp_path / "teacher" / "model")
 
 
 def test_real_forcing_bench_fits_real_clips_given_their_past_and_exports_a_model(tiny_teacher, tmp_path):
