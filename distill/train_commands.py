@@ -142,9 +142,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="one folder per stage inside; re-running resumes whichever stage is unfinished")
     default.add_argument("--out", type=Path, default=Path("engine/models/shapes-default"),
                          help="where the finished model goes")
+    default.add_argument("--autoencoder", type=Path, default=None, metavar="DIR",
+                         help="start from this trained autoencoder (a folder with autoencoder.json, e.g. "
+                              "engine/models/shapes-default) instead of training one: skips the first stage")
     default.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     default.add_argument("--no-progress", action="store_true", help="no progress bars")
-    default.add_argument("--dry-run", action="store_true", help="print the three stages' configs and exit")
+    default.add_argument("--dry-run", action="store_true", help="print every stage's config and exit")
     default.set_defaults(func=_leaving_process_group(run_default))
     distill.set_defaults(func=lambda args: distill.print_help() or 2)
 
@@ -333,13 +336,20 @@ def evaluate_reward(args: argparse.Namespace, run) -> int:
 
 def run_default(args: argparse.Namespace) -> int:
     """DEFAULT_CHAIN's stages with their presets, into RUN_DIR/<stage> (autoencoder -> teacher,
-    then the teacher carried on -> student)."""
+    then the teacher carried on -> student); with --autoencoder, the teacher stages read that one
+    and no autoencoder is trained."""
     root = args.run_dir
+    autoencoder = args.autoencoder or root / "autoencoder" / "autoencoder"
+    if args.autoencoder is not None and not (args.autoencoder / "autoencoder.json").is_file():
+        raise CommandError(f"--autoencoder {args.autoencoder}: no autoencoder.json there (a trained autoencoder "
+                           "folder, e.g. engine/models/shapes-default or RUN_DIR/autoencoder/autoencoder)")
     runs = []
     for stage, preset in DEFAULT_CHAIN:
+        if stage == "autoencoder" and args.autoencoder is not None:
+            continue
         run = _stage(stage)[0][preset]
         if stage == "teacher":
-            run = dataclasses.replace(run, autoencoder=str(root / "autoencoder" / "autoencoder"))
+            run = dataclasses.replace(run, autoencoder=str(autoencoder))
         elif stage == "student":
             run = dataclasses.replace(run, teacher=str(root / "teacher" / "model"))
         runs.append((stage, preset, run))

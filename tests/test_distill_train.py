@@ -15,6 +15,8 @@ from engine import load_model
 from framecast.cli import main as cli_main
 from tests.engine_helpers import torchrun_two_processes
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -1018,6 +1020,40 @@ def test_shared_noise_draws_one_object_that_a_frames_only_teacher_moves():
     assert torch.isfinite(moved).all() and (moved[:, :, 2] - moved[:, :, 0]).abs().max() > 1e-2
 
 
+def _printed_configs(out: str) -> list[dict]:
+    """The JSON objects `--dry-run` printed one after another."""
+    decoder, printed, i = json.JSONDecoder(), [], 0
+    while i < len(out):
+        if out[i].isspace():
+            i += 1
+            continue
+        obj, i = decoder.raw_decode(out, i)
+        printed.append(obj)
+    return printed
+
+
+def test_distill_default_can_start_from_a_trained_autoencoder(capsys, tmp_path):
+    """`--autoencoder DIR` skips the first stage (95 min on 2 cores) and points every teacher
+    stage at DIR; the rest of the chain is unchanged. A folder with no autoencoder is an error
+    before anything runs."""
+    from framecast.cli import main
+
+    assert main(["distill", "default", "--run-dir", str(tmp_path / "a"), "--dry-run"]) == 0
+    whole = _printed_configs(capsys.readouterr().out)
+    shipped = str(ROOT / "engine/models/shapes-default")
+    assert main(["distill", "default", "--run-dir", str(tmp_path / "a"), "--autoencoder", shipped, "--dry-run"]) == 0
+    skipped = _printed_configs(capsys.readouterr().out)
+    assert [p["stage"] for p in skipped] == [p["stage"] for p in whole[1:]] and whole[0]["stage"] == "autoencoder"
+    assert {p["autoencoder"] for p in skipped if p["stage"] == "teacher"} == {shipped}
+    assert {p["autoencoder"] for p in whole if p["stage"] == "teacher"} == {str(tmp_path / "a/autoencoder/autoencoder")}
+    for a, b in zip(whole[1:], skipped):
+        assert {k: v for k, v in a.items() if k != "autoencoder"} == {k: v for k, v in b.items() if k != "autoencoder"}
+
+    assert main(["distill", "default", "--run-dir", str(tmp_path / "b"), "--autoencoder", str(tmp_path)]) == 2
+    assert "no autoencoder.json" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys, tmp_path):
     """`framecast distill default` chains autoencoder, the `shapes` teacher, the `shapes-time`
     teacher in the same run dir (it resumes where the first stopped and gains the table of
@@ -1027,14 +1063,7 @@ def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys,
     from framecast.cli import main
 
     assert main(["distill", "default", "--run-dir", str(tmp_path), "--dry-run"]) == 0
-    out, decoder, printed = capsys.readouterr().out, json.JSONDecoder(), []
-    i = 0
-    while i < len(out):
-        if out[i].isspace():
-            i += 1
-            continue
-        obj, i = decoder.raw_decode(out, i)
-        printed.append(obj)
+    printed = _printed_configs(capsys.readouterr().out)
     assert [(p["stage"], p["preset"]) for p in printed] == [("autoencoder", "shapes"), ("teacher", "shapes"),
                                                             ("teacher", "shapes-time"),
                                                             ("teacher", "shapes-time-carry"),
