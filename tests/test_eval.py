@@ -418,3 +418,31 @@ def test_compare_reports_bench_prints_the_paired_difference_and_refuses_unpaired
     assert "same prompts" in capsys.readouterr().err
     assert bench.main([str(a), str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def test_shape_confusion_bench_counts_each_clip_under_the_shape_asked_and_the_shape_found():
+    """bench/shape_confusion.py: the world's own still shapes land on the diagonal; the same
+    clips with every shape drawn as the next one in the vocabulary land off it, each in the next
+    shape's column, and score 0."""
+    from dataclasses import replace
+
+    from distill.data.shapes import ShapesWorld
+    from engine.shapes import vocab
+
+    bench = _bench("shape_confusion")
+    scenes = bench.still_scenes(sizes=("large",))
+    by_prompt, world = dict(scenes), ShapesWorld()
+
+    def drawn_as(shift: int):
+        def generate(prompt, seconds, seed):
+            obj = by_prompt[prompt].objects[0]
+            shape = vocab.SHAPES[(vocab.SHAPES.index(obj.shape) + shift) % len(vocab.SHAPES)]
+            return world.render(replace(by_prompt[prompt], objects=(replace(obj, shape=shape),)), round(seconds * 16))
+        return generate
+
+    right = bench.confusion(drawn_as(0), scenes, seeds=1, seconds=1.0, fps=16)
+    assert right["overall"][0] == 1.0 and len(scenes) == len(vocab.SHAPES) * len(bench.PAIRS)
+    wrong = bench.confusion(drawn_as(1), scenes, seeds=1, seconds=1.0, fps=16)
+    assert wrong["overall"][0] == 0.0
+    for i, shape in enumerate(vocab.SHAPES):
+        assert wrong["matrix"][shape][vocab.SHAPES[(i + 1) % len(vocab.SHAPES)]] == len(bench.PAIRS), wrong["matrix"]
