@@ -9,7 +9,7 @@ blob that is no shape). Ground truth of the same scenes through the model's auto
 ceiling; a student streams as it serves; a teacher samples 50 guided steps.
 
     python bench/shape_confusion.py --student engine/models/shapes-default --threads 2
-    python bench/shape_confusion.py --motion right --no-truth --threads 2
+    python bench/shape_confusion.py --motion right --threads 2
 """
 
 from __future__ import annotations

@@ -146,6 +146,11 @@ class TeacherRun:
     shape_critic_sigma: float = 0.85
     autocast: bool = False  # bf16 autocast for the forwards (distill.common.autocast)
     ema_decay: float = 0.99
+    # A teacher model dir (the same network: every weight's name and shape are checked) whose
+    # weights start this run, the raw weights and their EMA alike, with a fresh optimiser, at
+    # step 0 of this run's own schedule: how a finished teacher (a shipped one, whose run dir
+    # is gone) is carried on. Ignored once the run dir holds a checkpoint (a resume).
+    init_from: str | None = None
     log_every: int = 10
     ckpt_every: int = 50
     seed: int = 0
@@ -219,7 +224,12 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
 
     # --- build -------------------------------------------------------------------------
     model = build_transformer(run.model, seed=run.seed).train()
-    ema = EMA(model, run.ema_decay)
+    if run.init_from and Checkpointer(run_dir).latest() is None:  # before the pool: a wrong dir fails at once
+        from engine.model import load_transformer_weights
+
+        load_transformer_weights(model, Path(run.init_from) / "transformer.safetensors")
+        print(f"starting from the weights of {run.init_from}", file=sys.stderr)
+    ema = EMA(model, run.ema_decay)  # a copy of the weights it starts from
     opt = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, betas=(0.9, 0.99))
     autoencoder = load_autoencoder(run.autoencoder)
     captions = CaptionCache(build_text_encoder_for(run.model))

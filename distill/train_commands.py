@@ -273,6 +273,9 @@ def _check_inputs(stage: str, run) -> None:
     if stage == "teacher" and not 0 <= run.shape_layer <= run.model.transformer.num_layers:
         raise CommandError(f"shape_layer {run.shape_layer} is not a block of this "
                            f"{run.model.transformer.num_layers}-block model (0: half the blocks)")
+    if stage == "teacher" and run.init_from is not None and not (Path(run.init_from) / "transformer.safetensors").is_file():
+        raise CommandError(f"no teacher to start from at {run.init_from} (init_from): a model dir with "
+                           "transformer.safetensors, e.g. a teacher run's RUN_DIR/model")
     if stage == "student" and not (Path(run.teacher) / "model.json").is_file():
         raise CommandError(f"no teacher at {run.teacher}; train one with `framecast distill teacher` or pass --teacher")
     if stage == "student" and run.init_from is not None and not (Path(run.init_from) / "model.json").is_file():
@@ -309,8 +312,13 @@ def run_stage(args: argparse.Namespace) -> int:
     if args.dry_run:
         _print(run, run_dir=args.run_dir, out=args.out or "inside the run dir", threads=args.threads)
         return 0
+    from engine.errors import CheckpointError
+
     _check_inputs(args.stage, run)
-    result = train(run, args.run_dir, args.out, args.threads, not args.no_progress)
+    try:
+        result = train(run, args.run_dir, args.out, args.threads, not args.no_progress)
+    except CheckpointError as exc:  # weights that do not fit (init_from, --teacher): the user's files
+        raise CommandError(str(exc)) from None
     _report(args.stage, result)
     return 0
 

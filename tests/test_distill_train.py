@@ -56,6 +56,37 @@ def test_teacher_loss_decreases_and_model_exports(tiny_teacher):
     assert (tiny_teacher / "autoencoder.safetensors").is_file()
 
 
+def test_a_teacher_carries_a_finished_teacher_on_from_its_model_dir(tiny_teacher, tiny_autoencoder, tmp_path, capsys):
+    """init_from: a finished teacher's exported weights (its run dir gone, as a shipped teacher's
+    is) start a new run, raw weights and EMA alike, with a fresh optimiser. At lr 0 the new run's
+    export is the old one, weight for weight; at the preset's lr it moves away from it. A model
+    dir of another network, or none, is a clear error before any clip is encoded."""
+    from safetensors.torch import load_file
+
+    def carried(name: str, **changes) -> dict:
+        run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=3,
+                      init_from=str(tiny_teacher), **changes)
+        out = teacher_mod.train_teacher(run, tmp_path / name).out_dir
+        return load_file(out / "transformer.safetensors")
+
+    before = load_file(tiny_teacher / "transformer.safetensors")
+    still = carried("lr0", lr=0.0)
+    assert still.keys() == before.keys() and all(torch.equal(still[k], before[k]) for k in before)
+    moved = carried("lr")
+    assert max((moved[k] - before[k]).abs().max().item() for k in before) > 1e-4
+    assert "starting from the weights of" in capsys.readouterr().err
+
+    base = ["distill", "teacher", "--preset", "tiny", "--autoencoder", str(tiny_autoencoder), "--no-progress"]
+    assert cli_main([*base, "--run-dir", str(tmp_path / "none"), "--set", f"init_from={tmp_path / 'nowhere'}"]) == 2
+    assert "no teacher to start from" in capsys.readouterr().err
+    other = ["--run-dir", str(tmp_path / "other"), "--set", f"init_from={tiny_teacher}",
+             "--set", "model.transformer.num_layers=1"]
+    assert cli_main([*base, *other]) == 2
+    err = capsys.readouterr().err
+    assert "framecast distill: error:" in err and "Traceback" not in err
+    assert "unexpected keys" in err and not list((tmp_path / "other").glob("checkpoint-*"))
+
+
 def test_a_frames_only_teacher_is_sampled_at_the_length_asked_for(tiny_teacher, tmp_path):
     """A teacher trained on single frames (batch_size 0) never attended across frames, so the
     evaluator samples it one latent frame for a clip of one; a clip teacher is sampled at its
