@@ -189,6 +189,9 @@ PRESETS: dict[str, TeacherRun] = {
     "shapes-time-carry-2": replace(SHAPES_TIME_CARRY, steps=5800, decay_from=5300),
     # and once more (it resumes at step 5800): the same recipe, decayed from 6300 (18 min; v8).
     "shapes-time-carry-3": replace(SHAPES_TIME_CARRY, steps=6800, decay_from=6300),
+    # and a fourth time (it resumes at step 6800), decayed from 7300: the shipped teacher,
+    # distill/weights/shapes-teacher (docs/default-model.md, "The shipped teacher").
+    "shapes-time-carry-4": replace(SHAPES_TIME_CARRY, steps=7800, decay_from=7300),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }

@@ -188,7 +188,8 @@ def test_dockerignore_admits_what_pip_install_needs():
     assert dockerignore_admits(project["project"]["readme"])
     assert dockerignore_admits("docker/entrypoint.sh")
     for kept_out in (".venv/bin/python", ".git/HEAD", "runs/x/ckpt.safetensors", "engine/__pycache__/a.pyc",
-                     "tests/test_docker.py"):
+                     "tests/test_docker.py",
+                     "distill/weights/shapes-teacher/transformer.safetensors"):
         assert not dockerignore_admits(kept_out), kept_out
 
 
