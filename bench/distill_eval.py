@@ -41,8 +41,9 @@ def timed(generate, fps: float):
     return run, stats
 
 
-def ground_truth_generator(model_dir: Path):
-    """Shapes clips of each standard prompt's own scene, through the model's autoencoder."""
+def ground_truth_generator(model_dir: Path, scenes: dict | None = None):
+    """Shapes clips of each prompt's own scene (`scenes`: prompt -> Scene; default the standard
+    set's), through the model's autoencoder."""
     from distill.data.shapes import ShapesWorld
     from distill.eval import standard_prompts, standard_scenes
     from engine.autoencoder import ShapesAutoencoder
@@ -50,7 +51,7 @@ def ground_truth_generator(model_dir: Path):
 
     ae = ShapesAutoencoder.load(model_dir).eval()
     world = ShapesWorld()
-    scenes = dict(zip(standard_prompts(), standard_scenes()))
+    scenes = scenes if scenes is not None else dict(zip(standard_prompts(), standard_scenes()))
 
     @torch.no_grad()
     def generate(prompt, seconds, seed):

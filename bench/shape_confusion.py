@@ -43,23 +43,6 @@ def still_scenes(sizes: tuple[str, ...] = ("medium", "large"), motion: str = "st
     return out
 
 
-def truth_generator(model_dir: Path, scenes: dict):
-    """The scenes rendered by the Shapes world and passed through the model's autoencoder."""
-    from distill.data.shapes import ShapesWorld
-    from engine.autoencoder import ShapesAutoencoder
-    from engine.session import to_uint8_frames
-
-    ae, world = ShapesAutoencoder.load(model_dir).eval(), ShapesWorld()
-
-    @torch.no_grad()
-    def generate(prompt, seconds, seed):
-        frames = world.render(scenes[prompt], max(4, round(seconds * 16) // 4 * 4), start_frame=seed * 7)
-        video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        return to_uint8_frames(ae.decode(ae.encode(video)))
-
-    return generate
-
-
 def confusion(generate, scenes, seeds: int, seconds: float, fps: float) -> dict:
     """{"matrix": {asked: {found: clips}}, "accuracy": {asked: (mean, interval)}, "overall": ...}."""
     from distill.eval import evaluate_frames
@@ -118,7 +101,10 @@ def main() -> None:
 
     student = load_model(args.student)
     scenes = still_scenes(motion=args.motion)
-    contenders = {} if args.no_truth else {"ground truth via AE": truth_generator(Path(args.student), dict(scenes))}
+    from distill_eval import ground_truth_generator
+
+    contenders = {} if args.no_truth else {"ground truth via AE": ground_truth_generator(Path(args.student),
+                                                                                       dict(scenes))}
     contenders["student"] = student.generate_clip
     if args.teacher:
         from distill.teacher import TeacherGenerator
