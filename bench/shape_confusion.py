@@ -78,22 +78,20 @@ def print_table(name: str, result: dict) -> None:
 
 
 def main() -> None:
+    from engine.shapes import vocab
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="engine/models/shapes-default",
                     help="student model dir (its autoencoder also decodes the ground truth)")
     ap.add_argument("--teacher", default=None, help="teacher model dir (50 guided steps)")
     ap.add_argument("--no-truth", action="store_true", help="skip the ground truth through the autoencoder")
-    ap.add_argument("--motion", default="stop", help="every object's motion (a word of the Shapes world's "
-                    "vocabulary: stop, left, up-right, bounce, circle, grow, ...); default still")
+    ap.add_argument("--motion", default="stop", choices=vocab.MOTIONS,
+                    help="every object's motion, a word of the Shapes world's vocabulary (default: still)")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the matrices here")
     args = ap.parse_args()
-    from engine.shapes import vocab
-
-    if args.motion not in vocab.MOTIONS:
-        ap.error(f"--motion {args.motion!r}: one of {', '.join(vocab.MOTIONS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
