@@ -28,8 +28,8 @@ def test_shipped_teacher_is_what_its_preset_makes_on_the_default_autoencoder():
     preset = PRESETS["shapes-time-carry-4"]
     assert shipped.model_copy(update={"provenance": {}}) == preset.model.model_copy(update={"provenance": {}})
     run = shipped.provenance["run"]
-    want = {k: v for k, v in run_to_json(preset).items() if k != "model"}
-    assert {k: run[k] for k in want if k != "autoencoder"} == {k: v for k, v in want.items() if k != "autoencoder"}
+    want = {k: v for k, v in run_to_json(preset).items() if k not in ("model", "autoencoder")}
+    assert {k: run[k] for k in want} == want
     assert shipped.provenance["stage"] == "teacher" and shipped.attention.policy == "full"
     for name in ("autoencoder.json", "autoencoder.safetensors"):
         assert sha256(TEACHER_DIR / name) == sha256(DEFAULT_MODEL_DIR / name), name
