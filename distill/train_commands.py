@@ -40,7 +40,7 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
 # teacher's later presets carry the first on in the same dir).
 DEFAULT_CHAIN = (("autoencoder", "shapes"), ("teacher", "shapes"), ("teacher", "shapes-time"),
                  ("teacher", "shapes-time-carry"), ("teacher", "shapes-time-carry-2"),
-                 ("teacher", "shapes-time-carry-3"), ("student", "shapes"))
+                 ("teacher", "shapes-time-carry-3"), ("teacher", "shapes-time-carry-4"), ("student", "shapes"))
 
 
 def _common(p: argparse.ArgumentParser, default_run_dir: str) -> None:

@@ -411,11 +411,11 @@ def test_student_is_exported_to_stream_as_its_serving_fields_say(tiny_teacher, t
     assert not (tmp_path / "refused").exists()
 
 
-def test_the_shapes_student_streams_a_latent_frame_a_chunk_with_a_refresh():
+def test_the_shapes_student_streams_in_its_trained_chunks_with_a_refresh():
     run = student_mod.PRESETS["shapes"]
     served = student_mod.served_model(run)
     assert (run.model.attention.chunk_frames, run.model.sampler.refresh_context) == (3, False)  # as trained
-    assert (served.attention.chunk_frames, served.sampler.refresh_context) == (1, True)
+    assert (served.attention.chunk_frames, served.sampler.refresh_context) == (3, True)
     assert served.sampler.steps_per_chunk == run.model.sampler.steps_per_chunk == (4, 3, 2)
     assert served.transformer == run.model.transformer and served.latent == run.model.latent
 
@@ -1089,7 +1089,7 @@ def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys,
     """`framecast distill default` chains autoencoder, the `shapes` teacher, the `shapes-time`
     teacher in the same run dir (it resumes where the first stopped and gains the table of
     places: the same data and recipe otherwise), `shapes-time-carry` carrying that on in the same
-    dir, `shapes-time-carry-2` and `-3` each carrying the one before on with the same recipe, then
+    dir, `shapes-time-carry-2`, `-3` and `-4` each carrying the one before on with the same recipe, then
     the student from that teacher."""
     from framecast.cli import main
 
@@ -1099,7 +1099,8 @@ def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys,
                                                             ("teacher", "shapes-time"),
                                                             ("teacher", "shapes-time-carry"),
                                                             ("teacher", "shapes-time-carry-2"),
-                                                            ("teacher", "shapes-time-carry-3"), ("student", "shapes")]
+                                                            ("teacher", "shapes-time-carry-3"),
+                                                            ("teacher", "shapes-time-carry-4"), ("student", "shapes")]
     first, then, carry, *more = printed[1:-1]
     assert {p["run_dir"] for p in printed[1:-1]} == {str(tmp_path / "teacher")}
     # the third stage carries the second on from where it ended, at a lower lr and a shorter EMA horizon
