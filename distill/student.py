@@ -141,7 +141,7 @@ PRESETS: dict[str, StudentRun] = {
     # 300 DMD steps on 9-frame rollouts (3 chunks: eviction starts), a quarter of them switching
     # prompts before chunk 1 or 2 and judged after the switch. bf16 forwards throughout.
     # Exported to stream in chunks of 3 latent frames as trained, each re-run at t=0 into the cache
-    # (docs/default-model.md, "v9"). Seed 1 is the run shipped as v9.
+    # (docs/default-model.md, "Measured: v9"). Seed 1 is the run shipped as v9.
     "shapes": StudentRun(ode_pairs=512, ode_teacher_steps=24, ode_iters=1000, ode_batch=8, ode_lr=5e-4,
                          dmd_iters=300, rollout_frames=9, switch_prob=0.25, lr_generator=5e-5, autocast=True,
                          ckpt_every=100, seed=1, serve_refresh_context=True),
