@@ -150,6 +150,7 @@ class Checkpointer:
             prefix = f"{name}."
             state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             if not state and name in optional:  # a training-only head added to a resumed run starts afresh
+                grown = True  # (its parameters, in an optimizer with the others, get fresh state too)
                 continue
             result = module.load_state_dict(state, strict=False)
             missing = result.missing_keys
@@ -268,7 +269,8 @@ class ClipLatents:
     CAPTION_CHOICES = get_args(CaptionChoice)
 
     def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, pool_size: int = 0,
-                 cache_dir: str | Path | None = None, progress: bool = True, captions: str = "paraphrases"):
+                 cache_dir: str | Path | None = None, progress: bool = True, captions: str = "paraphrases",
+                 pool_seed: int | None = None, pool_batch: int = 0):
         if captions not in self.CAPTION_CHOICES:
             raise ValueError(f"captions {captions!r}: one of {', '.join(self.CAPTION_CHOICES)}")
         # "canonical": every draw takes a clip's first caption (the Shapes world's canonical one,
@@ -278,13 +280,18 @@ class ClipLatents:
         self.autoencoder = autoencoder
         self.frames = latent_frames * autoencoder.config.temporal_compression
         self.batch_size, self.seed = batch_size, seed
+        # The pool is drawn by its own seed and clips per draw (default: the run's): another run's
+        # pool (a teacher's, whose seed and batch these are) is then the same file, linkable.
+        self.pool_seed = seed if pool_seed is None else pool_seed
+        self.pool_batch = pool_batch or batch_size
         self.pool: torch.Tensor | None = None  # [N, C, F, h, w]
         self.pool_captions: list[list[str]] = []
         if pool_size > 0:
             self._build_pool(pool_size, Path(cache_dir) if cache_dir else None, progress)
 
-    def clips(self, step: int, stream: tuple[int, ...] = ()) -> list:
-        """batch_size clips (objects with uint8 `frames` [T, H, W, 3], `caption`, `captions`)."""
+    def clips(self, step: int, stream: tuple[int, ...] = (), seed: int | None = None, count: int = 0) -> list:
+        """`count` clips (default batch_size) of draw `seed` (default the run's): objects with
+        uint8 `frames` [T, H, W, 3], `caption`, `captions`."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -332,7 +339,7 @@ class ClipLatents:
     def _build_pool(self, size: int, cache_dir: Path | None, progress: bool) -> None:
         from tqdm import tqdm
 
-        file = cache_dir / f"{self.pool_name}-{self.seed}-{size}x{self.frames}.safetensors" if cache_dir else None
+        file = cache_dir / f"{self.pool_name}-{self.pool_seed}-{size}x{self.frames}.safetensors" if cache_dir else None
         if file is not None and file.is_file():
             self.pool = load_file(file)["latents"]
             self.pool_captions = json.loads(file.with_suffix(".json").read_text())
@@ -341,7 +348,7 @@ class ClipLatents:
         latents, captions, done = [], [], 0
         with tqdm(total=size, desc="encoding clips", unit="clip", disable=not progress, dynamic_ncols=True) as bar:
             while done < size:  # a stream of its own: the pool's clips are never a training step's
-                clips = self.clips(len(latents), stream=(2,))[: size - done]
+                clips = self.clips(len(latents), stream=(2,), seed=self.pool_seed, count=self.pool_batch)[: size - done]
                 latents.append(self.encode(clips))
                 captions += [list(dict.fromkeys(c.captions)) for c in clips]
                 done += len(clips)
@@ -359,7 +366,7 @@ class ShapesLatents(ClipLatents):
     def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, height: int = 128,
                  width: int = 128, fps: int = 16, max_start_frame: int = 480, pool_size: int = 0,
                  cache_dir: str | Path | None = None, progress: bool = True, layout: str = "random",
-                 captions: str = "paraphrases"):
+                 captions: str = "paraphrases", pool_seed: int | None = None, pool_batch: int = 0):
         from engine.shapes.scene import SceneSampling
         from distill.data.shapes import ShapesConfig, ShapesWorld
 
@@ -368,15 +375,18 @@ class ShapesLatents(ClipLatents):
         self.max_start = max_start_frame
         if (layout, max_start_frame) != ("random", 480):  # another pool than the default's: another file
             self.pool_name = f"latent-pool-{layout}-start{max_start_frame}"
-        super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress, captions)
+        super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress, captions,
+                         pool_seed, pool_batch)
 
-    def clips(self, step: int, stream: tuple[int, ...] = ()):
-        seeds, starts = self._draws(step, stream)
+    def clips(self, step: int, stream: tuple[int, ...] = (), seed: int | None = None, count: int = 0):
+        seeds, starts = self._draws(step, stream, seed, count)
         return [self.world.sample(int(s), self.frames, int(o)) for s, o in zip(seeds, starts)]
 
-    def _draws(self, step: int, stream: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([self.seed, *stream, step])
-        return rng.integers(0, 2**62, size=self.batch_size), rng.integers(0, self.max_start + 1, size=self.batch_size)
+    def _draws(self, step: int, stream: tuple[int, ...], seed: int | None = None,
+               count: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed if seed is None else seed, *stream, step])
+        count = count or self.batch_size
+        return rng.integers(0, 2**62, size=count), rng.integers(0, self.max_start + 1, size=count)
 
     def pool_shape_maps(self, token: int, cache_dir: str | Path | None = None, progress: bool = True) -> torch.Tensor:
         """What each token of each pool clip shows: the share of its pixels (over its latent
@@ -391,21 +401,21 @@ class ShapesLatents(ClipLatents):
         if self.pool is None:
             raise ValueError("shape maps are made for the clip pool: set pool_size > 0")
         size, c = len(self.pool), self.world.config
-        name = f"shape-maps{self.pool_name.removeprefix('latent-pool')}-{self.seed}-{size}x{self.frames}-{token}px"
+        name = f"shape-maps{self.pool_name.removeprefix('latent-pool')}-{self.pool_seed}-{size}x{self.frames}-{token}px"
         file = Path(cache_dir) / f"{name}.safetensors" if cache_dir else None
         if file is not None and file.is_file():
             return load_file(file)["maps"]
         per_latent = self.frames // self.pool.shape[2]
         maps = []
         with tqdm(total=size, desc="shape maps", unit="clip", disable=not progress, dynamic_ncols=True) as bar:
-            for batch in range(-(-size // self.batch_size)):  # the pool's clips, as _build_pool drew them
-                for seed, start in zip(*self._draws(batch, (2,))):
+            for batch in range(-(-size // self.pool_batch)):  # the pool's clips, as _build_pool drew them
+                for seed, start in zip(*self._draws(batch, (2,), self.pool_seed, self.pool_batch)):
                     if len(maps) == size:
                         break
                     scene = self.world.scene(int(seed))
                     if scene_caption(scene) != self.pool_captions[len(maps)][0]:  # [0] is the canonical caption
                         raise ValueError(f"pool clip {len(maps)} is not the scene its draw gives: the pool was "
-                                         f"built with another batch size than {self.batch_size}")
+                                         f"built with another batch size than {self.pool_batch}")
                     maps.append(token_shape_maps(self.world, scene, int(start), self.frames, per_latent, token))
                     bar.update(1)
         out = torch.stack(maps).contiguous()
@@ -441,6 +451,6 @@ class VideoFolderLatents(ClipLatents):
         self.source = VideoClips(folder, latent_frames * autoencoder.config.temporal_compression, height, width, fps)
         super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress, captions)
 
-    def clips(self, step: int, stream: tuple[int, ...] = ()):
-        rng = np.random.default_rng([self.seed, *stream, step])
-        return [self.source.sample(rng) for _ in range(self.batch_size)]
+    def clips(self, step: int, stream: tuple[int, ...] = (), seed: int | None = None, count: int = 0):
+        rng = np.random.default_rng([self.seed if seed is None else seed, *stream, step])
+        return [self.source.sample(rng) for _ in range(count or self.batch_size)]

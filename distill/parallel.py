@@ -319,15 +319,15 @@ class DistCheckpointer(Checkpointer):
                 old.unlink(missing_ok=True)
             old.with_suffix(".json").unlink(missing_ok=True)
 
-    def load(self, path: Path, modules: dict[str, nn.Module],
-             optimizers: dict[str, torch.optim.Optimizer]) -> tuple[int, dict]:
+    def load(self, path: Path, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+             optional: tuple[str, ...] = ()) -> tuple[int, dict]:
         meta = json.loads(path.with_suffix(".json").read_text())
         if meta.get("format") == "dcp":
             self._load_dcp(path, meta, modules, optimizers)
         elif self.par.sharded:
             self._load_full(path, meta, modules, optimizers)
         else:
-            return super().load(path, modules, optimizers)
+            return super().load(path, modules, optimizers, optional)
         return meta["step"], meta["extra"]
 
     def _load_dcp(self, path: Path, meta: dict, modules, optimizers) -> None:

@@ -141,7 +141,9 @@ PRESETS: dict[str, StudentRun] = {
     # 300 DMD steps on 9-frame rollouts (3 chunks: eviction starts), a quarter of them switching
     # prompts before chunk 1 or 2 and judged after the switch. bf16 forwards throughout.
     # Exported to stream in chunks of 3 latent frames as trained, each re-run at t=0 into the cache
-    # (docs/default-model.md, "Measured: v9"). Seed 1 is the run shipped as v9.
+    # (docs/default-model.md, "Measured: v9"). Seed 1 is the run shipped as v9. DMD2's adversarial
+    # term stays off: on the teacher's clips it mends count and loses objects in long streams
+    # (docs/default-model.md, "DMD2's adversarial term on the teacher's clips").
     "shapes": StudentRun(ode_pairs=512, ode_teacher_steps=24, ode_iters=1000, ode_batch=8, ode_lr=5e-4,
                          dmd_iters=300, rollout_frames=9, switch_prob=0.25, lr_generator=5e-5, autocast=True,
                          ckpt_every=100, seed=1, serve_refresh_context=True),
@@ -553,18 +555,36 @@ def gan_refusal(run: StudentRun, world_size: int) -> str | None:
 
 def real_clips(run: StudentRun, run_dir: Path, progress: bool) -> ClipLatents:
     """The Shapes world's clips of the teacher's length, drawn as the teacher's were (its
-    layout and window start) and encoded once by the teacher's autoencoder into the run dir
-    (the same pool file a teacher run of this seed and size writes, so it can be linked in
-    instead of encoded again)."""
+    layout, window start, seed and clips per draw) and encoded once by the teacher's
+    autoencoder into the run dir: the pool file the teacher's own run wrote, when the sizes
+    agree, so it can be linked in from the teacher's run dir instead of encoded again. The
+    run's seed draws the batches from it."""
     from .common import ShapesLatents
-    from .teacher import load_autoencoder
+    from .teacher import FRAMES_ONLY_CLIP_BATCH, load_autoencoder
 
     lat = run.model.latent
     taught = ModelConfig.load(Path(run.teacher) / "model.json").provenance.get("run", {})
     return ShapesLatents(load_autoencoder(run.teacher), run.latent_frames, run.batch_size, run.seed, lat.height,
                          lat.width, int(lat.fps), max_start_frame=int(taught.get("max_start_frame", 480)),
                          pool_size=run.gan_pool, cache_dir=run_dir, progress=progress,
-                         layout=str(taught.get("layout", "random")))
+                         layout=str(taught.get("layout", "random")), pool_seed=int(taught.get("seed", run.seed)),
+                         pool_batch=int(taught.get("batch_size", 0) or FRAMES_ONLY_CLIP_BATCH))
+
+
+def link_teacher_pool(teacher_run_dir: Path, run_dir: Path) -> list[Path]:
+    """Link the clip pools a Shapes teacher's run wrote into a student's run dir, where the
+    student has none of that name: DMD2's real clips are drawn as the teacher's were (its seed
+    and clips per draw, `real_clips`), so the file is the one the student would encode (12 min
+    for the `shapes` presets' 4096 clips on 2 cores). -> the links made."""
+    made = []
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for pool in sorted(teacher_run_dir.glob("latent-pool-*.safetensors")):
+        for file in (pool, pool.with_suffix(".json")):
+            target = run_dir / file.name
+            if file.is_file() and not target.exists():
+                target.symlink_to(file.resolve())
+                made.append(target)
+    return made
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -593,7 +613,9 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
         t.real = real_clips(run, run_dir, progress)
     optimizers = {"ode": t.opt_ode, "gen": t.opt_gen, "critic": t.opt_critic}
     if (latest := ckpt.latest()) is not None:
-        step, extra = ckpt.load(latest, modules, optimizers)
+        # a run that takes up the adversarial term from a checkpoint made without it (the ODE
+        # stage's, or a run with it off) starts the head afresh, as a run with it from the start has it
+        step, extra = ckpt.load(latest, modules, optimizers, optional=("discriminator",))
         if t.weighting is not None and "balancer" in extra:
             t.weighting.balancer.load_state_dict(extra["balancer"])
         if par.rank == 0:

@@ -180,6 +180,9 @@ SHAPES_TIME_TEACHER = replace(SHAPES_TEACHER, model=SHAPES_MODEL.updated(frame_t
 # Its objects move about twice as often the asked way (docs/default-model.md, v6).
 SHAPES_TIME_CARRY = replace(SHAPES_TIME_TEACHER, steps=4800, lr=3e-4, decay_from=4300, ema_decay=0.999)
 
+# A frames-only run (batch_size 0) still encodes its clip pool this many clips at a time.
+FRAMES_ONLY_CLIP_BATCH = 16
+
 PRESETS: dict[str, TeacherRun] = {
     "shapes": SHAPES_TEACHER,
     "shapes-time": SHAPES_TIME_TEACHER,
@@ -237,7 +240,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     autoencoder = load_autoencoder(run.autoencoder)
     captions = CaptionCache(build_text_encoder_for(run.model))
     lat = run.model.latent
-    clip_batch = run.batch_size or 16  # a frames-only run still encodes its pool 16 clips at a time
+    clip_batch = run.batch_size or FRAMES_ONLY_CLIP_BATCH
     if run.data is None:
         data = ShapesLatents(autoencoder, run.latent_frames, clip_batch, run.seed, lat.height, lat.width,
                              int(lat.fps), max_start_frame=run.max_start_frame, pool_size=run.pool_size,

@@ -478,6 +478,25 @@ def test_dmd2_adversarial_term_trains_its_head_and_resumes_exactly(tiny_teacher,
     assert any(not torch.allclose(a[key], c[key]) for key in a)  # the term changes what the student learns
 
 
+def test_dmd2_taken_up_after_the_ode_stage_matches_a_run_with_it_throughout(tiny_teacher, tmp_path):
+    """The ODE stage does not use the adversarial head, so a run whose ODE checkpoint was made
+    without it, resumed with gan_weight > 0, starts the head afresh and ends with the weights
+    of a run that had the term from step 0."""
+    run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), ode_iters=3, dmd_iters=2, ckpt_every=3,
+                  log_every=1, gan_weight=0.5, gan_pool=8)
+    straight = student_mod.train_student(run, tmp_path / "straight", progress=False)
+    student_mod.train_student(replace(run, gan_weight=0.0, dmd_iters=0), tmp_path / "later", progress=False)
+    assert not list((tmp_path / "later").glob("latent-pool-*"))  # the ODE stage alone: no head, no real clips
+    later = student_mod.train_student(run, tmp_path / "later", progress=False)
+    assert later.step == 5 and len(later.losses) == 2  # only the DMD steps ran
+    a = load_model(str(straight.out_dir)).transformer.state_dict()
+    b = load_model(str(later.out_dir)).transformer.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    assert [m["loss/gan_critic"] for m in metrics(tmp_path / "straight") if m["step"] > 3] == \
+        pytest.approx([m["loss/gan_critic"] for m in metrics(tmp_path / "later") if m["step"] > 3], abs=1e-6)
+
+
 def test_dmd2_real_clips_are_drawn_as_the_teachers_were(tiny_teacher, tmp_path):
     """A teacher trained on the canonical layout from each scene's start gets real clips drawn
     the same way for DMD2's head (a pool of their own); any other teacher, the default world."""
@@ -494,6 +513,21 @@ def test_dmd2_real_clips_are_drawn_as_the_teachers_were(tiny_teacher, tmp_path):
     assert (plain.world.config.sampling.layout, plain.max_start) == ("random", 480)
     assert (real.world.config.sampling.layout, real.max_start) == ("canonical", 0)
     assert [p.name.split("-0-")[0] for p in (tmp_path / "b").glob("*.safetensors")] == ["latent-pool-canonical-start0"]
+    # the teacher's seed and clips per draw, not the run's: the very pool the teacher's run wrote
+    cfg["provenance"]["run"].update(seed=5, batch_size=0)
+    (canonical / "model.json").write_text(json.dumps(cfg))
+    teachers = student_mod.real_clips(replace(run, teacher=str(canonical), gan_pool=3), tmp_path / "c", progress=False)
+    assert [p.name.split("x")[0] for p in (tmp_path / "c").glob("*.safetensors")] == ["latent-pool-canonical-start0-5-3"]
+    from distill.teacher import FRAMES_ONLY_CLIP_BATCH
+
+    drawn = teachers.clips(0, stream=(2,), seed=5, count=FRAMES_ONLY_CLIP_BATCH)[:3]
+    assert [list(dict.fromkeys(c.captions)) for c in drawn] == teachers.pool_captions
+    # so `framecast distill default` links the teacher run's pool into the student's run dir
+    made = student_mod.link_teacher_pool(tmp_path / "c", tmp_path / "d")
+    assert sorted(p.name for p in made) == sorted(p.name for p in (tmp_path / "c").glob("latent-pool-*"))
+    assert all(p.is_symlink() for p in made) and not student_mod.link_teacher_pool(tmp_path / "c", tmp_path / "d")
+    linked = student_mod.real_clips(replace(run, teacher=str(canonical), gan_pool=3), tmp_path / "d", progress=False)
+    torch.testing.assert_close(linked.pool, teachers.pool)
 
 
 def test_dmd2_head_tells_real_clips_from_made_up_ones(tiny_teacher, tmp_path):
