@@ -556,9 +556,9 @@ def gan_refusal(run: StudentRun, world_size: int) -> str | None:
 def real_clips(run: StudentRun, run_dir: Path, progress: bool) -> ClipLatents:
     """The Shapes world's clips of the teacher's length, drawn as the teacher's were (its
     layout, window start, seed and clips per draw) and encoded once by the teacher's
-    autoencoder into the run dir: the pool file the teacher's own run wrote, when the sizes
-    agree, so it can be linked in from the teacher's run dir instead of encoded again. The
-    run's seed draws the batches from it."""
+    autoencoder into the run dir: the clips the teacher's own run drew for its pool, under the
+    same file name when the sizes agree, so that file can be linked in from the teacher's run
+    dir instead of encoded again. The run's seed draws the batches from it."""
     from .common import ShapesLatents
     from .teacher import FRAMES_ONLY_CLIP_BATCH, load_autoencoder
 
@@ -569,22 +569,6 @@ def real_clips(run: StudentRun, run_dir: Path, progress: bool) -> ClipLatents:
                          pool_size=run.gan_pool, cache_dir=run_dir, progress=progress,
                          layout=str(taught.get("layout", "random")), pool_seed=int(taught.get("seed", run.seed)),
                          pool_batch=int(taught.get("batch_size", 0) or FRAMES_ONLY_CLIP_BATCH))
-
-
-def link_teacher_pool(teacher_run_dir: Path, run_dir: Path) -> list[Path]:
-    """Link the clip pools a Shapes teacher's run wrote into a student's run dir, where the
-    student has none of that name: DMD2's real clips are drawn as the teacher's were (its seed
-    and clips per draw, `real_clips`), so the file is the one the student would encode (12 min
-    for the `shapes` presets' 4096 clips on 2 cores). -> the links made."""
-    made = []
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for pool in sorted(teacher_run_dir.glob("latent-pool-*.safetensors")):
-        for file in (pool, pool.with_suffix(".json")):
-            target = run_dir / file.name
-            if file.is_file() and not target.exists():
-                target.symlink_to(file.resolve())
-                made.append(target)
-    return made
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -367,10 +367,6 @@ def run_default(args: argparse.Namespace) -> int:
         return 0
     for i, (stage, _, run) in enumerate(runs):
         out = args.out if i == len(runs) - 1 else None
-        if stage == "student" and getattr(run, "gan_weight", 0) > 0:  # the teacher's clips, not encoded again
-            from .student import link_teacher_pool
-
-            link_teacher_pool(root / "teacher", root / "student")
         result = _stage(stage)[1](run, root / stage, out, args.threads, not args.no_progress)
         _report(stage, result)
     print(f"default model written to {args.out}")
