@@ -22,6 +22,16 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def same_transformer(dir_a, dir_b) -> dict:
+    """Assert two model dirs hold the same transformer weights (a resumed run against an
+    uninterrupted one) -> the first's state dict."""
+    a = load_model(str(dir_a)).transformer.state_dict()
+    b = load_model(str(dir_b)).transformer.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    return a
+
+
 @pytest.fixture(scope="module")
 def tiny_autoencoder(tmp_path_factory) -> Path:
     from engine.autoencoder import AutoencoderConfig, ShapesAutoencoder
@@ -137,10 +147,7 @@ def test_teacher_resume_continues_exactly(tiny_autoencoder, tmp_path):
     resumed = teacher_mod.train_teacher(run, tmp_path / "resumed").out_dir  # same command, longer: resumes at 5
     steps = [m["step"] for m in metrics(tmp_path / "resumed")]
     assert steps == [5, 10]
-    a = load_model(str(straight)).transformer.state_dict()
-    b = load_model(str(resumed)).transformer.state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    same_transformer(straight, resumed)
 
 
 def test_teacher_lr_warms_up_holds_then_decays_linearly():
@@ -440,10 +447,7 @@ def test_student_resume_through_ode_and_dmd_continues_exactly(tiny_teacher, tmp_
     student_mod.train_student(replace(run, dmd_iters=1), tmp_path / "resumed", progress=False)
     resumed = student_mod.train_student(run, tmp_path / "resumed", progress=False)
     assert resumed.step == 8 and len(resumed.losses) == 3  # only steps 6..8 ran again
-    a = load_model(str(straight.out_dir)).transformer.state_dict()
-    b = load_model(str(resumed.out_dir)).transformer.state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    same_transformer(straight.out_dir, resumed.out_dir)
     assert [m["loss/dmd"] for m in metrics(tmp_path / "straight") if m["step"] > 5] == \
         pytest.approx([m["loss/dmd"] for m in metrics(tmp_path / "resumed") if m["step"] > 5], abs=1e-6)
 
@@ -461,10 +465,7 @@ def test_dmd2_adversarial_term_trains_its_head_and_resumes_exactly(tiny_teacher,
     student_mod.train_student(replace(run, dmd_iters=2), tmp_path / "resumed", progress=False)
     resumed = student_mod.train_student(run, tmp_path / "resumed", progress=False)
     assert resumed.step == 4 and len(resumed.losses) == 2
-    a = load_model(str(straight.out_dir)).transformer.state_dict()
-    b = load_model(str(resumed.out_dir)).transformer.state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    a = same_transformer(straight.out_dir, resumed.out_dir)
     from framecast.cli import main
 
     prompts = tmp_path / "prompts.txt"
@@ -489,10 +490,7 @@ def test_dmd2_taken_up_after_the_ode_stage_matches_a_run_with_it_throughout(tiny
     assert not list((tmp_path / "later").glob("latent-pool-*"))  # the ODE stage alone: no head, no real clips
     later = student_mod.train_student(run, tmp_path / "later", progress=False)
     assert later.step == 5 and len(later.losses) == 2  # only the DMD steps ran
-    a = load_model(str(straight.out_dir)).transformer.state_dict()
-    b = load_model(str(later.out_dir)).transformer.state_dict()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+    same_transformer(straight.out_dir, later.out_dir)
     assert [m["loss/gan_critic"] for m in metrics(tmp_path / "straight") if m["step"] > 3] == \
         pytest.approx([m["loss/gan_critic"] for m in metrics(tmp_path / "later") if m["step"] > 3], abs=1e-6)
 
