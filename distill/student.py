@@ -560,7 +560,7 @@ def real_clips(run: StudentRun, run_dir: Path, progress: bool) -> ClipLatents:
     same file name when the sizes agree, so that file can be linked in from the teacher's run
     dir instead of encoded again. The run's seed draws the batches from it."""
     from .common import ShapesLatents
-    from .teacher import FRAMES_ONLY_CLIP_BATCH, load_autoencoder
+    from .teacher import clip_batch_of, load_autoencoder
 
     lat = run.model.latent
     taught = ModelConfig.load(Path(run.teacher) / "model.json").provenance.get("run", {})
@@ -568,7 +568,7 @@ def real_clips(run: StudentRun, run_dir: Path, progress: bool) -> ClipLatents:
                          lat.width, int(lat.fps), max_start_frame=int(taught.get("max_start_frame", 480)),
                          pool_size=run.gan_pool, cache_dir=run_dir, progress=progress,
                          layout=str(taught.get("layout", "random")), pool_seed=int(taught.get("seed", run.seed)),
-                         pool_batch=int(taught.get("batch_size", 0) or FRAMES_ONLY_CLIP_BATCH))
+                         pool_batch=clip_batch_of(int(taught.get("batch_size", 0))))
 
 
 # --- the run ----------------------------------------------------------------------------------

@@ -183,6 +183,11 @@ SHAPES_TIME_CARRY = replace(SHAPES_TIME_TEACHER, steps=4800, lr=3e-4, decay_from
 # A frames-only run (batch_size 0) still encodes its clip pool this many clips at a time.
 FRAMES_ONLY_CLIP_BATCH = 16
 
+
+def clip_batch_of(batch_size: int) -> int:
+    """Clips a teacher run of this batch_size draws at a time (its pool's too)."""
+    return batch_size or FRAMES_ONLY_CLIP_BATCH
+
 PRESETS: dict[str, TeacherRun] = {
     "shapes": SHAPES_TEACHER,
     "shapes-time": SHAPES_TIME_TEACHER,
@@ -240,7 +245,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     autoencoder = load_autoencoder(run.autoencoder)
     captions = CaptionCache(build_text_encoder_for(run.model))
     lat = run.model.latent
-    clip_batch = run.batch_size or FRAMES_ONLY_CLIP_BATCH
+    clip_batch = clip_batch_of(run.batch_size)
     if run.data is None:
         data = ShapesLatents(autoencoder, run.latent_frames, clip_batch, run.seed, lat.height, lat.width,
                              int(lat.fps), max_start_frame=run.max_start_frame, pool_size=run.pool_size,
