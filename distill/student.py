@@ -111,6 +111,7 @@ class StudentRun:
     gan_layer: int = 0  # the head reads the critic's tokens after this many blocks (0: half of them)
     gan_sigma_high: float = 0.7  # real and fake clips are noised to s ~ U(0, gan_sigma_high) for the head
     gan_pool: int = 4096  # real Shapes clips, encoded once into the run dir (latent-pool-*.safetensors)
+    gan_frames: int = 0  # the head judges a window's first this many latent frames, real and fake (0: all)
     method: str = "dmd"  # dmd | re_dmd (Reward Forcing) | stream_r1
     reward: str = "distill/rewards/weights/shapes-reward"  # reward model dir (re_dmd, stream_r1)
     reward_beta: float = 2.0  # rollout weights exp(beta * normalised reward)
@@ -141,12 +142,13 @@ PRESETS: dict[str, StudentRun] = {
     # 300 DMD steps on 9-frame rollouts (3 chunks: eviction starts), a quarter of them switching
     # prompts before chunk 1 or 2 and judged after the switch. bf16 forwards throughout.
     # Exported to stream in chunks of 3 latent frames as trained, each re-run at t=0 into the cache
-    # (docs/default-model.md, "Measured: v9"). Seed 1 is the run shipped as v9. DMD2's adversarial
-    # term stays off: on the teacher's clips it mends count and loses objects in long streams
-    # (docs/default-model.md, "DMD2's adversarial term on the teacher's clips").
+    # (docs/default-model.md, "Measured: v9"). Seed 1. DMD2's adversarial term at 0.15, its head
+    # judging the first chunk of rollouts that begin their scene, as its real clips (the teacher's
+    # pool) do: it mends count; judging whole windows and switched rollouts lost objects in long
+    # streams (docs/default-model.md, "Measured: v10"). The run shipped as v10.
     "shapes": StudentRun(ode_pairs=512, ode_teacher_steps=24, ode_iters=1000, ode_batch=8, ode_lr=5e-4,
                          dmd_iters=300, rollout_frames=9, switch_prob=0.25, lr_generator=5e-5, autocast=True,
-                         ckpt_every=100, seed=1, serve_refresh_context=True),
+                         ckpt_every=100, seed=1, serve_refresh_context=True, gan_weight=0.15, gan_frames=3),
     "tiny": StudentRun(model=TINY_STUDENT, latent_frames=2, ode_pairs=4, ode_teacher_steps=4, ode_iters=12,
                        ode_batch=2, ode_lr=2e-3, dmd_iters=4, batch_size=2, critic_ratio=2, lr_generator=1e-3,
                        lr_critic=1e-3, log_every=2, ckpt_every=4, ema_decay=0.5),
@@ -356,7 +358,8 @@ def student_rollout(run: StudentRun, t: StudentTraining, prompts: list[str], gen
                     shared: torch.Generator | None, caption_seed: tuple[int, int], grad: bool):
     """A self-forcing rollout for DMD, with a prompt switch part of the time, and the window
     of it that the teacher and critic judge.
-    -> (window [B, C, F, h, w], the prompts that window was generated under, their features)"""
+    -> (window [B, C, F, h, w], the prompts that window was generated under, their features,
+    whether the prompt switched)"""
     student = t.student
     feats = t.features(prompts)
     anchored = t.teacher.teacher_config.frame_time > 0
@@ -364,12 +367,12 @@ def student_rollout(run: StudentRun, t: StudentTraining, prompts: list[str], gen
     if switch_at is None:
         out = rollout(student, run.model, student.embed_text(feats), t.chunks, gen, grad=grad, structure=shared,
                       cache_dtype=t.cache_dtype)
-        return judged_window(out.latents, run, gen, anchored=anchored), prompts, feats
+        return judged_window(out.latents, run, gen, anchored=anchored), prompts, feats, False
     after = t.draw_prompts(caption_seed[0], len(prompts), run.seed + 2 + caption_seed[1])
     after_feats = t.features(after)
     out = rollout(student, run.model, student.embed_text(feats), t.chunks, gen, grad=grad,
                   switch=(switch_at, student.embed_text(after_feats)), structure=shared, cache_dtype=t.cache_dtype)
-    return judged_window(out.latents, run, gen, first_chunk=switch_at, anchored=anchored), after, after_feats
+    return judged_window(out.latents, run, gen, first_chunk=switch_at, anchored=anchored), after, after_feats, True
 
 
 def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma: torch.Tensor,
@@ -412,7 +415,7 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
     for k in range(run.critic_ratio):
         prompts = t.draw_prompts(step * 31 + k, run.batch_size, run.seed)
         with torch.no_grad(), autocast(t.student, run.autocast):
-            x, _, feats = student_rollout(run, t, prompts, gen, shared, (step * 31 + k, 1), grad=False)
+            x, _, feats, switched = student_rollout(run, t, prompts, gen, shared, (step * 31 + k, 1), grad=False)
             x = x.float()
         noise = torch.randn(x.shape, generator=gen, device=dev)
         sigma = sample_sigmas(len(x), run.model.sampler.shift, gen)
@@ -420,7 +423,9 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
             v = t.critic.denoise(add_noise(x, noise, sigma), sigma * 1000, t.critic.embed_text(feats),
                                  t.critic.clip_attention(x.shape[2]))
         loss_c = flow_matching_loss(v, x, noise)
-        if t.discriminator is not None:
+        # The head judges rollouts that begin their scene, as its real clips do: after a switch the
+        # objects carry on from where they were, which no real clip shows.
+        if t.discriminator is not None and not switched:
             real, real_prompts = t.real.batch(step * run.critic_ratio + k)
             logits_real, logits_fake = discriminate(run, t, torch.cat([real.to(dev), x]),
                                                     torch.cat([t.features(real_prompts), feats]), gen).chunk(2)
@@ -433,8 +438,8 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
         losses["loss/critic"].append(loss_c.item())
     # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
     with autocast(t.student, run.autocast):
-        x, prompts, feats = student_rollout(run, t, t.draw_prompts(step, run.batch_size, run.seed), gen, shared,
-                                            (step, 0), grad=True)
+        x, prompts, feats, switched = student_rollout(run, t, t.draw_prompts(step, run.batch_size, run.seed), gen,
+                                                      shared, (step, 0), grad=True)
         x = x.float()
     sigma = sample_sigmas(len(x), run.model.sampler.shift, gen, run.dmd_sigma_low, run.dmd_sigma_high)
     x_t = add_noise(x.detach(), torch.randn(x.shape, generator=gen, device=dev), sigma)
@@ -442,7 +447,7 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
         x0_real, x0_fake = (x0.float() for x0 in real_and_fake_x0(run, t.teacher, t.critic, x_t, sigma, feats))
     weight = t.weighting(x, prompts) if t.weighting is not None else None
     loss = dmd = dmd_loss(x, x0_real, x0_fake, weight)
-    if t.discriminator is not None:  # the critic and its head judge, unchanged by this step
+    if t.discriminator is not None and not switched:  # the critic and its head judge, unchanged by this step
         frozen = [p for p in (*t.critic.parameters(), *t.discriminator.parameters()) if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
@@ -459,7 +464,10 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
 def discriminate(run: StudentRun, t: StudentTraining, x: torch.Tensor, feats: torch.Tensor,
                  gen: torch.Generator) -> torch.Tensor:
     """DMD2's head on the critic's tokens: clean clips x [B, C, F, h, w], noised to s ~
-    U(0, gan_sigma_high) -> logits [B] (> 0: judged real)."""
+    U(0, gan_sigma_high) -> logits [B] (> 0: judged real). With `gan_frames`, only each clip's
+    first gan_frames latent frames are judged."""
+    if run.gan_frames:
+        x = x[:, :, : run.gan_frames]
     sigma = run.gan_sigma_high * torch.rand(len(x), generator=gen, device=gen.device)
     x_t = add_noise(x, torch.randn(x.shape, generator=gen, device=gen.device), sigma)
     with autocast(t.critic, run.autocast):
@@ -550,6 +558,8 @@ def gan_refusal(run: StudentRun, world_size: int) -> str | None:
         return "gan_weight needs real clips with captions, the Shapes world's: drop --prompts or set gan_weight=0"
     if world_size > 1:
         return "gan_weight (DMD2's adversarial term) runs in one process for now, not under torchrun"
+    if not 0 <= run.gan_frames <= run.latent_frames:
+        return f"gan_frames {run.gan_frames}: the head judges 0 (all) to latent_frames ({run.latent_frames}) frames"
     return None
 
 

@@ -479,6 +479,37 @@ def test_dmd2_adversarial_term_trains_its_head_and_resumes_exactly(tiny_teacher,
     assert any(not torch.allclose(a[key], c[key]) for key in a)  # the term changes what the student learns
 
 
+def test_dmd2_head_judges_scene_starts_only_and_the_frames_asked(tiny_teacher, tmp_path):
+    """The head's real clips begin their scene, so it never judges a rollout that switched
+    prompts (its objects carry on from before); with gan_frames it judges each clip's first
+    frames only, real and fake alike, and more frames than a clip has are refused."""
+    from distill.parallel import init_parallel
+    from framecast.cli import main
+
+    run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), ode_iters=0, dmd_iters=2, log_every=1,
+                  gan_weight=0.5, gan_pool=8, rollout_frames=3)
+    student_mod.train_student(replace(run, switch_prob=1.0), tmp_path / "switched", progress=False)
+    logged = metrics(tmp_path / "switched")
+    assert len(logged) == 2 and all("loss/dmd" in m and "loss/gan_critic" not in m and "loss/gan_generator" not in m
+                                    for m in logged)
+    student_mod.train_student(run, tmp_path / "started", progress=False)  # switch_prob 0: every rollout judged
+    assert all("loss/gan_critic" in m and "loss/gan_generator" in m for m in metrics(tmp_path / "started"))
+
+    t = student_mod.build_training(replace(run, gan_frames=1), init_parallel(0, "cpu"))
+    lat = run.model.latent
+    clips = torch.randn(2, lat.channels, run.latent_frames, lat.height // lat.spatial_compression,
+                        lat.width // lat.spatial_compression, generator=torch.Generator().manual_seed(0))
+    feats = t.features(["a red ball", "a blue square"])
+    head = student_mod.discriminate(replace(run, gan_frames=1), t, clips, feats, torch.Generator().manual_seed(1))
+    first = student_mod.discriminate(run, t, clips[:, :, :1], feats, torch.Generator().manual_seed(1))
+    whole = student_mod.discriminate(run, t, clips, feats, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(head, first)
+    assert not torch.allclose(head, whole)
+    assert main(["distill", "student", "--preset", "tiny", "--teacher", str(tiny_teacher), "--set", "gan_weight=0.5",
+                 "--set", f"gan_frames={run.latent_frames + 1}", "--run-dir", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
+
+
 def test_dmd2_taken_up_after_the_ode_stage_matches_a_run_with_it_throughout(tiny_teacher, tmp_path):
     """The ODE stage does not use the adversarial head, so a run whose ODE checkpoint was made
     without it, resumed with gan_weight > 0, starts the head afresh and ends with the weights
