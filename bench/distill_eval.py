@@ -62,15 +62,16 @@ def ground_truth_generator(model_dir: Path, scenes: dict | None = None):
     return generate
 
 
-def drift(model, prompts: list[str], minutes: float) -> dict:
-    """Prompt accuracy of the first 10 s and of the last 10 s of minute `minutes`, per prompt."""
+def drift(model, prompts: list[str], minutes: float, seeds: tuple[int, ...] = (0,)) -> dict:
+    """Prompt accuracy of the first 10 s and of the last 10 s of minute `minutes`, per prompt
+    and seed (prompt i streams with seed i + 1000 k for each k in `seeds`)."""
     from distill.eval import evaluate_frames
     from distill.eval.report import bootstrap_interval
 
     need, ten = int(minutes * 60 * model.fps), int(10 * model.fps)
-    first, last = [], []
-    for i, prompt in enumerate(prompts):
-        session = model.open_session(prompt, seed=i)
+    first, last, streams = [], [], [(i, k, prompt) for k in seeds for i, prompt in enumerate(prompts)]
+    for n, (i, k, prompt) in enumerate(streams):
+        session = model.open_session(prompt, seed=i + 1000 * k)
         head, frames, made = None, None, 0
         while made < need:
             chunk = session.next_chunk().frames
@@ -80,8 +81,9 @@ def drift(model, prompts: list[str], minutes: float) -> dict:
             frames = chunk if frames is None else np.concatenate([frames, chunk])[-ten:]  # only the tail is kept
         first.append(evaluate_frames(head[:ten], prompt, fps=model.fps)["prompt_accuracy"])
         last.append(evaluate_frames(frames[-ten:], prompt, fps=model.fps)["prompt_accuracy"])
-        print(f"drift {i + 1}/{len(prompts)}: {first[-1]:.3f} -> {last[-1]:.3f}  {prompt!r}", flush=True)
-    return {"minutes": minutes, "prompts": prompts, "first_10s": float(np.mean(first)),
+        print(f"drift {n + 1}/{len(streams)}: {first[-1]:.3f} -> {last[-1]:.3f}  {prompt!r} (seed {i + 1000 * k})",
+              flush=True)
+    return {"minutes": minutes, "prompts": prompts, "seeds": list(seeds), "first_10s": float(np.mean(first)),
             "last_10s": float(np.mean(last)), "first_10s_interval": bootstrap_interval(first),
             "last_10s_interval": bootstrap_interval(last), "per_prompt": list(zip(first, last))}
 
@@ -103,6 +105,8 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=None, help="teacher guidance (default: its config's)")
     ap.add_argument("--drift-prompts", type=int, default=0, help="prompts streamed for the drift figure (0: none)")
     ap.add_argument("--drift-minutes", type=float, default=5.0, help="how long each drift stream runs")
+    ap.add_argument("--drift-seeds", type=int, nargs="+", default=[0],
+                    help="drift streams per prompt: prompt i streams with seed i + 1000 k for each k given")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--rewrite", action="store_true",
                     help="the models are given each prompt's canonical caption (engine.shapes.captions."
@@ -172,7 +176,7 @@ def main() -> None:
     for _ in range(chunks):
         session.next_chunk()
     rtf = chunks * student.frames_per_chunk / student.fps / (time.perf_counter() - t0)
-    drifted = drift(student, prompts[: args.drift_prompts], args.drift_minutes) if args.drift_prompts else None
+    drifted = drift(student, prompts[: args.drift_prompts], args.drift_minutes, tuple(args.drift_seeds)) if args.drift_prompts else None
 
     print(f"\n{args.set} set: {len(prompts)} prompts x {args.seeds} seeds, {args.seconds:g} s clips; "
           "mean [95 % bootstrap interval]")

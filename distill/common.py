@@ -366,15 +366,20 @@ class ShapesLatents(ClipLatents):
     def __init__(self, autoencoder, latent_frames: int, batch_size: int, seed: int, height: int = 128,
                  width: int = 128, fps: int = 16, max_start_frame: int = 480, pool_size: int = 0,
                  cache_dir: str | Path | None = None, progress: bool = True, layout: str = "random",
-                 captions: str = "paraphrases", pool_seed: int | None = None, pool_batch: int = 0):
+                 captions: str = "paraphrases", pool_seed: int | None = None, pool_batch: int = 0,
+                 min_start_frame: int = 0):
         from engine.shapes.scene import SceneSampling
         from distill.data.shapes import ShapesConfig, ShapesWorld
 
         self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps,
                                               sampling=SceneSampling(layout=layout)))
-        self.max_start = max_start_frame
-        if (layout, max_start_frame) != ("random", 480):  # another pool than the default's: another file
-            self.pool_name = f"latent-pool-{layout}-start{max_start_frame}"
+        # clips start at a frame drawn from [min_start_frame, max_start_frame] of their scene's stream
+        self.min_start, self.max_start = min_start_frame, max_start_frame
+        if not 0 <= min_start_frame <= max_start_frame:
+            raise ValueError(f"clip starts from frame {min_start_frame} to {max_start_frame}: need 0 <= min <= max")
+        if (layout, min_start_frame, max_start_frame) != ("random", 0, 480):  # another pool: another file
+            starts = f"{min_start_frame}to{max_start_frame}" if min_start_frame else f"{max_start_frame}"
+            self.pool_name = f"latent-pool-{layout}-start{starts}"
         super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress, captions,
                          pool_seed, pool_batch)
 
@@ -386,7 +391,7 @@ class ShapesLatents(ClipLatents):
                count: int = 0) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed if seed is None else seed, *stream, step])
         count = count or self.batch_size
-        return rng.integers(0, 2**62, size=count), rng.integers(0, self.max_start + 1, size=count)
+        return rng.integers(0, 2**62, size=count), rng.integers(self.min_start, self.max_start + 1, size=count)
 
     def pool_shape_maps(self, token: int, cache_dir: str | Path | None = None, progress: bool = True) -> torch.Tensor:
         """What each token of each pool clip shows: the share of its pixels (over its latent

@@ -112,6 +112,9 @@ class StudentRun:
     gan_sigma_high: float = 0.7  # real and fake clips are noised to s ~ U(0, gan_sigma_high) for the head
     gan_pool: int = 4096  # real Shapes clips, encoded once into the run dir (latent-pool-*.safetensors)
     gan_frames: int = 0  # the head judges a window's first this many latent frames, real and fake (0: all)
+    # and, with gan_later > 0, as many of the rollout's frames from chunk gan_later on, beside real clips
+    # from the same place in their scenes (a second pool): what a stream shows after its first chunk
+    gan_later: int = 0
     method: str = "dmd"  # dmd | re_dmd (Reward Forcing) | stream_r1
     reward: str = "distill/rewards/weights/shapes-reward"  # reward model dir (re_dmd, stream_r1)
     reward_beta: float = 2.0  # rollout weights exp(beta * normalised reward)
@@ -260,7 +263,7 @@ class StudentTraining:
     chunks: int  # of a DMD rollout
     cache_dtype: torch.dtype | None  # of a rollout's KV cache (None: the student's parameters')
     discriminator: DiscriminatorHead | None = None  # DMD2's head on the critic's tokens (gan_weight > 0)
-    real: ClipLatents | None = None  # real clips and captions for it
+    real: list[ClipLatents] = dataclasses.field(default_factory=list)  # its real clips, a pool per place it judges
 
     def features(self, prompts: list[str]) -> torch.Tensor:  # -> [B, L, text_dim] on the device
         return self.captions(prompts).to(self.par.device)
@@ -359,7 +362,7 @@ def student_rollout(run: StudentRun, t: StudentTraining, prompts: list[str], gen
     """A self-forcing rollout for DMD, with a prompt switch part of the time, and the window
     of it that the teacher and critic judge.
     -> (window [B, C, F, h, w], the prompts that window was generated under, their features,
-    whether the prompt switched)"""
+    the whole rollout if it began its scene, as DMD2's head's real clips do, else None: it switched)"""
     student = t.student
     feats = t.features(prompts)
     anchored = t.teacher.teacher_config.frame_time > 0
@@ -367,12 +370,12 @@ def student_rollout(run: StudentRun, t: StudentTraining, prompts: list[str], gen
     if switch_at is None:
         out = rollout(student, run.model, student.embed_text(feats), t.chunks, gen, grad=grad, structure=shared,
                       cache_dtype=t.cache_dtype)
-        return judged_window(out.latents, run, gen, anchored=anchored), prompts, feats, False
+        return judged_window(out.latents, run, gen, anchored=anchored), prompts, feats, out.latents
     after = t.draw_prompts(caption_seed[0], len(prompts), run.seed + 2 + caption_seed[1])
     after_feats = t.features(after)
     out = rollout(student, run.model, student.embed_text(feats), t.chunks, gen, grad=grad,
                   switch=(switch_at, student.embed_text(after_feats)), structure=shared, cache_dtype=t.cache_dtype)
-    return judged_window(out.latents, run, gen, first_chunk=switch_at, anchored=anchored), after, after_feats, True
+    return judged_window(out.latents, run, gen, first_chunk=switch_at, anchored=anchored), after, after_feats, None
 
 
 def real_and_fake_x0(run: StudentRun, teacher, critic, x_t: torch.Tensor, sigma: torch.Tensor,
@@ -415,7 +418,7 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
     for k in range(run.critic_ratio):
         prompts = t.draw_prompts(step * 31 + k, run.batch_size, run.seed)
         with torch.no_grad(), autocast(t.student, run.autocast):
-            x, _, feats, switched = student_rollout(run, t, prompts, gen, shared, (step * 31 + k, 1), grad=False)
+            x, _, feats, scene = student_rollout(run, t, prompts, gen, shared, (step * 31 + k, 1), grad=False)
             x = x.float()
         noise = torch.randn(x.shape, generator=gen, device=dev)
         sigma = sample_sigmas(len(x), run.model.sampler.shift, gen)
@@ -425,10 +428,11 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
         loss_c = flow_matching_loss(v, x, noise)
         # The head judges rollouts that begin their scene, as its real clips do: after a switch the
         # objects carry on from where they were, which no real clip shows.
-        if t.discriminator is not None and not switched:
-            real, real_prompts = t.real.batch(step * run.critic_ratio + k)
-            logits_real, logits_fake = discriminate(run, t, torch.cat([real.to(dev), x]),
-                                                    torch.cat([t.features(real_prompts), feats]), gen).chunk(2)
+        if t.discriminator is not None and scene is not None:
+            real, real_feats = real_head_clips(run, t, step * run.critic_ratio + k)
+            fake, fake_feats = head_views(run, scene.float(), feats)
+            logits_real, logits_fake = discriminate(run, t, torch.cat([real, fake]),
+                                                    torch.cat([real_feats, fake_feats]), gen).chunk(2)
             loss_gan = gan_critic_loss(logits_real, logits_fake)
             loss_c = loss_c + run.gan_critic_weight * loss_gan
             losses.setdefault("loss/gan_critic", []).append(loss_gan.item())
@@ -438,8 +442,8 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
         losses["loss/critic"].append(loss_c.item())
     # Generator: DMD on a self-forcing rollout, gradient through each chunk's exit step.
     with autocast(t.student, run.autocast):
-        x, prompts, feats, switched = student_rollout(run, t, t.draw_prompts(step, run.batch_size, run.seed), gen,
-                                                      shared, (step, 0), grad=True)
+        x, prompts, feats, scene = student_rollout(run, t, t.draw_prompts(step, run.batch_size, run.seed), gen,
+                                                   shared, (step, 0), grad=True)
         x = x.float()
     sigma = sample_sigmas(len(x), run.model.sampler.shift, gen, run.dmd_sigma_low, run.dmd_sigma_high)
     x_t = add_noise(x.detach(), torch.randn(x.shape, generator=gen, device=dev), sigma)
@@ -447,11 +451,11 @@ def dmd_step(run: StudentRun, t: StudentTraining, step: int) -> dict[str, list[f
         x0_real, x0_fake = (x0.float() for x0 in real_and_fake_x0(run, t.teacher, t.critic, x_t, sigma, feats))
     weight = t.weighting(x, prompts) if t.weighting is not None else None
     loss = dmd = dmd_loss(x, x0_real, x0_fake, weight)
-    if t.discriminator is not None and not switched:  # the critic and its head judge, unchanged by this step
+    if t.discriminator is not None and scene is not None:  # the critic and its head judge, unchanged by this step
         frozen = [p for p in (*t.critic.parameters(), *t.discriminator.parameters()) if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
-        loss_gan = gan_generator_loss(discriminate(run, t, x, feats, gen))
+        loss_gan = gan_generator_loss(discriminate(run, t, *head_views(run, scene.float(), feats), gen))
         for p in frozen:
             p.requires_grad_(True)
         loss = dmd + run.gan_weight * loss_gan
@@ -474,6 +478,24 @@ def discriminate(run: StudentRun, t: StudentTraining, x: torch.Tensor, feats: to
         tokens = t.critic.features(x_t, sigma * 1000, t.critic.embed_text(feats),
                                    t.critic.clip_attention(x.shape[2]), gan_layers(run, t.critic))
     return t.discriminator(tokens)
+
+
+def head_views(run: StudentRun, scene: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What DMD2's head judges of rollouts that begin their scene (scene [B, C, F, h, w]): their
+    first gan_frames latent frames (0: a window's) and, with gan_later, as many from chunk
+    gan_later on -> (clips [B * places, ...], their features)"""
+    frames = run.gan_frames or run.latent_frames
+    starts = [0, run.gan_later * run.model.attention.chunk_frames] if run.gan_later else [0]
+    return torch.cat([scene[:, :, s : s + frames] for s in starts]), torch.cat([feats] * len(starts))
+
+
+def real_head_clips(run: StudentRun, t: StudentTraining, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's real clips for a critic update, a batch from each place it judges (as
+    `head_views` orders them) -> (clips [B * places, C, frames, h, w], their captions' features)"""
+    frames = run.gan_frames or run.latent_frames
+    batches = [pool.batch(key) for pool in t.real]
+    clips = torch.cat([clips[:, :, :frames] for clips, _ in batches]).to(t.par.device)
+    return clips, t.features([p for _, prompts in batches for p in prompts])
 
 
 def gan_layers(run: StudentRun, critic: torch.nn.Module) -> int:
@@ -560,22 +582,30 @@ def gan_refusal(run: StudentRun, world_size: int) -> str | None:
         return "gan_weight (DMD2's adversarial term) runs in one process for now, not under torchrun"
     if not 0 <= run.gan_frames <= run.latent_frames:
         return f"gan_frames {run.gan_frames}: the head judges 0 (all) to latent_frames ({run.latent_frames}) frames"
+    chunk = run.model.attention.chunk_frames
+    frames, rolled = run.gan_frames or run.latent_frames, max(run.rollout_frames, run.latent_frames) // chunk * chunk
+    if run.gan_later < 0 or run.gan_later * chunk + frames > rolled:
+        return (f"gan_later {run.gan_later}: the head's {frames} frames from chunk {run.gan_later} on must lie "
+                f"in the rollout's {rolled} (rollout_frames), from chunk 1 on (0: off)")
     return None
 
 
-def real_clips(run: StudentRun, run_dir: Path, progress: bool) -> ClipLatents:
+def real_clips(run: StudentRun, run_dir: Path, progress: bool, later: int = 0) -> ClipLatents:
     """The Shapes world's clips of the teacher's length, drawn as the teacher's were (its
     layout, window start, seed and clips per draw) and encoded once by the teacher's
     autoencoder into the run dir: the clips the teacher's own run drew for its pool, under the
     same file name when the sizes agree, so that file can be linked in from the teacher's run
-    dir instead of encoded again. The run's seed draws the batches from it."""
+    dir instead of encoded again. The run's seed draws the batches from it. `later` latent
+    frames on: the same scenes' clips that start so much later (another pool, drawn by seed + 1)."""
     from .common import ShapesLatents
     from .teacher import clip_batch_of, load_autoencoder
 
     lat = run.model.latent
     taught = ModelConfig.load(Path(run.teacher) / "model.json").provenance.get("run", {})
-    return ShapesLatents(load_autoencoder(run.teacher), run.latent_frames, run.batch_size, run.seed, lat.height,
-                         lat.width, int(lat.fps), max_start_frame=int(taught.get("max_start_frame", 480)),
+    shift = later * lat.temporal_compression  # video frames: a latent frame encodes its own
+    return ShapesLatents(load_autoencoder(run.teacher), run.latent_frames, run.batch_size, run.seed + (later > 0),
+                         lat.height, lat.width, int(lat.fps), min_start_frame=shift,
+                         max_start_frame=int(taught.get("max_start_frame", 480)) + shift,
                          pool_size=run.gan_pool, cache_dir=run_dir, progress=progress,
                          layout=str(taught.get("layout", "random")), pool_seed=int(taught.get("seed", run.seed)),
                          pool_batch=clip_batch_of(int(taught.get("batch_size", 0))))
@@ -604,7 +634,9 @@ def train_student(run: StudentRun, run_dir: Path, out_dir: Path | None = None, t
     modules = {"student": t.student, "ema": t.ema.shadow, "critic": t.critic}
     if t.discriminator is not None:
         modules["discriminator"] = t.discriminator
-        t.real = real_clips(run, run_dir, progress)
+        t.real = [real_clips(run, run_dir, progress)]
+        if run.gan_later:
+            t.real.append(real_clips(run, run_dir, progress, later=run.gan_later * run.model.attention.chunk_frames))
     optimizers = {"ode": t.opt_ode, "gen": t.opt_gen, "critic": t.opt_critic}
     if (latest := ckpt.latest()) is not None:
         # a run that takes up the adversarial term from a checkpoint made without it (the ODE

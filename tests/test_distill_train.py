@@ -510,6 +510,41 @@ def test_dmd2_head_judges_scene_starts_only_and_the_frames_asked(tiny_teacher, t
     assert not (tmp_path / "refused").exists()
 
 
+def test_dmd2_head_judges_a_later_chunk_beside_the_same_scenes_later(tiny_teacher, tmp_path):
+    """gan_later: the head also judges a scene-start rollout's frames from that chunk on, beside a
+    second pool of real clips: the first pool's scenes, each starting that many latent frames
+    later (the autoencoder encodes each latent frame from its own video frames, so the pools
+    overlap frame for frame). A chunk outside the rollout is refused before any work."""
+    from safetensors.torch import load_file
+
+    from distill.parallel import init_parallel
+    from framecast.cli import main
+
+    run = replace(student_mod.PRESETS["tiny"], teacher=str(tiny_teacher), ode_iters=0, dmd_iters=2, log_every=1,
+                  gan_weight=0.5, gan_pool=8, gan_frames=1, gan_later=2, rollout_frames=3)
+    student_mod.train_student(run, tmp_path / "later", progress=False)
+    assert all("loss/gan_critic" in m and "loss/gan_generator" in m for m in metrics(tmp_path / "later"))
+    pools = {f.name.removesuffix(".safetensors"): load_file(f)["latents"]
+             for f in (tmp_path / "later").glob("latent-pool-*.safetensors")}
+    # the tiny teacher's clips start anywhere up to video frame 480; 2 latent frames are 8 video frames
+    assert sorted(pools) == ["latent-pool-0-8x8", "latent-pool-random-start8to488-0-8x8"]
+    first, later = pools["latent-pool-0-8x8"], pools["latent-pool-random-start8to488-0-8x8"]
+    # 2 latent frames a clip, shifted by 2: no overlap; one latent frame later overlaps by one
+    one = student_mod.real_clips(replace(run, gan_later=1), tmp_path / "one", progress=False, later=1)
+    torch.testing.assert_close(one.pool[:, :, :1], first[:, :, 1:], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(later, first)
+
+    t = student_mod.build_training(run, init_parallel(0, "cpu"))
+    scene = torch.arange(3.0).view(1, 1, 3, 1, 1).expand(2, 4, 3, 4, 4)
+    feats = t.features(["a red ball", "a blue square"])
+    views, view_feats = student_mod.head_views(run, scene, feats)
+    assert views[:, 0, :, 0, 0].tolist() == [[0.0], [0.0], [2.0], [2.0]]  # the first frame, then chunk 2's
+    torch.testing.assert_close(view_feats, torch.cat([feats, feats]))
+    assert main(["distill", "student", "--preset", "tiny", "--teacher", str(tiny_teacher), "--set", "gan_weight=0.5",
+                 "--set", "gan_later=3", "--set", "rollout_frames=3", "--run-dir", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
+
+
 def test_dmd2_taken_up_after_the_ode_stage_matches_a_run_with_it_throughout(tiny_teacher, tmp_path):
     """The ODE stage does not use the adversarial head, so a run whose ODE checkpoint was made
     without it, resumed with gan_weight > 0, starts the head afresh and ends with the weights
