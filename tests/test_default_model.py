@@ -37,6 +37,27 @@ def test_default_model_is_what_the_shapes_preset_makes():
         {"serve_chunk_frames": 0, "serve_refresh_context": True, "seed": 1}
 
 
+def test_default_model_was_trained_by_the_shapes_preset_as_it_stands():
+    """The run the shipped provenance records is the `shapes` preset, field for field: a preset
+    changed without retraining (or a model trained off-preset) fails here. A field the trainer
+    gained after the run (absent from the provenance) must be at its default, which is the
+    recipe the run had."""
+    from dataclasses import replace
+
+    from distill.common import run_to_json
+    from distill.student import PRESETS, StudentRun
+
+    provenance = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())["provenance"]
+    preset = run_to_json(replace(PRESETS["shapes"], teacher="distill/weights/shapes-teacher"))
+    default = run_to_json(StudentRun())
+    recorded = {k: v for k, v in preset.items() if k in provenance["run"]}
+    assert provenance["run"] == recorded
+    assert {k: v for k, v in preset.items() if k not in recorded and k != "model"} == \
+        {k: default[k] for k in preset if k not in recorded and k != "model"}
+    assert provenance["command"].startswith("framecast distill student --preset shapes --teacher "
+                                            "distill/weights/shapes-teacher ")
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """The default model as `load_model()` gives it, with its engine cache in a temporary
