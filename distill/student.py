@@ -480,11 +480,16 @@ def discriminate(run: StudentRun, t: StudentTraining, x: torch.Tensor, feats: to
     return t.discriminator(tokens)
 
 
+def head_frames(run: StudentRun) -> int:
+    """Latent frames DMD2's head judges at each place: gan_frames, or a window's (0)."""
+    return run.gan_frames or run.latent_frames
+
+
 def head_views(run: StudentRun, scene: torch.Tensor, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What DMD2's head judges of rollouts that begin their scene (scene [B, C, F, h, w]): their
     first gan_frames latent frames (0: a window's) and, with gan_later, as many from chunk
     gan_later on -> (clips [B * places, ...], their features)"""
-    frames = run.gan_frames or run.latent_frames
+    frames = head_frames(run)
     starts = [0, run.gan_later * run.model.attention.chunk_frames] if run.gan_later else [0]
     return torch.cat([scene[:, :, s : s + frames] for s in starts]), torch.cat([feats] * len(starts))
 
@@ -492,7 +497,7 @@ def head_views(run: StudentRun, scene: torch.Tensor, feats: torch.Tensor) -> tup
 def real_head_clips(run: StudentRun, t: StudentTraining, key: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's real clips for a critic update, a batch from each place it judges (as
     `head_views` orders them) -> (clips [B * places, C, frames, h, w], their captions' features)"""
-    frames = run.gan_frames or run.latent_frames
+    frames = head_frames(run)
     batches = [pool.batch(key) for pool in t.real]
     clips = torch.cat([clips[:, :, :frames] for clips, _ in batches]).to(t.par.device)
     return clips, t.features([p for _, prompts in batches for p in prompts])
@@ -583,7 +588,7 @@ def gan_refusal(run: StudentRun, world_size: int) -> str | None:
     if not 0 <= run.gan_frames <= run.latent_frames:
         return f"gan_frames {run.gan_frames}: the head judges 0 (all) to latent_frames ({run.latent_frames}) frames"
     chunk = run.model.attention.chunk_frames
-    frames, rolled = run.gan_frames or run.latent_frames, max(run.rollout_frames, run.latent_frames) // chunk * chunk
+    frames, rolled = head_frames(run), max(run.rollout_frames, run.latent_frames) // chunk * chunk
     if run.gan_later < 0 or run.gan_later * chunk + frames > rolled:
         return (f"gan_later {run.gan_later}: the head's {frames} frames from chunk {run.gan_later} on must lie "
                 f"in the rollout's {rolled} (rollout_frames), from chunk 1 on (0: off)")
