@@ -176,7 +176,9 @@ def main() -> None:
     for _ in range(chunks):
         session.next_chunk()
     rtf = chunks * student.frames_per_chunk / student.fps / (time.perf_counter() - t0)
-    drifted = drift(student, prompts[: args.drift_prompts], args.drift_minutes, tuple(args.drift_seeds)) if args.drift_prompts else None
+    drifted = None
+    if args.drift_prompts:
+        drifted = drift(student, prompts[: args.drift_prompts], args.drift_minutes, tuple(args.drift_seeds))
 
     print(f"\n{args.set} set: {len(prompts)} prompts x {args.seeds} seeds, {args.seconds:g} s clips; "
           "mean [95 % bootstrap interval]")
