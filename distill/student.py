@@ -171,17 +171,27 @@ PRESETS: dict[str, StudentRun] = {
 TEACHER_ATTENTION_FIELDS: tuple[str, ...] = ("text_padding", "rope_theta")
 
 
+def of_preset_kind(preset: ModelConfig, teacher: ModelConfig) -> bool:
+    """Whether `teacher` is a model of the world `preset` was made for: the same latent layout
+    and the same kinds of text encoder and decoder. Its transformer's width and depth are its
+    own (the student takes them), so a wider Shapes teacher is still streamed as the Shapes
+    preset says."""
+    return (teacher.latent == preset.latent and teacher.text_encoder.kind == preset.text_encoder.kind
+            and teacher.decoder.kind == preset.decoder.kind)
+
+
 def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
     """The student a preset makes of `teacher`. What the teacher decides (architecture,
     latent layout, text encoder, decoder, dtype) always comes from the teacher. What the
     student decides (name, attention, step schedule) comes from the preset when the teacher
-    is of the preset's kind (the same transformer and latent layout: a Shapes teacher for the
-    Shapes presets, Wan2.1-1.3B at 832x480 for `wan`); for any other teacher, from the
-    teacher's own config: its chunking and step schedule, with the preset's attention policy
-    in place of full attention. A Shapes teacher thus gets SHAPES_STUDENT exactly. How prompts
-    are read when serving (`prompt_rewrite`) is the preset's for a teacher of its kind."""
+    is of the preset's kind (`of_preset_kind`: the same latent layout, text encoder and decoder,
+    the transformer of any size: a Shapes teacher for the Shapes presets, a wider or deeper one
+    too, Wan2.1 at 832x480 for `wan`); for any other teacher, from the teacher's own config:
+    its chunking and step schedule, with the preset's attention policy in place of full
+    attention. A Shapes teacher of the preset's size thus gets SHAPES_STUDENT exactly. How
+    prompts are read when serving (`prompt_rewrite`) is the preset's for a teacher of its kind."""
     base = teacher.model_copy(update={"guidance_scale": 1.0, "provenance": {}, "frame_time": 0})
-    if (teacher.transformer, teacher.latent) == (preset.transformer, preset.latent):
+    if of_preset_kind(preset, teacher):
         # how the transformer reads its prompt and positions is the teacher's (its weights were trained so)
         attention = preset.attention.model_copy(
             update={field: getattr(teacher.attention, field) for field in TEACHER_ATTENTION_FIELDS})

@@ -183,6 +183,15 @@ def test_the_student_config_follows_the_teacher(tmp_path, capsys):
         update={"text_padding": "mask", "rope_theta": 10.0})})
     derived = student_config(SHAPES_STUDENT, masked)
     assert derived.attention == SHAPES_STUDENT.attention.model_copy(update={"text_padding": "mask", "rope_theta": 10.0})
+    # a wider Shapes teacher: its own transformer, streamed as the Shapes preset says (schedule, attention, name)
+    wide = trained.model_copy(update={"transformer": trained.transformer.model_copy(
+        update={"num_attention_heads": 6, "ffn_dim": 1536})})
+    derived = student_config(SHAPES_STUDENT, wide)
+    assert derived.transformer == wide.transformer != SHAPES_STUDENT.transformer
+    assert derived == SHAPES_STUDENT.model_copy(update={"transformer": wide.transformer})
+    # another world's latents (64x64 frames): the teacher's own schedule and name, not the preset's
+    small = trained.model_copy(update={"latent": trained.latent.model_copy(update={"height": 64, "width": 64})})
+    assert student_config(SHAPES_STUDENT, small).sampler == trained.sampler != SHAPES_STUDENT.sampler
     # a converted Wan2.1 teacher: its architecture, chunking and schedule, made causal; --set on top
     base = tiny_wan_diffusers(tmp_path / "wan")
     assert main(["convert", "--format", "wan-diffusers", "--input", str(base), "--size", "32x32",
