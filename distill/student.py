@@ -180,10 +180,17 @@ def of_preset_kind(preset: ModelConfig, teacher: ModelConfig) -> bool:
             and teacher.decoder.kind == preset.decoder.kind)
 
 
+def teacher_named(teacher: ModelConfig) -> dict[str, str]:
+    """The name and description of a student named after its teacher."""
+    return {"name": f"{teacher.name}-student",
+            "description": f"Causal few-step student distilled from {teacher.name}."}
+
+
 def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
     """The student a preset makes of `teacher`. What the teacher decides (architecture,
     latent layout, text encoder, decoder, dtype) always comes from the teacher. What the
-    student decides (name, attention, step schedule) comes from the preset when the teacher
+    student decides (attention, step schedule; the name where the transformer is the preset's
+    too, else the teacher's with -student) comes from the preset when the teacher
     is of the preset's kind (`of_preset_kind`: the same latent layout, text encoder and decoder,
     the transformer of any size: a Shapes teacher for the Shapes presets, a wider or deeper one
     too, Wan2.1 at 832x480 for `wan`); for any other teacher, from the teacher's own config:
@@ -195,13 +202,14 @@ def student_config(preset: ModelConfig, teacher: ModelConfig) -> ModelConfig:
         # how the transformer reads its prompt and positions is the teacher's (its weights were trained so)
         attention = preset.attention.model_copy(
             update={field: getattr(teacher.attention, field) for field in TEACHER_ATTENTION_FIELDS})
-        return base.model_copy(update={"name": preset.name, "description": preset.description,
-                                       "attention": attention, "sampler": preset.sampler,
+        # the preset's name and description say its network's size: another size is named after its teacher
+        named = ({"name": preset.name, "description": preset.description} if teacher.transformer == preset.transformer
+                 else teacher_named(teacher))
+        return base.model_copy(update={**named, "attention": attention, "sampler": preset.sampler,
                                        "prompt_rewrite": preset.prompt_rewrite})
     policy = preset.attention.policy if teacher.attention.policy == "full" else teacher.attention.policy
     return base.model_copy(update={
-        "name": f"{teacher.name}-student",
-        "description": f"Causal few-step student distilled from {teacher.name}.",
+        **teacher_named(teacher),
         "attention": teacher.attention.model_copy(update={"policy": policy})})
 
 

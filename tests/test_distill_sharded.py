@@ -188,7 +188,9 @@ def test_the_student_config_follows_the_teacher(tmp_path, capsys):
         update={"num_attention_heads": 6, "ffn_dim": 1536})})
     derived = student_config(SHAPES_STUDENT, wide)
     assert derived.transformer == wide.transformer != SHAPES_STUDENT.transformer
-    assert derived == SHAPES_STUDENT.model_copy(update={"transformer": wide.transformer})
+    assert derived == SHAPES_STUDENT.model_copy(update={
+        "transformer": wide.transformer, "name": "shapes-teacher-student",
+        "description": "Causal few-step student distilled from shapes-teacher."})
     # another world's latents (64x64 frames): the teacher's own schedule and name, not the preset's
     small = trained.model_copy(update={"latent": trained.latent.model_copy(update={"height": 64, "width": 64})})
     assert student_config(SHAPES_STUDENT, small).sampler == trained.sampler != SHAPES_STUDENT.sampler
