@@ -183,7 +183,8 @@ def test_the_student_config_follows_the_teacher(tmp_path, capsys):
         update={"text_padding": "mask", "rope_theta": 10.0})})
     derived = student_config(SHAPES_STUDENT, masked)
     assert derived.attention == SHAPES_STUDENT.attention.model_copy(update={"text_padding": "mask", "rope_theta": 10.0})
-    # a wider Shapes teacher: its own transformer, streamed as the Shapes preset says (schedule, attention, name)
+    # a wider Shapes teacher: its own transformer, streamed as the Shapes preset says (schedule, attention),
+    # named after its teacher (the preset's name says its size)
     wide = trained.model_copy(update={"transformer": trained.transformer.model_copy(
         update={"num_attention_heads": 6, "ffn_dim": 1536})})
     derived = student_config(SHAPES_STUDENT, wide)
