@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 from collections import OrderedDict
@@ -34,6 +35,17 @@ class TrainResult:
     seconds: float  # this invocation's wall time
     losses: list[float] = field(default_factory=list)  # per step of this invocation (rank 0)
     figures: dict[str, float] = field(default_factory=dict)  # held-out figures measured at the end
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """A run's `device` field: "auto" is the GPU of this process (cuda:LOCAL_RANK) if there
+    is one, else the CPU; anything else is a torch device name ("cpu", "cuda", "cuda:1")."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return dev
 
 
 def native_bf16(device_type: str) -> bool:
@@ -297,8 +309,9 @@ class ClipLatents:
     @torch.no_grad()
     def encode(self, clips) -> torch.Tensor:
         video = torch.from_numpy(np.stack([c.frames for c in clips]))  # [B, T, H, W, 3] uint8
-        video = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # [B, 3, T, H, W]
-        return self.autoencoder.encode(video)
+        device = next(self.autoencoder.parameters()).device  # encoded where the autoencoder is, kept on the host
+        video = video.to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # [B, 3, T, H, W]
+        return self.autoencoder.encode(video).cpu()
 
     @torch.no_grad()
     def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:

@@ -48,7 +48,7 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from torch.utils.checkpoint import checkpoint
 
-from .common import Checkpointer, native_bf16
+from .common import Checkpointer, native_bf16, resolve_device
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,8 @@ def init_parallel(shard_size: int = 0, device: str = "auto") -> Parallel:
     """Join the torchrun process group (NCCL with GPUs, gloo without) and build the device
     mesh: shard over all processes (shard_size 0), or over groups of shard_size."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size == 1 and not dist.is_initialized():
         return Parallel(device=dev)

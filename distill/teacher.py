@@ -26,7 +26,7 @@ from engine.shapes.captions import swapped_caption
 from engine.transformer import CausalWanTransformer, build_transformer
 
 from .common import (EMA, CaptionCache, CaptionChoice, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
-                     autocast, run_to_json, step_generator)
+                     autocast, resolve_device, run_to_json, step_generator)
 from .losses import add_noise, blur_latents, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over
@@ -111,6 +111,9 @@ class TeacherRun:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     caption_dropout: float = 0.1
+    # auto: this process's GPU if there is one, else the CPU (as the student's). On a GPU the
+    # pool is encoded there and kept in host memory; each step's batch goes to the device.
+    device: str = "auto"
     # > 0: weight of a hard-negative hinge (distill.losses.hard_negative_loss): each captioned
     # clip is also denoised under its caption with a shape noun or the directions swapped
     # (engine.shapes.captions.swapped_caption), whose fit of the objects must be `negative_margin`
@@ -235,7 +238,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     (run_dir / "run.json").write_text(json.dumps(run_to_json(run), indent=2) + "\n")
 
     # --- build -------------------------------------------------------------------------
-    model = build_transformer(run.model, seed=run.seed).train()
+    device = resolve_device(run.device)
+    model = build_transformer(run.model, seed=run.seed).train().to(device)
     if run.init_from and Checkpointer(run_dir).latest() is None:  # before the pool: a wrong dir fails at once
         from engine.model import load_transformer_weights
 
@@ -243,7 +247,7 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         print(f"starting from the weights of {run.init_from}", file=sys.stderr)
     ema = EMA(model, run.ema_decay)  # a copy of the weights it starts from
     opt = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, betas=(0.9, 0.99))
-    autoencoder = load_autoencoder(run.autoencoder)
+    autoencoder = load_autoencoder(run.autoencoder).to(device)
     captions = CaptionCache(build_text_encoder_for(run.model))
     lat = run.model.latent
     clip_batch = clip_batch_of(run.batch_size)
@@ -262,8 +266,11 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     modules, optimizers = {"model": model, "ema": ema.shadow}, {"opt": opt}
     shapes = ShapeLabels(run, model, data, run_dir, progress) if run.shape_labels > 0 else None
     if shapes is not None:
+        shapes.head.to(device)  # in place: the head's optimizer keeps its parameters
         modules["shape_head"], optimizers["shape_head"] = shapes.head, shapes.opt
     critic = ShapeCritic(run, data, run_dir, progress) if run.shape_critic > 0 else None
+    if critic is not None:
+        critic.net.to(device)
     labelled = shapes or critic  # both read the pool's per-token shape maps
     ckpt = Checkpointer(run_dir)
     metrics = MetricsLog(run_dir)
@@ -286,20 +293,23 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
         if run.image_batch:
             if run.frame_positions:  # each frame at its latent frame's place in the clip
                 _, frame, _ = data.single_frames_draw(step, run.image_batch)
-                frame_attention = model.full_attention(1, positions=torch.from_numpy(frame)[:, None])
+                frame_attention = model.full_attention(1, positions=torch.from_numpy(frame)[:, None].to(device))
             parts.append((*data.single_frames(step, run.image_batch), frame_attention,
                           labelled.frame_maps(step) if labelled else None))  # [B', C, 1, h, w]
         flow, weight, hinge, shape_loss, critic_loss = 0.0, 0, None, 0.0, 0.0
         for x0, texts, attn, maps in parts:
+            # drawn on the host generator whatever the device, so a GPU run sees a CPU run's draws
             feats = captions(texts)
             drop = torch.rand(len(texts), generator=gen) < run.caption_dropout
             feats = torch.where(drop[:, None, None], torch.zeros_like(feats), feats)  # unconditional = zeros
             noise = torch.randn(x0.shape, generator=gen)
             sigma = sample_sigmas(len(texts), run.model.sampler.shift, gen)
+            blurred = torch.rand(len(texts), generator=gen) < run.blur_inputs if run.blur_inputs > 0 else None
+            x0, feats, drop, noise, sigma = (t.to(device) for t in (x0, feats, drop, noise, sigma))
+            maps = maps.to(device) if maps is not None else None
             source = x0
-            if run.blur_inputs > 0:  # drawn after the noise, so the rest of the step's draws match a run without
-                blurred = torch.rand(len(texts), generator=gen) < run.blur_inputs
-                source = torch.where(blurred[:, None, None, None, None], blur_latents(x0, run.blur_sigma), x0)
+            if blurred is not None:  # drawn after the noise, so the rest of the step's draws match a run without
+                source = torch.where(blurred.to(device)[:, None, None, None, None], blur_latents(x0, run.blur_sigma), x0)
             xt = add_noise(source, noise, sigma)
             with autocast(model, run.autocast):
                 v = model.denoise(xt, sigma * 1000, model.embed_text(feats), attn)
@@ -517,9 +527,9 @@ def hard_negative_term(model, captions: CaptionCache, texts: list[str], dropped:
     if not pairs:
         return None
     keep = torch.tensor([i for i, _ in pairs])
+    negative = captions([s for _, (s, _) in pairs]).to(xt.device)
     with autocast(model, run.autocast):
-        v_negative = model.denoise(xt[keep], sigma[keep] * 1000,
-                                   model.embed_text(captions([s for _, (s, _) in pairs])), attention)
+        v_negative = model.denoise(xt[keep], sigma[keep] * 1000, model.embed_text(negative), attention)
     return hard_negative_loss(v[keep], v_negative, x0[keep], noise[keep], run.negative_margin)
 
 

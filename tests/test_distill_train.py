@@ -150,6 +150,39 @@ def test_teacher_resume_continues_exactly(tiny_autoencoder, tmp_path):
     same_transformer(straight, resumed)
 
 
+def test_a_runs_device_auto_is_this_processs_gpu_else_the_cpu(monkeypatch):
+    from distill.common import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("auto") == torch.device("cuda", 3)  # torchrun's process 3 takes GPU 3
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # a named index is kept
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_teacher_trains_on_a_gpu_as_on_the_cpu_and_resumes_across_them(tiny_autoencoder, tmp_path):
+    """Clips encoded each step and single frames from a pool encoded on the GPU: the same
+    draws as on the CPU (host generators), so the same losses to float error; a run begun
+    on the GPU and finished on the CPU ends where the CPU run does."""
+    run = replace(teacher_mod.PRESETS["tiny"], autoencoder=str(tiny_autoencoder), steps=10, ckpt_every=5,
+                  log_every=1, pool_size=8, image_batch=2)
+    cpu = teacher_mod.train_teacher(replace(run, device="cpu"), tmp_path / "cpu").out_dir
+    gpu = teacher_mod.train_teacher(replace(run, device="cuda"), tmp_path / "gpu").out_dir
+    cpu_losses = [m["loss/flow"] for m in metrics(tmp_path / "cpu")]
+    gpu_losses = [m["loss/flow"] for m in metrics(tmp_path / "gpu")]
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=2e-3)
+    teacher_mod.train_teacher(replace(run, device="cuda", steps=5), tmp_path / "moved")
+    moved = teacher_mod.train_teacher(replace(run, device="cpu"), tmp_path / "moved").out_dir
+    for a, b in ((cpu, gpu), (cpu, moved)):
+        sa, sb = load_model(str(a)).transformer.state_dict(), load_model(str(b)).transformer.state_dict()
+        for key in sa:
+            torch.testing.assert_close(sb[key], sa[key], atol=2e-3, rtol=2e-3)
+
+
 def test_teacher_lr_warms_up_holds_then_decays_linearly():
     run = replace(teacher_mod.PRESETS["tiny"], lr=1e-3, warmup=10, steps=100, decay_from=60, final_lr_fraction=0.1)
     lrs = [teacher_mod.lr_at(run, s) for s in range(100)]
