@@ -1289,3 +1289,34 @@ def test_real_forcing_bench_fits_real_clips_given_their_past_and_exports_a_model
     bad = subprocess.run([sys.executable, str(path), "--init", str(tmp_path / "none"), "--run-dir",
                           str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no model.json" in bad.stderr
+
+
+def test_gpu_teacher_script_trains_through_the_command_and_brings_the_weights_back(tmp_path, monkeypatch):
+    """bench/gpu_teacher.py on the CPU: `framecast distill teacher` (the shipped autoencoder, a
+    16-clip pool) timed, capped to its steps, packed in parts under the cap, unpacked into a
+    float32 model dir whose weights are the trained ones to bf16's rounding."""
+    import importlib.util
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("gpu_teacher", ROOT / "bench" / "gpu_teacher.py")
+    gpu_teacher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_teacher)
+    monkeypatch.setattr(gpu_teacher, "PART_BYTES", 3 * 2**20)  # the 8 MB narrow teacher in three parts
+    monkeypatch.chdir(ROOT)
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert gpu_teacher.main(["train", "--device", "cpu", "--variants", "narrow", "--calib-steps", "1",
+                             "--max-steps", "3", "--extra-set", "pool_size=16", "--extra-set", "image_batch=4",
+                             "--threads", "2", "--work", str(work), "--out", str(out)]) == 0
+    summary = json.loads((out / "gpu_teacher.json").read_text())["variants"]["narrow"]
+    assert summary["steps"] == 3 and summary["parts"] == ["narrow.tar.part00", "narrow.tar.part01", "narrow.tar.part02"]
+    assert all((out / p).stat().st_size <= 3 * 2**20 for p in summary["parts"])
+    assert [m["step"] for m in metrics(work / "narrow")][-1] == 3
+    assert gpu_teacher.main(["unpack", "--parts", str(out), "--into", str(tmp_path / "models")]) == 0
+    trained = load_file(work / "narrow" / "model" / "transformer.safetensors")
+    back = load_file(tmp_path / "models" / "narrow" / "transformer.safetensors")
+    assert back.keys() == trained.keys()
+    for key, value in trained.items():
+        assert back[key].dtype == torch.float32
+        torch.testing.assert_close(back[key], value.to(torch.bfloat16).float(), atol=0, rtol=0)
+    assert load_model(str(tmp_path / "models" / "narrow")).config.provenance["command"].startswith(
+        "framecast distill teacher --preset shapes")
