@@ -36,7 +36,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from distill.common import EMA, Checkpointer, TrainResult, autocast, run_to_json, warmup_cosine_lr
+from distill.common import EMA, Checkpointer, TrainResult, autocast, resolve_device, run_to_json, warmup_cosine_lr
 from distill.data.shapes import ShapesConfig, ShapesWorld
 from engine.autoencoder import AutoencoderConfig, ShapesAutoencoder
 
@@ -75,6 +75,9 @@ class AutoencoderRun:
     eval_clips: int = 4
     ckpt_every: int = 250
     seed: int = 0
+    # auto: this process's GPU if there is one, else the CPU (as the teacher's and the
+    # student's). Clips and noise are drawn on the host either way; each step's go to the device.
+    device: str = "auto"
 
 
 PRESETS: dict[str, AutoencoderRun] = {
@@ -149,13 +152,14 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
 def heldout_psnr(ae: ShapesAutoencoder, world, clips: int, num_frames: int = 16) -> float:
     """Mean reconstruction PSNR over held-out clips 0..clips-1 at the full frame size (a
     folder's first videos from their start: `world` is then its VideoClips)."""
-    scores = []
+    scores, device = [], next(ae.parameters()).device
     with torch.inference_mode():
         for index in range(clips):
             if isinstance(world, ShapesWorld):
                 video = heldout_video(world, index, num_frames)
             else:
                 video = folder_video(world, index)
+            video = video.to(device)
             scores.append(psnr(ae.decode(ae.encode(video)), video))
     return sum(scores) / len(scores)
 
@@ -170,7 +174,7 @@ def latent_statistics(ae: ShapesAutoencoder, world, run: AutoencoderRun) -> tupl
     from the training distribution (a seed stream of its own; a folder's clips are
     num_frames long, Shapes clips 16)."""
     rng = np.random.default_rng([run.seed, 0, 1])  # three words: never a training step's [seed, step]
-    raws = []
+    raws, device = [], next(ae.parameters()).device
     with torch.inference_mode():
         for _ in range(run.stats_clips):
             if isinstance(world, ShapesWorld):
@@ -178,7 +182,7 @@ def latent_statistics(ae: ShapesAutoencoder, world, run: AutoencoderRun) -> tupl
                 clip = world.sample(seed, 16, start)
             else:
                 clip = world.sample(rng)
-            raws.append(ae.encode_raw(clips_to_video([clip.frames])))  # [1, C, T/4, h, w]
+            raws.append(ae.encode_raw(clips_to_video([clip.frames]).to(device)))  # [1, C, T/4, h, w]
     raw = torch.cat(raws, dim=2)
     return raw.mean((0, 2, 3, 4)), raw.std((0, 2, 3, 4))
 
@@ -217,8 +221,9 @@ def train_autoencoder(run: AutoencoderRun, run_dir: Path, out_dir: Path | None =
     (run_dir / "run.json").write_text(json.dumps(run_to_json(run), indent=2) + "\n")
 
     # --- build -----------------------------------------------------------------------------
+    device = resolve_device(run.device)
     torch.manual_seed(run.seed)
-    ae = ShapesAutoencoder(run.model).train()
+    ae = ShapesAutoencoder(run.model).train().to(device)  # initialised on the host: the same weights anywhere
     ema = EMA(ae, run.ema_decay)
     opt = torch.optim.Adam(ae.parameters(), lr=run.lr)
     world = clip_source(run, run.num_frames)
@@ -237,14 +242,14 @@ def train_autoencoder(run: AutoencoderRun, run_dir: Path, out_dir: Path | None =
                disable=not progress)
     window: list[float] = []
     while step < run.steps:
-        video = training_batch(world, run, step)  # [B, 3, T, crop, crop]
+        video = training_batch(world, run, step).to(device)  # [B, 3, T, crop, crop]
         noise_gen = torch.Generator().manual_seed(run.seed * 1_000_003 + step)
 
         with autocast(ae, run.autocast):
             raw = ae.encode_raw(video).float()  # [B, C, T/4, crop/8, crop/8]
             scale = raw.detach().std((0, 2, 3, 4)).view(-1, 1, 1, 1)  # [C, 1, 1, 1]
-            sigma = run.latent_noise * torch.rand(video.shape[0], 1, 1, 1, 1, generator=noise_gen)
-            noisy = raw + sigma * scale * torch.randn(raw.shape, generator=noise_gen)
+            sigma = run.latent_noise * torch.rand(video.shape[0], 1, 1, 1, 1, generator=noise_gen).to(device)
+            noisy = raw + sigma * scale * torch.randn(raw.shape, generator=noise_gen).to(device)
             rec = ae.decode(ae.normalise(noisy))  # [B, 3, T, crop, crop] (statistics are 0 / 1 until export)
         loss = reconstruction_loss(rec.float(), video, run.edge_weight, run.pixel_loss)
 
@@ -279,6 +284,7 @@ def train_autoencoder(run: AutoencoderRun, run_dir: Path, out_dir: Path | None =
     # --- export: the EMA weights with their latent statistics ---------------------------------------
     final = ema.shadow.eval()
     final.with_latent_stats(*latent_statistics(final, world, run))
+    final.cpu()
     out_dir = out_dir or run_dir / "autoencoder"
     final.save(out_dir)
     return TrainResult(out_dir, step, time.time() - start, losses, figures)

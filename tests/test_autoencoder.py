@@ -129,6 +129,22 @@ def test_tiny_preset_trains_and_loss_decreases(tmp_path):
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_on_a_gpu_as_on_the_cpu(tmp_path, monkeypatch):
+    """The same host-drawn clips and noise: the GPU's losses and export are the CPU's to
+    float error (TF32 convolutions off, so that the comparison can be tight)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    run = dataclasses.replace(TINY, steps=10, eval_every=5)
+    cpu = tae.train_autoencoder(dataclasses.replace(run, device="cpu"), tmp_path / "cpu", progress=False)
+    gpu = tae.train_autoencoder(dataclasses.replace(run, device="cuda"), tmp_path / "gpu", progress=False)
+    torch.testing.assert_close(torch.tensor(gpu.losses), torch.tensor(cpu.losses), rtol=2e-3, atol=1e-5)
+    assert abs(gpu.figures["heldout_psnr_db"] - cpu.figures["heldout_psnr_db"]) < 0.05
+    a, b = ShapesAutoencoder.load(cpu.out_dir), ShapesAutoencoder.load(gpu.out_dir)
+    for (key, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(vb, va, atol=2e-3, rtol=2e-3, msg=key)
+
+
 def test_resume_continues_where_it_stopped(tmp_path):
     run = dataclasses.replace(TINY, steps=20, ckpt_every=5, eval_every=100)
     tae.train_autoencoder(run, tmp_path, progress=False)
