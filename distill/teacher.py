@@ -36,8 +36,9 @@ from .losses import add_noise, blur_latents, flow_matching_loss, sample_sigmas
 # for 2 CPU cores: a teacher step of 96 single frames in bf16 takes ~1.2-1.4 s there, and the
 # student streams a chunk (0.75 s of video, 4, 3, then 2 steps) in ~0.1-0.2 s
 # (the 1.3 M model of the first default model was 3x cheaper and could not hold shapes
-# and motion; a 15.7 M one, twice as wide, trained at 3/4 of the compute drew less shape:
-# docs/default-model.md, "A teacher twice as wide").
+# and motion; a 15.7 M one, twice as wide, drew less shape at 3/4 of the chain's compute and
+# more at 1.3x, docs/default-model.md, "A teacher twice as wide" and "The wide teacher carried
+# to 3900 steps": not the preset's until a student of it is shipped).
 SHAPES_MODEL = ModelConfig(
     name="shapes-teacher",
     transformer=TransformerConfig(num_attention_heads=3, attention_head_dim=64, ffn_dim=768, num_layers=6,
