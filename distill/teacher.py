@@ -38,7 +38,8 @@ from .losses import add_noise, blur_latents, flow_matching_loss, sample_sigmas
 # (the 1.3 M model of the first default model was 3x cheaper and could not hold shapes
 # and motion; a 15.7 M one, twice as wide, drew less shape at 3/4 of the chain's compute and
 # more at 1.3x, docs/default-model.md, "A teacher twice as wide" and "The wide teacher carried
-# to 3900 steps": not the preset's until a student of it is shipped).
+# to 3900 steps": the `shapes-wide` presets, not the default chain's until a student of it is
+# shipped).
 SHAPES_MODEL = ModelConfig(
     name="shapes-teacher",
     transformer=TransformerConfig(num_attention_heads=3, attention_head_dim=64, ffn_dim=768, num_layers=6,
@@ -185,6 +186,10 @@ SHAPES_TIME_TEACHER = replace(SHAPES_TEACHER, model=SHAPES_MODEL.updated(frame_t
 # Its objects move about twice as often the asked way (docs/default-model.md, v6).
 SHAPES_TIME_CARRY = replace(SHAPES_TIME_TEACHER, steps=4800, lr=3e-4, decay_from=4300, ema_decay=0.999)
 
+# The slot teacher's model twice as wide, with the table of places in time (the `shapes-wide` presets).
+SHAPES_WIDE_MODEL = SHAPES_MODEL.updated(
+    transformer=SHAPES_MODEL.transformer.updated(num_attention_heads=6, ffn_dim=1536), frame_time=6)
+
 # A frames-only run (batch_size 0) still encodes its clip pool this many clips at a time.
 FRAMES_ONLY_CLIP_BATCH = 16
 
@@ -205,6 +210,17 @@ PRESETS: dict[str, TeacherRun] = {
     # and a fourth time (it resumes at step 6800), decayed from 7300: the shipped teacher,
     # distill/weights/shapes-teacher (docs/default-model.md, "The shipped teacher").
     "shapes-time-carry-4": replace(SHAPES_TIME_CARRY, steps=7800, decay_from=7300),
+    # The wide teacher (docs/default-model.md, "A teacher twice as wide"): the slot teacher's
+    # recipe with a transformer twice as wide (6 heads of 64, ffn 1536, 15.7 M parameters) and
+    # the table of places in time from the start, lr 1e-3 decayed to a tenth from 1700 to 2200
+    # (2.6 s a step on 2 cores, 95 min)...
+    "shapes-wide": replace(SHAPES_TEACHER, model=SHAPES_WIDE_MODEL, steps=2200, lr=1e-3, decay_from=1700,
+                           ema_decay=0.999),
+    # ...carried on in the same dir (it resumes at step 2200, lr back at 1e-3) and decayed to a
+    # tenth again from 3400 (74 min): the first teacher past the shipped one, and its student the
+    # first past v10 ("The wide teacher carried to 3900 steps", "The student of the wide teacher").
+    "shapes-wide-carry": replace(SHAPES_TEACHER, model=SHAPES_WIDE_MODEL, steps=3900, lr=1e-3, decay_from=3400,
+                                 ema_decay=0.999),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }

@@ -1320,3 +1320,20 @@ def test_gpu_teacher_script_trains_through_the_command_and_brings_the_weights_ba
         torch.testing.assert_close(back[key], value.to(torch.bfloat16).float(), atol=0, rtol=0)
     assert load_model(str(tmp_path / "models" / "narrow")).config.provenance["command"].startswith(
         "framecast distill teacher --preset shapes")
+
+
+def test_the_wide_teacher_presets_are_the_runs_its_recorded_commands_made():
+    """`shapes-wide` then `shapes-wide-carry` (in the same run dir) are the two commands that
+    made the wide teacher (docs/default-model.md): the `shapes` preset with these overrides."""
+    from distill.train_commands import resolve
+
+    wide = ["model.transformer.num_attention_heads=6", "model.transformer.ffn_dim=1536", "model.frame_time=6",
+            "lr=1e-3", "ema_decay=0.999"]
+    presets = teacher_mod.PRESETS
+    first = resolve(presets, "shapes", wide + ["steps=2200", "decay_from=1700"])
+    carry = resolve(presets, "shapes", wide + ["steps=3900", "decay_from=3400"])
+    assert presets["shapes-wide"] == first
+    assert presets["shapes-wide-carry"] == carry
+    # the carry resumes where the first run ended, on the same network
+    assert carry.model == first.model and first.steps <= carry.decay_from < carry.steps
+    assert first.model.transformer.num_attention_heads == 2 * presets["shapes"].model.transformer.num_attention_heads
