@@ -48,24 +48,23 @@ sys.path.insert(0, str(REPO))
 AUTOENCODER = "distill/weights/shapes-teacher"  # the shipped teacher's (the same file as the default model's)
 PART_BYTES = 31 * 2**19  # 15.5 MiB: under the 16 MiB a file that comes back may have
 # The shipped teacher's world and data (preset `shapes`: 96 single latent frames a step from
-# a 4096-clip canonical pool), its table of places in time, and a wide transformer; the
-# schedule of one uninterrupted run as long as the shipped teacher's chain (7800 steps).
-WIDE = ["model.transformer.num_attention_heads=6", "model.transformer.ffn_dim=1536", "model.frame_time=6",
-        "lr=1e-3", "warmup=300", "ema_decay=0.999"]
-VARIANTS: dict[str, tuple[int, float, list[str]]] = {  # name -> (steps, decay from (share of the steps), --set)
-    "wide": (7800, 0.77, WIDE),
-    "wide-b384": (7800, 0.77, WIDE + ["image_batch=384"]),
-    "narrow": (7800, 0.77, ["model.frame_time=6", "lr=1e-3", "warmup=300", "ema_decay=0.999"]),
+# a 4096-clip canonical pool) with its table of places in time; `shapes-wide` is that with the
+# wide transformer (distill/teacher.py). Each on the schedule of one uninterrupted run as long
+# as the shipped teacher's chain (7800 steps).
+VARIANTS: dict[str, tuple[str, int, float, list[str]]] = {  # name -> (preset, steps, decay from (share), --set)
+    "wide": ("shapes-wide", 7800, 0.77, []),
+    "wide-b384": ("shapes-wide", 7800, 0.77, ["image_batch=384"]),
+    "narrow": ("shapes", 7800, 0.77, ["model.frame_time=6", "lr=1e-3", "ema_decay=0.999"]),
 }
 
 
-def teacher_command(run_dir: Path, sets: list[str], device: str, threads: int) -> None:
-    """`framecast distill teacher --preset shapes ...` through the command's own parser."""
+def teacher_command(preset: str, run_dir: Path, sets: list[str], device: str, threads: int) -> None:
+    """`framecast distill teacher --preset PRESET ...` through the command's own parser."""
     from distill.train_commands import register
 
     parser = argparse.ArgumentParser(prog="framecast")
     register(parser.add_subparsers(dest="command"))
-    argv = ["distill", "teacher", "--preset", "shapes", "--autoencoder", AUTOENCODER, "--run-dir", str(run_dir),
+    argv = ["distill", "teacher", "--preset", preset, "--autoencoder", AUTOENCODER, "--run-dir", str(run_dir),
             "--no-progress", "--threads", str(threads), "--set", f"device={device}"]
     for item in sets:
         argv += ["--set", item]
@@ -125,16 +124,16 @@ def train(args: argparse.Namespace) -> int:
     summary_file = out / "gpu_teacher.json"
     pool_from: Path | None = None
     for k, name in enumerate(names):
-        steps, decay_share, sets = VARIANTS[name]
+        preset, steps, decay_share, sets = VARIANTS[name]
         sets = sets + ["ckpt_every=1000"] + args.extra_set  # a wide checkpoint is 250 MB: not every 250 steps
         run_dir = work / name
         if pool_from is not None:
             link_pool(pool_from, run_dir)
         calib = args.calib_steps
         t0 = time.time()
-        teacher_command(run_dir, sets + [f"steps={calib}", f"decay_from={10**9}"], device, args.threads)
+        teacher_command(preset, run_dir, sets + [f"steps={calib}", f"decay_from={10**9}"], device, args.threads)
         t1 = time.time()
-        teacher_command(run_dir, sets + [f"steps={2 * calib}", f"decay_from={10**9}"], device, args.threads)
+        teacher_command(preset, run_dir, sets + [f"steps={2 * calib}", f"decay_from={10**9}"], device, args.threads)
         t2 = time.time()
         pool_from = pool_from or run_dir
         step_s = (t2 - t1) / calib  # includes a resume and a checkpoint: a little high
@@ -147,7 +146,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"[{name}] first {calib} steps (pool, warm-up) {t1 - t0:.1f} s, then {step_s * 1000:.1f} ms a step; "
               f"{final} of {steps} steps fit its {share:.0f} s, decay from {decay_from}", flush=True)
         t3 = time.time()
-        teacher_command(run_dir, sets + [f"steps={final}", f"decay_from={decay_from}"], device, args.threads)
+        teacher_command(preset, run_dir, sets + [f"steps={final}", f"decay_from={decay_from}"], device, args.threads)
         t4 = time.time()
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         parts = pack(name, run_dir, out)

@@ -190,6 +190,9 @@ SHAPES_TIME_CARRY = replace(SHAPES_TIME_TEACHER, steps=4800, lr=3e-4, decay_from
 SHAPES_WIDE_MODEL = SHAPES_MODEL.updated(
     transformer=SHAPES_MODEL.transformer.updated(num_attention_heads=6, ffn_dim=1536), frame_time=6)
 
+SHAPES_WIDE_TEACHER = replace(SHAPES_TEACHER, model=SHAPES_WIDE_MODEL, steps=2200, lr=1e-3, decay_from=1700,
+                              ema_decay=0.999)
+
 # A frames-only run (batch_size 0) still encodes its clip pool this many clips at a time.
 FRAMES_ONLY_CLIP_BATCH = 16
 
@@ -214,13 +217,11 @@ PRESETS: dict[str, TeacherRun] = {
     # recipe with a transformer twice as wide (6 heads of 64, ffn 1536, 15.7 M parameters) and
     # the table of places in time from the start, lr 1e-3 decayed to a tenth from 1700 to 2200
     # (2.6 s a step on 2 cores, 95 min)...
-    "shapes-wide": replace(SHAPES_TEACHER, model=SHAPES_WIDE_MODEL, steps=2200, lr=1e-3, decay_from=1700,
-                           ema_decay=0.999),
+    "shapes-wide": SHAPES_WIDE_TEACHER,
     # ...carried on in the same dir (it resumes at step 2200, lr back at 1e-3) and decayed to a
     # tenth again from 3400 (74 min): the first teacher past the shipped one, and its student the
     # first past v10 ("The wide teacher carried to 3900 steps", "The student of the wide teacher").
-    "shapes-wide-carry": replace(SHAPES_TEACHER, model=SHAPES_WIDE_MODEL, steps=3900, lr=1e-3, decay_from=3400,
-                                 ema_decay=0.999),
+    "shapes-wide-carry": replace(SHAPES_WIDE_TEACHER, steps=3900, decay_from=3400),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }
