@@ -183,11 +183,18 @@ def read_prompt(config: ModelConfig, prompt: str) -> str:
     return prompt
 
 
-def save_model(model_dir: str | Path, config: ModelConfig, transformer: torch.nn.Module) -> None:
+def save_model(model_dir: str | Path, config: ModelConfig, transformer: torch.nn.Module,
+               weights_dtype: str | None = None) -> None:
+    """model.json and transformer.safetensors; `weights_dtype` (a DTYPES key) stores the floating
+    weights in that dtype (default: as they are), which loading reads back into the model's own."""
     model_dir = Path(model_dir)
+    if weights_dtype is not None and weights_dtype not in DTYPES:
+        raise ValueError(f"weights_dtype {weights_dtype!r}: one of {', '.join(DTYPES)}")
     model_dir.mkdir(parents=True, exist_ok=True)
     config.save(model_dir / "model.json")
-    state = {k: v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
+    cast = DTYPES.get(weights_dtype)
+    state = {k: (v.to(cast) if cast is not None and v.is_floating_point() else v).detach().contiguous().cpu()
+             for k, v in transformer.state_dict().items()}
     save_weights(state, model_dir / "transformer.safetensors", metadata={"format": "diffusers-wan"})
 
 

@@ -45,6 +45,29 @@ def test_bf16_weights_fill_float32_parameters_exactly(tmp_path):
         assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
+def test_weights_stored_in_bf16_load_into_a_float32_model_as_their_rounding(tmp_path):
+    """save_model(weights_dtype="bfloat16") (a run's `weights_dtype`, how the default model ships)
+    halves the file; loading fills the float32 model with exactly the bf16-rounded weights."""
+    from safetensors import safe_open
+
+    fp32 = PRESETS["tiny-random"]
+    source = build_transformer(fp32, seed=5)
+    save_model(tmp_path / "full", fp32, source)
+    save_model(tmp_path / "half", fp32, source, weights_dtype="bfloat16")
+    with safe_open(tmp_path / "half" / "transformer.safetensors", "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
+    sizes = [(tmp_path / d / "transformer.safetensors").stat().st_size for d in ("full", "half")]
+    assert sizes[1] < 0.55 * sizes[0], sizes
+    loaded = load_model(str(tmp_path / "half"), device="cpu", backend="eager")
+    assert loaded.transformer.dtype == torch.float32
+    for (name, a), (_, b) in zip(source.state_dict().items(), loaded.transformer.state_dict().items()):
+        assert b.dtype == torch.float32 and torch.equal(a.to(torch.bfloat16).float(), b), name
+    assert any(not torch.equal(a, b) for a, b in zip(source.state_dict().values(),
+                                                    loaded.transformer.state_dict().values()))
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_model(tmp_path / "bad", fp32, source, weights_dtype="fp8")
+
+
 def test_model_dtype_follows_the_config_and_the_cpu(monkeypatch):
     fp32 = PRESETS["tiny-random"]
     assert model_dtype(BF16, "cuda") == torch.bfloat16 and model_dtype(fp32, "cuda:1") == torch.float32
