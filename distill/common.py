@@ -265,6 +265,8 @@ class CaptionCache:
 
 # Which of a clip's captions a training step reads (TeacherRun.captions says why)
 CaptionChoice = Literal["paraphrases", "canonical"]
+# How a run stores its exported transformer (engine.model.save_model): bf16 halves the file.
+WeightsDtype = Literal["float32", "bfloat16"]
 
 
 class ClipLatents:

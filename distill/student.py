@@ -33,7 +33,8 @@ from engine.model import load_transformer_weights
 from engine.sampler import FewStepSampler
 from engine.transformer import build_transformer
 
-from .common import EMA, CaptionCache, ClipLatents, MetricsLog, TrainResult, autocast, native_bf16, run_to_json, step_generator
+from .common import (EMA, CaptionCache, ClipLatents, MetricsLog, TrainResult, WeightsDtype, autocast, native_bf16,
+                     run_to_json, step_generator)
 from .data.prompts import FilePrompts, ShapesPrompts, prompt_source, shapes_captions  # noqa: F401 (tests use it)
 from .losses import (DiscriminatorHead, add_noise, dmd_loss, flow_matching_loss, gan_critic_loss, gan_generator_loss,
                      ode_regression_loss, sample_sigmas)
@@ -41,7 +42,7 @@ from .methods import RewardWeighting
 from .parallel import (DistCheckpointer, Parallel, full_state_dict, init_parallel, mean_over_processes,
                        place_transformer, same_everywhere, weights_digest)
 from .rollout import rollout, teacher_forcing_forward
-from .teacher import SHAPES_MODEL, TINY_MODEL, export_model, sample_teacher
+from .teacher import SHAPES_WIDE_MODEL, TINY_MODEL, export_model, sample_teacher
 
 # Step schedules a student is trained (and streams) with: 4 steps a chunk, each chunk's clean latents
 # re-run once to fill the cache; or diagonal distillation: 4, 3, then 2 steps a chunk, the cache filled
@@ -49,13 +50,20 @@ from .teacher import SHAPES_MODEL, TINY_MODEL, export_model, sample_teacher
 # found diagonal as good as plain DMD and 1.5x faster: the default model streams with it.
 PLAIN_SCHEDULE = {"steps_per_chunk": (4,), "refresh_context": True}
 DIAGONAL_SCHEDULE = {"steps_per_chunk": (4, 3, 2), "refresh_context": False}
-SHAPES_STUDENT = SHAPES_MODEL.model_copy(update={
+# The default model's: diagonal's 4, 3, then 2 steps, each finished chunk re-run at t=0 into the cache as
+# the plain schedule does. Streamed so, a student trained on diagonal rollouts (context from its last,
+# partly noisy pass) lets small objects fade in seconds; trained on rollouts cached as it streams, it
+# keeps them (docs/default-model.md, "Trained as it streams").
+REFRESHED_DIAGONAL_SCHEDULE = {"steps_per_chunk": (4, 3, 2), "refresh_context": True}
+# The default model: the wide teacher's network (teacher.SHAPES_WIDE_MODEL, 6 heads, ffn 1536), streaming.
+SHAPES_STUDENT = SHAPES_WIDE_MODEL.model_copy(update={
     "name": "shapes-default",
     "description": "Framecast's embedded default: a causal few-step student (4, 3, then 2 steps a chunk) "
                    "distilled on the procedural Shapes world.",
-    "attention": SHAPES_MODEL.attention.model_copy(update={"policy": "sink_window"}),
-    "sampler": SHAPES_MODEL.sampler.model_copy(update=DIAGONAL_SCHEDULE),
+    "attention": SHAPES_WIDE_MODEL.attention.model_copy(update={"policy": "sink_window"}),
+    "sampler": SHAPES_WIDE_MODEL.sampler.model_copy(update=REFRESHED_DIAGONAL_SCHEDULE),
     "guidance_scale": 1.0,
+    "frame_time": 0,
 })
 TINY_STUDENT = TINY_MODEL.model_copy(update={
     "name": "tiny-student", "attention": TINY_MODEL.attention.model_copy(update={"policy": "sink_window"})})
@@ -138,20 +146,25 @@ class StudentRun:
     # latent frame a chunk"); v9's does best in its trained chunks of 3, refreshed ("Measured: v9").
     serve_chunk_frames: int = 0
     serve_refresh_context: bool | None = None
+    weights_dtype: WeightsDtype = "float32"  # how the exported weights are stored (as TeacherRun's)
 
 
 PRESETS: dict[str, StudentRun] = {
     # 512 teacher trajectories of 24 steps (13 min on 2 cores), 1000 ODE steps of 8 (23 min), then
     # 300 DMD steps on 9-frame rollouts (3 chunks: eviction starts), a quarter of them switching
     # prompts before chunk 1 or 2 and judged after the switch. bf16 forwards throughout.
-    # Exported to stream in chunks of 3 latent frames as trained, each re-run at t=0 into the cache
-    # (docs/default-model.md, "Measured: v9"). Seed 1. DMD2's adversarial term at 0.15, its head
+    # Trained and streamed in chunks of 3 latent frames, 4, 3, then 2 steps, each chunk re-run at t=0
+    # into the cache (SHAPES_STUDENT's sampler: the rollouts are cached as a stream caches them;
+    # docs/default-model.md, "Measured: v11"). Seed 1. DMD2's adversarial term at 0.15, its head
     # judging the first chunk of rollouts that begin their scene, as its real clips (the teacher's
     # pool) do: it mends count; judging whole windows and switched rollouts lost objects in long
-    # streams (docs/default-model.md, "Measured: v10"). The run shipped as v10.
+    # streams (docs/default-model.md, "Measured: v10"). Weights stored in bf16. Of the wide teacher
+    # (teacher preset shapes-wide-carry, 28 min of trajectories, 50 + 23 min of steps) this run
+    # is the default model, v11.
     "shapes": StudentRun(ode_pairs=512, ode_teacher_steps=24, ode_iters=1000, ode_batch=8, ode_lr=5e-4,
                          dmd_iters=300, rollout_frames=9, switch_prob=0.25, lr_generator=5e-5, autocast=True,
-                         ckpt_every=100, seed=1, serve_refresh_context=True, gan_weight=0.15, gan_frames=3),
+                         ckpt_every=100, seed=1, serve_refresh_context=True, gan_weight=0.15, gan_frames=3,
+                         weights_dtype="bfloat16"),
     "tiny": StudentRun(model=TINY_STUDENT, latent_frames=2, ode_pairs=4, ode_teacher_steps=4, ode_iters=12,
                        ode_batch=2, ode_lr=2e-3, dmd_iters=4, batch_size=2, critic_ratio=2, lr_generator=1e-3,
                        lr_critic=1e-3, log_every=2, ckpt_every=4, ema_decay=0.5),

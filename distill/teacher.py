@@ -25,8 +25,8 @@ from engine.config import (AttentionConfig, DecoderConfig, LatentConfig, ModelCo
 from engine.shapes.captions import swapped_caption
 from engine.transformer import CausalWanTransformer, build_transformer
 
-from .common import (EMA, CaptionCache, CaptionChoice, Checkpointer, MetricsLog, ShapesLatents, TrainResult, VideoFolderLatents,
-                     autocast, resolve_device, run_to_json, step_generator)
+from .common import (EMA, CaptionCache, CaptionChoice, Checkpointer, MetricsLog, ShapesLatents, TrainResult,
+                     VideoFolderLatents, WeightsDtype, autocast, resolve_device, run_to_json, step_generator)
 from .losses import add_noise, blur_latents, flow_matching_loss, sample_sigmas
 
 # The default model's architecture: 6 layers of 3 x 64 heads (4.0 M parameters) over
@@ -160,6 +160,9 @@ class TeacherRun:
     log_every: int = 10
     ckpt_every: int = 50
     seed: int = 0
+    # How the exported transformer's weights are stored ("float32" or "bfloat16"): a bf16 file loads
+    # into the model's own dtype (engine.model.load_transformer_weights) at half the size on disk.
+    weights_dtype: WeightsDtype = "float32"
     extra: dict = field(default_factory=dict)
 
 
@@ -221,7 +224,8 @@ PRESETS: dict[str, TeacherRun] = {
     # ...carried on in the same dir (it resumes at step 2200, lr back at 1e-3) and decayed to a
     # tenth again from 3400 (74 min): the first teacher past the shipped one, and its student the
     # first past v10 ("The wide teacher carried to 3900 steps", "The student of the wide teacher").
-    "shapes-wide-carry": replace(SHAPES_WIDE_TEACHER, steps=3900, decay_from=3400),
+    # Stored in bf16 (31 MB, not 63): the shipped teacher, distill/weights/shapes-teacher.
+    "shapes-wide-carry": replace(SHAPES_WIDE_TEACHER, steps=3900, decay_from=3400, weights_dtype="bfloat16"),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }
@@ -563,7 +567,7 @@ def export_model(run, autoencoder_dir: str | Path, transformer: torch.nn.Module,
                   "run": run_fields,
                   "train_seconds_last_invocation": round(seconds)}
     config = run.model.model_copy(update={"provenance": provenance})
-    save_model(out_dir, config, transformer)
+    save_model(out_dir, config, transformer, weights_dtype=run.weights_dtype)
     if config.decoder.kind != "shapes_ae":
         return
     for name in ("autoencoder.json", "autoencoder.safetensors"):

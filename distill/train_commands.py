@@ -38,9 +38,8 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
 }
 # What `framecast distill default` chains: (stage, preset), into one run dir per stage (the
 # teacher's later presets carry the first on in the same dir).
-DEFAULT_CHAIN = (("autoencoder", "shapes"), ("teacher", "shapes"), ("teacher", "shapes-time"),
-                 ("teacher", "shapes-time-carry"), ("teacher", "shapes-time-carry-2"),
-                 ("teacher", "shapes-time-carry-3"), ("teacher", "shapes-time-carry-4"), ("student", "shapes"))
+DEFAULT_CHAIN = (("autoencoder", "shapes"), ("teacher", "shapes-wide"), ("teacher", "shapes-wide-carry"),
+                 ("student", "shapes"))
 
 
 def _common(p: argparse.ArgumentParser, default_run_dir: str) -> None:

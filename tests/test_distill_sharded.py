@@ -170,10 +170,10 @@ def test_file_prompts_are_sharded_over_processes_and_deterministic_by_seed():
 
 def test_the_student_config_follows_the_teacher(tmp_path, capsys):
     from distill.student import PRESETS, SHAPES_STUDENT, student_config
-    from distill.teacher import SHAPES_MODEL
+    from distill.teacher import SHAPES_MODEL, SHAPES_WIDE_MODEL
 
-    # a Shapes teacher gets exactly the Shapes student (the embedded default's recipe is unchanged)
-    trained = SHAPES_MODEL.model_copy(update={"provenance": {"stage": "teacher"}})
+    # the wide Shapes teacher gets exactly the Shapes student (the embedded default's recipe is unchanged)
+    trained = SHAPES_WIDE_MODEL.model_copy(update={"provenance": {"stage": "teacher"}})
     assert student_config(SHAPES_STUDENT, trained) == SHAPES_STUDENT
     # a Shapes teacher from before prompts were rewritten: the student still reads them as the preset says
     assert trained.prompt_rewrite == "shapes"
@@ -183,14 +183,13 @@ def test_the_student_config_follows_the_teacher(tmp_path, capsys):
         update={"text_padding": "mask", "rope_theta": 10.0})})
     derived = student_config(SHAPES_STUDENT, masked)
     assert derived.attention == SHAPES_STUDENT.attention.model_copy(update={"text_padding": "mask", "rope_theta": 10.0})
-    # a wider Shapes teacher: its own transformer, streamed as the Shapes preset says (schedule, attention),
-    # named after its teacher (the preset's name says its size)
-    wide = trained.model_copy(update={"transformer": trained.transformer.model_copy(
-        update={"num_attention_heads": 6, "ffn_dim": 1536})})
-    derived = student_config(SHAPES_STUDENT, wide)
-    assert derived.transformer == wide.transformer != SHAPES_STUDENT.transformer
+    # a Shapes teacher of another width (the narrow slot teacher's): its own transformer, streamed as
+    # the Shapes preset says (schedule, attention), named after its teacher (the preset's name says its size)
+    narrow = trained.model_copy(update={"transformer": SHAPES_MODEL.transformer})
+    derived = student_config(SHAPES_STUDENT, narrow)
+    assert derived.transformer == SHAPES_MODEL.transformer != SHAPES_STUDENT.transformer
     assert derived == SHAPES_STUDENT.model_copy(update={
-        "transformer": wide.transformer, "name": "shapes-teacher-student",
+        "transformer": SHAPES_MODEL.transformer, "name": "shapes-teacher-student",
         "description": "Causal few-step student distilled from shapes-teacher."})
     # another world's latents (64x64 frames): the teacher's own schedule and name, not the preset's
     small = trained.model_copy(update={"latent": trained.latent.model_copy(update={"height": 64, "width": 64})})

@@ -1217,41 +1217,28 @@ def test_distill_default_can_start_from_a_trained_autoencoder(capsys, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_distill_default_carries_the_slot_teacher_on_with_places_in_time(capsys, tmp_path):
-    """`framecast distill default` chains autoencoder, the `shapes` teacher, the `shapes-time`
-    teacher in the same run dir (it resumes where the first stopped and gains the table of
-    places: the same data and recipe otherwise), `shapes-time-carry` carrying that on in the same
-    dir, `shapes-time-carry-2`, `-3` and `-4` each carrying the one before on with the same recipe, then
-    the student from that teacher."""
+def test_distill_default_trains_the_wide_teacher_carries_it_on_and_distils_it(capsys, tmp_path):
+    """`framecast distill default` chains the autoencoder, the `shapes-wide` teacher, the
+    `shapes-wide-carry` teacher in the same run dir (it resumes where the first stopped: the same
+    data, model and recipe, its own decay at its end), then the student from that teacher, whose
+    network is the teacher's (the student preset is made for that width: no other name)."""
+    from distill.student import PRESETS as STUDENT_PRESETS
     from framecast.cli import main
 
     assert main(["distill", "default", "--run-dir", str(tmp_path), "--dry-run"]) == 0
     printed = _printed_configs(capsys.readouterr().out)
-    assert [(p["stage"], p["preset"]) for p in printed] == [("autoencoder", "shapes"), ("teacher", "shapes"),
-                                                            ("teacher", "shapes-time"),
-                                                            ("teacher", "shapes-time-carry"),
-                                                            ("teacher", "shapes-time-carry-2"),
-                                                            ("teacher", "shapes-time-carry-3"),
-                                                            ("teacher", "shapes-time-carry-4"), ("student", "shapes")]
-    first, then, carry, *more = printed[1:-1]
+    assert [(p["stage"], p["preset"]) for p in printed] == [("autoencoder", "shapes"), ("teacher", "shapes-wide"),
+                                                            ("teacher", "shapes-wide-carry"), ("student", "shapes")]
+    first, carry = printed[1:-1]
     assert {p["run_dir"] for p in printed[1:-1]} == {str(tmp_path / "teacher")}
-    # the third stage carries the second on from where it ended, at a lower lr and a shorter EMA horizon
-    assert carry["model"] == then["model"] and carry["steps"] > then["steps"]
-    assert then["steps"] <= carry["decay_from"] < carry["steps"]
-    assert carry["lr"] < then["lr"] and carry["ema_decay"] < then["ema_decay"]
-    # each later one carries the one before on from where it ended with the same recipe, its own
-    # decay at its end
-    for before, after in zip([carry, *more], more):
-        assert before["steps"] <= after["decay_from"] < after["steps"]
-        assert after["steps"] - after["decay_from"] == carry["steps"] - carry["decay_from"]
-        assert {k: v for k, v in after.items() if k not in ("preset", "steps", "decay_from")} == \
-            {k: v for k, v in carry.items() if k not in ("preset", "steps", "decay_from")}
-    assert first["model"]["frame_time"] == 0 and then["model"]["frame_time"] == 6
-    assert then["steps"] > first["steps"] and then["decay_from"] >= first["steps"]
-    same = {k for k in first if k not in ("preset", "model", "steps", "lr", "decay_from")}
-    assert {k: first[k] for k in same} == {k: then[k] for k in same}
-    assert {**first["model"], "frame_time": 6} == then["model"]
+    assert carry["model"] == first["model"] and first["model"]["frame_time"] == 6
+    assert first["steps"] <= carry["decay_from"] < carry["steps"] and first["decay_from"] < first["steps"]
+    same = ("preset", "steps", "decay_from", "weights_dtype")
+    assert {k: v for k, v in carry.items() if k not in same} == {k: v for k, v in first.items() if k not in same}
+    # the carry is the shipped teacher: stored in bf16, as the student the chain ends with
+    assert carry["weights_dtype"] == printed[-1]["weights_dtype"] == "bfloat16"
     assert printed[-1]["teacher"] == str(tmp_path / "teacher" / "model")
+    assert first["model"]["transformer"] == json.loads(STUDENT_PRESETS["shapes"].model.transformer.model_dump_json())
 
 
 def test_real_forcing_bench_fits_real_clips_given_their_past_and_exports_a_model(tiny_teacher, tmp_path):
@@ -1324,14 +1311,15 @@ def test_gpu_teacher_script_trains_through_the_command_and_brings_the_weights_ba
 
 def test_the_wide_teacher_presets_are_the_runs_its_recorded_commands_made():
     """`shapes-wide` then `shapes-wide-carry` (in the same run dir) are the two commands that
-    made the wide teacher (docs/default-model.md): the `shapes` preset with these overrides."""
+    made the wide teacher (docs/default-model.md): the `shapes` preset with these overrides, the
+    carry's weights stored in bf16 as the shipped teacher is."""
     from distill.train_commands import resolve
 
     wide = ["model.transformer.num_attention_heads=6", "model.transformer.ffn_dim=1536", "model.frame_time=6",
             "lr=1e-3", "ema_decay=0.999"]
     presets = teacher_mod.PRESETS
     first = resolve(presets, "shapes", wide + ["steps=2200", "decay_from=1700"])
-    carry = resolve(presets, "shapes", wide + ["steps=3900", "decay_from=3400"])
+    carry = resolve(presets, "shapes", wide + ["steps=3900", "decay_from=3400", "weights_dtype=bfloat16"])
     assert presets["shapes-wide"] == first
     assert presets["shapes-wide-carry"] == carry
     # the carry resumes where the first run ended, on the same network
