@@ -451,11 +451,14 @@ def test_student_is_exported_to_stream_as_its_serving_fields_say(tiny_teacher, t
     assert not (tmp_path / "refused").exists()
 
 
-def test_the_shapes_student_streams_in_its_trained_chunks_with_a_refresh():
+def test_the_shapes_student_trains_and_streams_in_chunks_of_3_with_a_refresh():
+    """v11: its rollouts are cached as its stream is (each chunk re-run at t=0), so what it serves
+    is what it trained on (v9 and v10 trained from the last pass's context and served refreshed)."""
     run = student_mod.PRESETS["shapes"]
     served = student_mod.served_model(run)
-    assert (run.model.attention.chunk_frames, run.model.sampler.refresh_context) == (3, False)  # as trained
+    assert (run.model.attention.chunk_frames, run.model.sampler.refresh_context) == (3, True)  # as trained
     assert (served.attention.chunk_frames, served.sampler.refresh_context) == (3, True)
+    assert served == run.model
     assert served.sampler.steps_per_chunk == run.model.sampler.steps_per_chunk == (4, 3, 2)
     assert served.transformer == run.model.transformer and served.latent == run.model.latent
 
@@ -741,13 +744,13 @@ def tiny_reward(tmp_path_factory) -> Path:
 
 
 def test_every_ablation_variant_names_its_schedule_whatever_the_default_streams_with():
-    # The default student streams with the diagonal schedule: the ablation's plain variants must
-    # still be plain (4 steps and a refresh a chunk), its +diag ones diagonal.
+    # The default student streams with 4, 3, then 2 steps and a refresh: the ablation's plain variants
+    # must still be plain (4 steps and a refresh a chunk), its +diag ones diagonal (no refresh).
     from distill.ablate import VARIANTS, variant_run
 
     base = student_mod.PRESETS["shapes"]
     assert base.model.sampler.model_dump(include={"steps_per_chunk", "refresh_context"}) == \
-        {"steps_per_chunk": (4, 3, 2), "refresh_context": False}
+        {"steps_per_chunk": (4, 3, 2), "refresh_context": True}
     for name in VARIANTS:
         variant = variant_run(base, name, init_from="start")
         sampler = variant.model.sampler

@@ -493,7 +493,7 @@ def test_cuda_graphs_in_the_scheduler_thread_are_known_broken_up_to_torch_2_11(m
 
 def test_gpu_default_model_check_dry_run_on_cpu(tmp_path):
     """bench/gpu_default.py: --prepare (text states, probe, CPU accuracy) then --check on the
-    CPU. Same device, same weights: the probe matches exactly and the accuracy is the
+    CPU. Same device, same weights: the probe matches to float32 rounding and the accuracy is the
     prepared one to the last digit; bfloat16 differs, a little."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     script = str(REPO / "bench" / "gpu_default.py")
@@ -507,7 +507,10 @@ def test_gpu_default_model_check_dry_run_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["complete"] and result["probe"]["float32"]["max_abs"] == 0.0
+    # float32 on the same CPU: the prepared sums to rounding (the narrow v10 matched exactly; the wide
+    # v11, 3.3e-6 max, 1.8e-7 relative rms, as a summation order changes between processes)
+    assert result["complete"] and result["probe"]["float32"]["max_abs"] < 1e-5
+    assert result["probe"]["float32"]["rel_rms"] < 1e-6
     assert 0 < result["probe"]["bfloat16"]["rel_rms"] < 0.05
     for name in ("standard", "heldout"):
         assert result["accuracy"][name]["summary"] == result["cpu_accuracy"][name]["summary"]
