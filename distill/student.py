@@ -47,13 +47,13 @@ from .teacher import SHAPES_WIDE_MODEL, TINY_MODEL, export_model, sample_teacher
 # Step schedules a student is trained (and streams) with: 4 steps a chunk, each chunk's clean latents
 # re-run once to fill the cache; or diagonal distillation: 4, 3, then 2 steps a chunk, the cache filled
 # from the last denoising pass (partially denoised context). The Shapes ablation (docs/default-model.md)
-# found diagonal as good as plain DMD and 1.5x faster: the default model streams with it.
+# found diagonal as good as plain DMD and 1.5x faster: the default model takes its steps (with a refresh).
 PLAIN_SCHEDULE = {"steps_per_chunk": (4,), "refresh_context": True}
 DIAGONAL_SCHEDULE = {"steps_per_chunk": (4, 3, 2), "refresh_context": False}
 # The default model's: diagonal's 4, 3, then 2 steps, each finished chunk re-run at t=0 into the cache as
 # the plain schedule does. Streamed so, a student trained on diagonal rollouts (context from its last,
 # partly noisy pass) lets small objects fade in seconds; trained on rollouts cached as it streams, it
-# keeps them (docs/default-model.md, "Trained as it streams").
+# keeps them (docs/default-model.md, "Measured: v11").
 REFRESHED_DIAGONAL_SCHEDULE = {"steps_per_chunk": (4, 3, 2), "refresh_context": True}
 # The default model: the wide teacher's network (teacher.SHAPES_WIDE_MODEL, 6 heads, ffn 1536), streaming.
 SHAPES_STUDENT = SHAPES_WIDE_MODEL.model_copy(update={
