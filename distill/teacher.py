@@ -224,8 +224,14 @@ PRESETS: dict[str, TeacherRun] = {
     # ...carried on in the same dir (it resumes at step 2200, lr back at 1e-3) and decayed to a
     # tenth again from 3400 (74 min): the first teacher past the shipped one, and its student the
     # first past v10 ("The wide teacher carried to 3900 steps", "The student of the wide teacher").
-    # Stored in bf16 (31 MB, not 63): the shipped teacher, distill/weights/shapes-teacher.
+    # Stored in bf16 (31 MB, not 63): v11's teacher (distill/weights/shapes-teacher until v12).
     "shapes-wide-carry": replace(SHAPES_WIDE_TEACHER, steps=3900, decay_from=3400, weights_dtype="bfloat16"),
+    # ...and carried on once more from its weights in a run dir of its own (`--set init_from=`
+    # that teacher: a fresh optimizer, lr warmed up to 1e-3 again and decayed to a tenth from
+    # 700 to 1200, the same 4096 clips; 64 min): the shipped teacher, distill/weights/shapes-teacher,
+    # v12's (docs/default-model.md, "The shipped teacher carried on 1200 steps more").
+    "shapes-wide-carry-on": replace(SHAPES_WIDE_TEACHER, steps=1200, decay_from=700, ckpt_every=100,
+                                    weights_dtype="bfloat16"),
     "tiny": TeacherRun(model=TINY_MODEL, latent_frames=2, batch_size=2, steps=30, lr=2e-3, warmup=2, log_every=5,
                        ckpt_every=10, ema_decay=0.9),
 }

@@ -36,10 +36,12 @@ STAGES: dict[str, tuple[str, str, str, str]] = {
     "reward": ("distill.rewards.train", "train_reward", "runs/reward",
                "train (or --evaluate) the Shapes video reward model: visual, motion, text scores"),
 }
-# What `framecast distill default` chains: (stage, preset), into one run dir per stage (the
-# teacher's later presets carry the first on in the same dir).
-DEFAULT_CHAIN = (("autoencoder", "shapes"), ("teacher", "shapes-wide"), ("teacher", "shapes-wide-carry"),
-                 ("student", "shapes"))
+# What `framecast distill default` chains: (stage, preset, run dir under RUN_DIR). A teacher
+# preset in the dir before it carries that run on (it resumes there); one in a dir of its own
+# starts from the weights the teacher before it made (init_from). The student distils the last.
+DEFAULT_CHAIN = (("autoencoder", "shapes", "autoencoder"), ("teacher", "shapes-wide", "teacher"),
+                 ("teacher", "shapes-wide-carry", "teacher"), ("teacher", "shapes-wide-carry-on", "teacher-on"),
+                 ("student", "shapes", "student"))
 
 
 def _common(p: argparse.ArgumentParser, default_run_dir: str) -> None:
@@ -342,31 +344,34 @@ def evaluate_reward(args: argparse.Namespace, run) -> int:
 
 
 def run_default(args: argparse.Namespace) -> int:
-    """DEFAULT_CHAIN's stages with their presets, into RUN_DIR/<stage> (autoencoder -> teacher,
-    then the teacher carried on -> student); with --autoencoder, the teacher stages read that one
-    and no autoencoder is trained."""
+    """DEFAULT_CHAIN's stages with their presets, each into its run dir under RUN_DIR
+    (autoencoder -> teacher, carried on in its dir, then once more from its weights -> student);
+    with --autoencoder, the teacher stages read that one and no autoencoder is trained."""
     root = args.run_dir
     autoencoder = args.autoencoder or root / "autoencoder" / "autoencoder"
     if args.autoencoder is not None and not (args.autoencoder / "autoencoder.json").is_file():
         raise CommandError(f"--autoencoder {args.autoencoder}: no autoencoder.json there (a trained autoencoder "
                            "folder, e.g. engine/models/shapes-default or RUN_DIR/autoencoder/autoencoder)")
-    runs = []
-    for stage, preset in DEFAULT_CHAIN:
+    runs, teacher = [], None  # teacher: the dir of the last teacher stage's run
+    for stage, preset, name in DEFAULT_CHAIN:
         if stage == "autoencoder" and args.autoencoder is not None:
             continue
-        run = _stage(stage)[0][preset]
+        run, run_dir = _stage(stage)[0][preset], root / name
         if stage == "teacher":
             run = dataclasses.replace(run, autoencoder=str(autoencoder))
+            if teacher is not None and teacher != run_dir:
+                run = dataclasses.replace(run, init_from=str(teacher / "model"))
+            teacher = run_dir
         elif stage == "student":
-            run = dataclasses.replace(run, teacher=str(root / "teacher" / "model"))
-        runs.append((stage, preset, run))
+            run = dataclasses.replace(run, teacher=str(teacher / "model"))
+        runs.append((stage, preset, run, run_dir))
     if args.dry_run:
-        for stage, preset, run in runs:
-            _print(run, stage=stage, preset=preset, run_dir=root / stage)
+        for stage, preset, run, run_dir in runs:
+            _print(run, stage=stage, preset=preset, run_dir=run_dir)
         return 0
-    for i, (stage, _, run) in enumerate(runs):
+    for i, (stage, _, run, run_dir) in enumerate(runs):
         out = args.out if i == len(runs) - 1 else None
-        result = _stage(stage)[1](run, root / stage, out, args.threads, not args.no_progress)
+        result = _stage(stage)[1](run, run_dir, out, args.threads, not args.no_progress)
         _report(stage, result)
     print(f"default model written to {args.out}")
     return 0

@@ -1220,27 +1220,36 @@ def test_distill_default_can_start_from_a_trained_autoencoder(capsys, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_distill_default_trains_the_wide_teacher_carries_it_on_and_distils_it(capsys, tmp_path):
+def test_distill_default_trains_the_wide_teacher_carries_it_on_twice_and_distils_it(capsys, tmp_path):
     """`framecast distill default` chains the autoencoder, the `shapes-wide` teacher, the
     `shapes-wide-carry` teacher in the same run dir (it resumes where the first stopped: the same
-    data, model and recipe, its own decay at its end), then the student from that teacher, whose
-    network is the teacher's (the student preset is made for that width: no other name)."""
+    data, model and recipe, its own decay at its end), the `shapes-wide-carry-on` teacher in a dir
+    of its own starting from the weights that one made, then the student from the last teacher,
+    whose network is the teacher's (the student preset is made for that width: no other name)."""
     from distill.student import PRESETS as STUDENT_PRESETS
     from framecast.cli import main
 
     assert main(["distill", "default", "--run-dir", str(tmp_path), "--dry-run"]) == 0
     printed = _printed_configs(capsys.readouterr().out)
-    assert [(p["stage"], p["preset"]) for p in printed] == [("autoencoder", "shapes"), ("teacher", "shapes-wide"),
-                                                            ("teacher", "shapes-wide-carry"), ("student", "shapes")]
-    first, carry = printed[1:-1]
-    assert {p["run_dir"] for p in printed[1:-1]} == {str(tmp_path / "teacher")}
-    assert carry["model"] == first["model"] and first["model"]["frame_time"] == 6
+    assert [(p["stage"], p["preset"]) for p in printed] == [
+        ("autoencoder", "shapes"), ("teacher", "shapes-wide"), ("teacher", "shapes-wide-carry"),
+        ("teacher", "shapes-wide-carry-on"), ("student", "shapes")]
+    first, carry, on = printed[1:-1]
+    assert first["run_dir"] == carry["run_dir"] == str(tmp_path / "teacher")
+    assert on["run_dir"] == str(tmp_path / "teacher-on")
+    assert first["init_from"] is None and carry["init_from"] is None
+    assert on["init_from"] == str(tmp_path / "teacher" / "model")
+    assert carry["model"] == first["model"] == on["model"] and first["model"]["frame_time"] == 6
     assert first["steps"] <= carry["decay_from"] < carry["steps"] and first["decay_from"] < first["steps"]
+    assert 0 < on["decay_from"] < on["steps"]
     same = ("preset", "steps", "decay_from", "weights_dtype")
     assert {k: v for k, v in carry.items() if k not in same} == {k: v for k, v in first.items() if k not in same}
-    # the carry is the shipped teacher: stored in bf16, as the student the chain ends with
-    assert carry["weights_dtype"] == printed[-1]["weights_dtype"] == "bfloat16"
-    assert printed[-1]["teacher"] == str(tmp_path / "teacher" / "model")
+    # the carry-on is the carry's recipe, started afresh from its weights in its own dir
+    diff = {k for k in on if on[k] != carry[k]}
+    assert diff == {"preset", "steps", "decay_from", "ckpt_every", "init_from", "run_dir"}, diff
+    # the teachers a student is made from are stored in bf16, as the student the chain ends with
+    assert carry["weights_dtype"] == on["weights_dtype"] == printed[-1]["weights_dtype"] == "bfloat16"
+    assert printed[-1]["teacher"] == str(tmp_path / "teacher-on" / "model")
     assert first["model"]["transformer"] == json.loads(STUDENT_PRESETS["shapes"].model.transformer.model_dump_json())
 
 
@@ -1325,6 +1334,9 @@ def test_the_wide_teacher_presets_are_the_runs_its_recorded_commands_made():
     carry = resolve(presets, "shapes", wide + ["steps=3900", "decay_from=3400", "weights_dtype=bfloat16"])
     assert presets["shapes-wide"] == first
     assert presets["shapes-wide-carry"] == carry
+    # the third run, from the carry's weights in its own dir (init_from, given by the chain)
+    on = resolve(presets, "shapes", wide + ["steps=1200", "decay_from=700", "ckpt_every=100", "weights_dtype=bfloat16"])
+    assert presets["shapes-wide-carry-on"] == on and on.init_from is None
     # the carry resumes where the first run ended, on the same network
     assert carry.model == first.model and first.steps <= carry.decay_from < carry.steps
     assert first.model.transformer.num_attention_heads == 2 * presets["shapes"].model.transformer.num_attention_heads
