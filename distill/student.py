@@ -160,7 +160,8 @@ PRESETS: dict[str, StudentRun] = {
     # pool) do: it mends count; judging whole windows and switched rollouts lost objects in long
     # streams (docs/default-model.md, "Measured: v10"). Weights stored in bf16. Of the wide teacher
     # (teacher preset shapes-wide-carry, 28 min of trajectories, 50 + 23 min of steps) this run
-    # is the default model, v11.
+    # was v11; of that teacher carried on (shapes-wide-carry-on; 27 min, then 80 min of steps) it
+    # is the default model, v12.
     "shapes": StudentRun(ode_pairs=512, ode_teacher_steps=24, ode_iters=1000, ode_batch=8, ode_lr=5e-4,
                          dmd_iters=300, rollout_frames=9, switch_prob=0.25, lr_generator=5e-5, autocast=True,
                          ckpt_every=100, seed=1, serve_refresh_context=True, gan_weight=0.15, gan_frames=3,
