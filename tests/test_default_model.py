@@ -66,11 +66,11 @@ def test_default_model_was_distilled_from_the_shipped_teacher():
     """The teacher the provenance names is distill/weights/shapes-teacher, and the weights the
     run read (their sha256, recorded) are the ones shipped there: the documented command
     remakes this model from what the repo holds."""
-    import hashlib
+    from engine.text_encoder import sha256_file
 
     provenance = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())["provenance"]
     teacher = Path(__file__).resolve().parent.parent / provenance["run"]["teacher"] / "transformer.safetensors"
-    assert hashlib.sha256(teacher.read_bytes()).hexdigest() == provenance["teacher_sha256"]
+    assert sha256_file(teacher) == provenance["teacher_sha256"]
 
 
 @pytest.fixture(scope="module")
