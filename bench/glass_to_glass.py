@@ -3,8 +3,9 @@
     python bench/glass_to_glass.py                        # the embedded default model
     python bench/glass_to_glass.py --model tiny-random --rounds 2 --switches 4
     python bench/glass_to_glass.py --lead 0.25            # another stream_lead_s
+    python bench/glass_to_glass.py --piece-frames 0       # whole chunks at a time (before pieces)
 
-One server (its own process, default settings but for --lead) and one headless Chromium
+One server (its own process, default settings but for --lead and --piece-frames) and one headless Chromium
 (the viewer at /, as a user opens it). Each round plays one session per transport, in a
 rotating order so that a load drifting on a shared machine spreads over all three; each
 session starts, lets the picture settle, switches prompts --switches times at random
@@ -94,7 +95,7 @@ def serve(settings_json: str, cpu_path: str) -> None:
 
 
 class Server:
-    def __init__(self, model: str | None, data_dir: Path, lead: float | None):
+    def __init__(self, model: str | None, data_dir: Path, lead: float | None, piece_frames: int | None):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -104,6 +105,8 @@ class Server:
             settings["model"] = model
         if lead is not None:
             settings["stream_lead_s"] = lead
+        if piece_frames is not None:
+            settings["stream_piece_frames"] = piece_frames or None
         self.cpu_path = data_dir / "server-cpu.json"
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(settings), str(self.cpu_path)],
                                      cwd=ROOT)
@@ -212,7 +215,7 @@ def summarize(sessions: list[dict]) -> dict:
 def print_table(figures: dict) -> None:
     fps = figures["transports"][0]["fps"]
     print(f"\nmodel {figures['model']} ({figures['transports'][0]['size']} @ {fps:g} fps), stream_lead_s "
-          f"{figures['stream_lead_s']}, {figures['rounds']} rounds, load average {figures['load_before']} -> "
+          f"{figures['stream_lead_s']}, stream_piece_frames {figures.get('stream_piece_frames')}, {figures['rounds']} rounds, load average {figures['load_before']} -> "
           f"{figures['load_after']}; targets: first frame <= 500 ms, switch p50 <= 1000 / p95 <= 1500 ms, "
           f"interval p95 <= {2000 / fps:.0f} ms\n")
     print(f"{'transport':<16}{'setup':>7}{'first frame':>13}{'switch p50/p95/max':>21}{'new chunk':>10}"
@@ -239,6 +242,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="sessions per transport")
     ap.add_argument("--switches", type=int, default=6, help="prompt switches per session")
     ap.add_argument("--lead", type=float, default=None, help="the server's stream_lead_s (default: its own)")
+    ap.add_argument("--piece-frames", type=int, default=None,
+                    help="the server's stream_piece_frames (default: its own; 0: whole chunks)")
     ap.add_argument("--transports", default=",".join(TRANSPORTS), help="comma-separated, of " + ", ".join(TRANSPORTS))
     ap.add_argument("--seed", type=int, default=0, help="seeds the switch timing (and the streams)")
     ap.add_argument("--chromium", default=os.environ.get("FRAMECAST_CHROMIUM") or shutil.which("chromium")
@@ -255,7 +260,7 @@ def main() -> None:
     transports = args.transports.split(",")
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="framecast-g2g-"))
-    server = Server(args.model, work, args.lead)
+    server = Server(args.model, work, args.lead, args.piece_frames)
     sessions: dict[str, list[dict]] = {t: [] for t in transports}
     try:
         ready = server.wait_ready()
@@ -277,7 +282,10 @@ def main() -> None:
     finally:
         server.stop()
     lead = args.lead if args.lead is not None else Settings.model_fields["stream_lead_s"].default
-    figures = {"model": ready.get("model") or args.model or "default", "stream_lead_s": lead, "rounds": args.rounds,
+    pieces = (args.piece_frames if args.piece_frames is not None
+              else Settings.model_fields["stream_piece_frames"].default) or None
+    figures = {"model": ready.get("model") or args.model or "default", "stream_lead_s": lead,
+               "stream_piece_frames": pieces, "rounds": args.rounds,
                "load_before": round(load_before, 2), "load_after": round(load_after, 2),
                "transports": [summarize(sessions[t]) for t in transports], "sessions": sessions}
     print_table(figures)

@@ -214,7 +214,8 @@ class SessionStarted(_Message):
 class VideoChunk(_Message):
     """Metadata for the binary message that immediately follows it.
 
-    fmp4: index 0 is the init segment (frames == 0), then one fragment per chunk.
+    fmp4: index 0 is the init segment (frames == 0), then one fragment per run of frames
+    sent together (a piece of a chunk; `frames` says how many).
     jpeg: one message per frame (frames == 1).
     webrtc: no binary message; it announces a run of frames on the video track, sent as its
     first frame leaves. `pts` is then track time (the frame's RTP timestamp minus the first

@@ -5,7 +5,7 @@ The streaming encoder drives libx264 through PyAV's codec context and writes the
 boxes itself. libavformat's mp4 muxer only closes a fragment when the *next* packet
 arrives (PyAV cannot send it the flush that would close it early), which would hold
 every chunk's last frame back by a whole chunk; writing `moof`+`mdat` ourselves gives
-exactly one self-contained fragment per chunk, the moment the chunk is encoded, in the
+exactly one self-contained fragment per piece sent, the moment it is encoded, in the
 layout Media Source Extensions play (ISO/IEC 14496-12 fragments, default-base-is-moof).
 """
 

@@ -9,12 +9,14 @@ to `handle`, and turns each chunk into media (`Transport.send_chunk`).
               real time (pauses excluded): `stream_lead_s`, or longer where this machine
               takes longer to make the first chunk under a new prompt (`_lead`)
 
-Live means live. A prompt switch (`switch`) waits for a send in progress, throws away every
-chunk made but not yet sent (the outbox, the scheduler's queue, the chunk in progress),
-rewinds the engine stream to just after the last chunk sent, and generation resumes from
-there under the new prompt; the first chunk under it continues the scene (re-cache) at
-the next frame on the stream clock. What the viewer still has to watch of the old prompt
-is only what was sent: at most one chunk plus the lead.
+Live means live. A chunk leaves in pieces (`stream_piece_frames` output frames, each at
+its own time), so that what the viewer has been sent ends soon after the lead. A prompt
+switch (`switch`) waits for a send in progress, throws away every frame made but not yet
+sent (the rest of a chunk partly sent, the outbox, the scheduler's queue, the chunk in
+progress), rewinds the engine stream to just before the first chunk not wholly sent, and
+generation resumes from there under the new prompt; the first chunk under it continues
+the scene (re-cache) and shows from the next frame not yet sent. What the viewer still
+has to watch of the old prompt is only what was sent: at most one piece plus the lead.
 
 Pause stops both: no media after `session.paused` (sent under the same lock) until
 `session.resumed`, and no new chunk is asked for; nothing is lost. Everything is counted
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import math
 import time
@@ -105,7 +108,8 @@ class LiveStream:
         # Seconds the engine took to make a chunk from nothing to ready: the stream's first,
         # and the first under each new prompt (rewind, re-cache, generate).
         self._make_s: collections.deque[float] = collections.deque(maxlen=4)
-        self._sent_index = -1  # last engine chunk sent
+        self._sent_index = -1  # last engine chunk wholly sent
+        self._held: ChunkOut | None = None  # the rest of a chunk partly sent
         self._sent_frames = 0
         self._sent_messages = 0
         self._clock: float | None = None  # loop time at which output frame 0 shows
@@ -200,7 +204,13 @@ class LiveStream:
                 while not self._outbox.empty():
                     self._outbox.get_nowait()
                     self.metrics.queue_depth.dec()
-                first = await self.state.streams.switch(self._handle, prompt, event_id, self._sent_index)
+                held = self._held  # partly sent: made again under the new prompt, from its start
+                resume_after = self._sent_index if held is None else held.index - 1
+                first = await self.state.streams.switch(self._handle, prompt, event_id, resume_after)
+                if held is not None and first > held.index:  # that boundary was not held: the
+                    held.epoch = self._epoch  # old chunk plays out, the new prompt follows it
+                else:
+                    self._held = None
                 self._awaiting = (first, event_id)
             except InvalidInput as exc:
                 raise ApiError(exc.code, str(exc), "prompt") from exc
@@ -208,7 +218,7 @@ class LiveStream:
                 raise ApiError("internal_error", "the stream was closed") from None
             finally:
                 self._not_switching.set()
-        return self._first_frame(first)
+        return max(self._first_frame(first), self._sent_frames)
 
     # --- producing ------------------------------------------------------------------------
     def _first_frame(self, index: int) -> int:
@@ -224,6 +234,10 @@ class LiveStream:
         first_frame = self._first_frame(chunk.index)
         keep = kept_frames(chunk.index * self.model.frames_per_chunk, len(chunk.frames), self.model.fps, self.fps)
         keep = keep[: max(0, self.frame_limit - first_frame)]
+        # Made again after a switch rewound into a chunk partly sent: its frames the viewer
+        # has (under the old prompt) are not sent twice.
+        sent = min(len(keep), max(0, self._sent_frames - first_frame))
+        keep, first_frame = keep[sent:], first_frame + sent
         self.metrics.frames_generated.labels("stream").inc(len(chunk.frames))
         now = time.monotonic()
         if chunk.index == 0:
@@ -298,6 +312,19 @@ class LiveStream:
             except TimeoutError:
                 pass
 
+    def _due(self, chunk: ChunkOut) -> bool:
+        lead, shows_at = self._lead(), self.shows_at(chunk.first_frame)
+        return shows_at is None or lead is None or shows_at - lead <= asyncio.get_running_loop().time()
+
+    def _split(self, chunk: ChunkOut) -> tuple[ChunkOut, ChunkOut | None]:
+        """The piece of `chunk` to send now and the rest (None: the piece is all of it)."""
+        n = self.settings.stream_piece_frames
+        if n is None or len(chunk.frames) <= n:
+            return chunk, None
+        return (dataclasses.replace(chunk, frames=chunk.frames[:n], last=False),
+                dataclasses.replace(chunk, frames=chunk.frames[n:], first_frame=chunk.first_frame + n,
+                                    prompt_event_id=None))
+
     async def _send_loop(self) -> SessionDone:
         loop = asyncio.get_running_loop()
         last_sent, stats_start, stats_frames, latencies = None, loop.time(), 0, []
@@ -313,24 +340,29 @@ class LiveStream:
                     continue
                 if not self._running.is_set():
                     continue  # paused while it waited for the lock: wait again, nothing lost
-                self._sent_messages += await self.transport.send_chunk(chunk, self.fps)
-                self._sent_index, frames = chunk.index, len(chunk.frames)
-                self._sent_frames = chunk.first_frame + frames
+                if not self._due(chunk):
+                    continue  # woken by a switch that kept it (the rest of a chunk): not yet
+                piece, rest = self._split(chunk)
+                self._sent_messages += await self.transport.send_chunk(piece, self.fps)
+                frames = len(piece.frames)
+                self._sent_frames, self._held = piece.first_frame + frames, rest
+                if rest is None:
+                    self._sent_index = chunk.index
                 now = loop.time()
                 if self._clock is None and frames:
-                    self._clock = now - chunk.first_frame / self.fps
+                    self._clock = now - piece.first_frame / self.fps
                     self.metrics.time_to_first_frame.observe(time.monotonic() - self.started_at)
-                if chunk.prompt_event_id in self._switch_asked:
-                    self.metrics.switch_latency.observe(time.monotonic() - self._switch_asked.pop(chunk.prompt_event_id))
+                if piece.prompt_event_id in self._switch_asked:
+                    self.metrics.switch_latency.observe(time.monotonic() - self._switch_asked.pop(piece.prompt_event_id))
                 if last_sent is not None and frames:
                     for _ in range(frames):
                         self.metrics.frame_interval.observe((now - last_sent) / frames)
                 last_sent = now
-                if chunk.last:
+                if piece.last:
                     return self.done("max_seconds")
             stats_frames += frames
-            latencies.append(chunk.latency_s)
-            chunk = None
+            latencies.append(piece.latency_s)
+            chunk = rest
             if now - stats_start >= self.settings.stats_interval_s:
                 await self.send(SessionStats(fps=round(stats_frames / (now - stats_start), 3),
                                               latency_ms=round(1000 * sum(latencies) / len(latencies), 3),

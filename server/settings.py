@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     # more while its machine takes longer than this to make a chunk after a switch (at most
     # a chunk; server/live.py `_lead`). None = as fast as the client reads (benchmarks).
     stream_lead_s: float | None = Field(0.35, ge=0)
+    # A chunk leaves in pieces of this many output frames, each at its time: a switch shows
+    # once the last piece sent has played (a whole chunk is 0.75 s at 16 fps; 4 frames,
+    # 0.25 s). Smaller pieces mean more, smaller media messages. None = whole chunks.
+    stream_piece_frames: int | None = Field(4, ge=1)
     stats_interval_s: float = Field(2.0, gt=0)
 
     # --- WebRTC (POST /v1/realtime/webrtc) ------------------------------------------------

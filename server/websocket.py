@@ -173,9 +173,10 @@ class WebSocketStream:
         await self._unless_stalled(self.ws.send_text(message.model_dump_json()))
 
     async def send_chunk(self, chunk: ChunkOut, fps: float) -> int:
-        """fmp4: the init segment before the first fragment, then one fragment per chunk;
-        jpeg: one message per frame. Encoded here, at send time, so that the H.264 stream
-        holds exactly the chunks sent, in order (a switch discards chunks never encoded)."""
+        """fmp4: the init segment before the first fragment, then one fragment per call (a
+        piece of a chunk); jpeg: one message per frame. Encoded here, at send time, so that
+        the H.264 stream holds exactly the frames sent, in order (a switch discards frames
+        never encoded)."""
         if not len(chunk.frames):
             return 0
         media = await asyncio.to_thread(self._encode, chunk, fps)

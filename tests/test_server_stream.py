@@ -31,9 +31,9 @@ def test_fmp4_stream_probes_as_h264_with_every_frame(server, tmp_path):
     assert init[4:8] == b"ftyp"
     fragments = got.media[1:]
     assert [m["index"] for m, _ in fragments] == list(range(1, len(fragments) + 1))
-    assert all(data[4:8] == b"moof" for _, data in fragments)  # one moof+mdat per chunk
-    assert sum(m["frames"] for m, _ in fragments) == 32  # 2 s at 16 fps
-    assert [m["pts"] for m, _ in fragments] == [i * 8 / 16 for i in range(len(fragments))]
+    assert all(data[4:8] == b"moof" for _, data in fragments)  # one moof+mdat per piece sent
+    assert [m["frames"] for m, _ in fragments] == [4] * 8  # 2 s at 16 fps, in pieces of 4 frames
+    assert [m["pts"] for m, _ in fragments] == [i * 4 / 16 for i in range(len(fragments))]
     done = got.of_type("session.done")[0]
     assert done["reason"] == "max_seconds" and done["frames"] == 32 and done["seconds"] == 2.0
     assert got.close_code == 1000
@@ -144,7 +144,7 @@ async def _pause_midway(url: str) -> tuple[list[float], float]:
     arrivals: list[float] = []
     async with websockets.connect(url) as ws:
         await ws.send(json.dumps({**START, "max_seconds": 3.0}))
-        got = await receive_all(ws, until=lambda r: len(r.media) >= 3)  # init + 2 chunks
+        got = await receive_all(ws, until=lambda r: len(r.media) >= 3)  # init + 2 pieces
         arrivals += [time.monotonic()] * (len(got.media) - 1)
         await ws.send(json.dumps({"type": "session.pause"}))
         await receive_all(ws, got, until=lambda r: r.of_type("session.paused"))
@@ -168,10 +168,11 @@ def test_pacing_follows_the_stream_clock_with_pauses_left_out(tiny_model, tmp_pa
         arrivals, resumed = run(_pause_midway(paced.ws_url))
     after = [t for t in arrivals if t >= resumed]
     chunk_s = tiny_model.frames_per_chunk / tiny_model.fps  # 0.5 s
+    piece_s = 4 / tiny_model.fps  # a chunk leaves in pieces of 4 frames (stream_piece_frames)
     assert len(after) >= 3, arrivals
     assert after[0] - resumed < chunk_s + 0.3, "the stream waited longer than its clock says"
     spans = [b - a for a, b in zip(after, after[1:])]
-    assert min(spans) > 0.6 * chunk_s, f"a burst after the pause: {spans}"
+    assert min(spans) > 0.6 * piece_s, f"a burst after the pause: {spans}"
 
 
 async def _disconnect_midway(url: str) -> None:
@@ -230,7 +231,7 @@ def test_a_client_that_stops_reading_stops_its_generation(server):
 
 def test_chunk_metadata_is_a_protocol_message(server):
     got = run(one_session(server.ws_url, {**START, "max_seconds": 0.5}))
-    assert len(got.media) == 2  # the init segment and one fragment: 0.5 s is one chunk
+    assert len(got.media) == 3  # the init segment and two fragments: 0.5 s is one chunk, two pieces
     for meta, data in got.media:
         assert VideoChunk.model_validate(meta).bytes == len(data)
 
@@ -259,9 +260,47 @@ def test_a_switch_after_the_last_chunk_was_made_still_ends_the_stream(tiny_model
         got = run(_switch_near_the_end(paced.ws_url))
     queued = got.of_type("session.update.queued")[0]
     assert [m["frame"] for m, _ in got.media] == list(range(24))
-    assert queued["at_frame"] == 16  # after chunk 1, the last sent
-    assert [m for m, _ in got.media if m["prompt_event_id"] == "evt-end"][0]["frame"] == 16
+    assert 8 < queued["at_frame"] <= 16  # after the last piece sent, within chunk 1 or at its end
+    assert [m for m, _ in got.media if m["prompt_event_id"] == "evt-end"][0]["frame"] == queued["at_frame"]
     assert got.of_type("session.done")[0]["frames"] == 24
+
+
+async def _pause_switch_resume(url: str) -> Received:
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({**START, "format": "jpeg", "max_seconds": 2.0}))
+        got = await receive_all(ws, until=lambda r: len(r.media) >= 9)  # a piece of chunk 1 is out
+        await ws.send(json.dumps({"type": "session.pause"}))
+        got = await receive_all(ws, got, until=lambda r: r.of_type("session.paused"))
+        sent = len(got.media)
+        await ws.send(json.dumps({"type": "session.update", "prompt": "a blue square", "event_id": "evt-mid"}))
+        got = await receive_all(ws, got, until=lambda r: r.of_type("session.update.queued"))
+        got.sent_before_switch = sent
+        await ws.send(json.dumps({"type": "session.resume"}))
+        return await receive_all(ws, got, timeout=20)
+
+
+def test_a_switch_within_a_chunk_shows_from_the_next_frame_not_sent(tiny_model, tmp_path):
+    """Chunks (8 frames here) leave in pieces (4): a switch rewinds into the chunk partly
+    sent, makes it again under the new prompt, and sends only its frames the viewer does not
+    have, so the new prompt shows from the next frame, not from the next chunk."""
+    with live_server(tmp_path, tiny_model, stream_lead_s=0.35, stream_piece_frames=4) as paced:
+        got = run(_pause_switch_resume(paced.ws_url))
+    queued = got.of_type("session.update.queued")[0]
+    assert got.sent_before_switch == 12, "pieces of 4 frames: 0-3, 4-7, 8-11 were out when paused"
+    assert queued["at_frame"] == 12
+    assert [m["frame"] for m, _ in got.media] == list(range(32)), "no frame lost or sent twice"
+    carrying = [m for m, _ in got.media if m["prompt_event_id"] == "evt-mid"]
+    assert [m["frame"] for m in carrying] == [12], "the remade chunk 1 carries the event, from frame 12"
+    assert got.of_type("session.done")[0]["frames"] == 32
+
+
+def test_whole_chunks_switch_at_the_next_chunk_boundary(tiny_model, tmp_path):
+    """stream_piece_frames None sends whole chunks: the same switch waits for chunk 1 to end."""
+    with live_server(tmp_path, tiny_model, stream_lead_s=0.35, stream_piece_frames=None) as paced:
+        got = run(_pause_switch_resume(paced.ws_url))
+    assert got.sent_before_switch == 16
+    assert got.of_type("session.update.queued")[0]["at_frame"] == 16
+    assert [m["frame"] for m, _ in got.media] == list(range(32))
 
 
 async def _start_then_switch(url: str, first: str, second: str) -> Received:

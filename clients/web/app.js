@@ -5,7 +5,7 @@
 //   a video track, the JSON control messages on a data channel;
 // - WebSocket /v1/realtime/video: JSON text messages for control, and for media a
 //   `video.chunk` JSON followed by one binary message. fMP4 (an init segment, then one
-//   fragment per chunk) plays through Media Source Extensions; JPEG frames (one per
+//   fragment per piece of a chunk sent) plays through Media Source Extensions; JPEG frames (one per
 //   message) are drawn on a canvas (sinks.js).
 // window.framecastStats is read by the browser test and the glass-to-glass benchmark.
 
