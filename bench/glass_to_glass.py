@@ -215,7 +215,8 @@ def summarize(sessions: list[dict]) -> dict:
 def print_table(figures: dict) -> None:
     fps = figures["transports"][0]["fps"]
     print(f"\nmodel {figures['model']} ({figures['transports'][0]['size']} @ {fps:g} fps), stream_lead_s "
-          f"{figures['stream_lead_s']}, stream_piece_frames {figures.get('stream_piece_frames')}, {figures['rounds']} rounds, load average {figures['load_before']} -> "
+          f"{figures['stream_lead_s']}, stream_piece_frames {figures.get('stream_piece_frames')}, "
+          f"{figures['rounds']} rounds, load average {figures['load_before']} -> "
           f"{figures['load_after']}; targets: first frame <= 500 ms, switch p50 <= 1000 / p95 <= 1500 ms, "
           f"interval p95 <= {2000 / fps:.0f} ms\n")
     print(f"{'transport':<16}{'setup':>7}{'first frame':>13}{'switch p50/p95/max':>21}{'new chunk':>10}"

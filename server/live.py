@@ -353,7 +353,8 @@ class LiveStream:
                     self._clock = now - piece.first_frame / self.fps
                     self.metrics.time_to_first_frame.observe(time.monotonic() - self.started_at)
                 if piece.prompt_event_id in self._switch_asked:
-                    self.metrics.switch_latency.observe(time.monotonic() - self._switch_asked.pop(piece.prompt_event_id))
+                    asked = self._switch_asked.pop(piece.prompt_event_id)
+                    self.metrics.switch_latency.observe(time.monotonic() - asked)
                 if last_sent is not None and frames:
                     for _ in range(frames):
                         self.metrics.frame_interval.observe((now - last_sent) / frames)
