@@ -293,28 +293,30 @@ class LiveStream:
         """Until the chunk is due (the lead before it shows) and the stream runs, or a
         switch made it stale (the caller drops it at once: waiting for the time of a chunk
         that will never be sent would hold back the first chunk under the new prompt)."""
-        loop = asyncio.get_running_loop()
         while chunk.epoch == self._epoch:
             await self._running.wait()
-            lead, shows_at = self._lead(), self.shows_at(chunk.first_frame)
-            if shows_at is None or lead is None:
+            delay = self._delay(chunk)
+            if delay is None:
                 return
-            delay = shows_at - lead - loop.time()
             if delay <= 0:
-                if -delay - lead > 1 / self.fps:
+                late = -delay - self._lead()
+                if late > 1 / self.fps:
                     # Late: the viewer waited for it (a stall), and shows it and all that
                     # follows that much later. The clock follows, or the server would run
                     # ahead of the viewer by every stall, and a switch would wait behind it.
-                    self._clock += -delay - lead
+                    self._clock += late
                 return
             try:  # then check again: a pause may have begun meanwhile
                 await asyncio.wait_for(self._next_switch.wait(), delay)
             except TimeoutError:
                 pass
 
-    def _due(self, chunk: ChunkOut) -> bool:
+    def _delay(self, chunk: ChunkOut) -> float | None:
+        """Seconds until the chunk is due (<= 0: due); None when nothing paces it."""
         lead, shows_at = self._lead(), self.shows_at(chunk.first_frame)
-        return shows_at is None or lead is None or shows_at - lead <= asyncio.get_running_loop().time()
+        if shows_at is None or lead is None:
+            return None
+        return shows_at - lead - asyncio.get_running_loop().time()
 
     def _split(self, chunk: ChunkOut) -> tuple[ChunkOut, ChunkOut | None]:
         """The piece of `chunk` to send now and the rest (None: the piece is all of it)."""
@@ -340,7 +342,7 @@ class LiveStream:
                     continue
                 if not self._running.is_set():
                     continue  # paused while it waited for the lock: wait again, nothing lost
-                if not self._due(chunk):
+                if (self._delay(chunk) or 0) > 0:
                     continue  # woken by a switch that kept it (the rest of a chunk): not yet
                 piece, rest = self._split(chunk)
                 self._sent_messages += await self.transport.send_chunk(piece, self.fps)
