@@ -382,12 +382,12 @@ class ShapesLatents(ClipLatents):
                  width: int = 128, fps: int = 16, max_start_frame: int = 480, pool_size: int = 0,
                  cache_dir: str | Path | None = None, progress: bool = True, layout: str = "random",
                  captions: str = "paraphrases", pool_seed: int | None = None, pool_batch: int = 0,
-                 min_start_frame: int = 0):
+                 min_start_frame: int = 0, orbit: str = "either"):
         from engine.shapes.scene import SceneSampling
         from distill.data.shapes import ShapesConfig, ShapesWorld
 
         self.world = ShapesWorld(ShapesConfig(height=height, width=width, fps=fps,
-                                              sampling=SceneSampling(layout=layout)))
+                                              sampling=SceneSampling(layout=layout, orbit=orbit)))
         # clips start at a frame drawn from [min_start_frame, max_start_frame] of their scene's stream
         self.min_start, self.max_start = min_start_frame, max_start_frame
         if not 0 <= min_start_frame <= max_start_frame:
@@ -395,6 +395,8 @@ class ShapesLatents(ClipLatents):
         if (layout, min_start_frame, max_start_frame) != ("random", 0, 480):  # another pool: another file
             starts = f"{min_start_frame}to{max_start_frame}" if min_start_frame else f"{max_start_frame}"
             self.pool_name = f"latent-pool-{layout}-start{starts}"
+        if orbit != "either":
+            self.pool_name = f"{self.pool_name}-{orbit}"
         super().__init__(autoencoder, latent_frames, batch_size, seed, pool_size, cache_dir, progress, captions,
                          pool_seed, pool_batch)
 

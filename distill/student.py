@@ -644,7 +644,8 @@ def real_clips(run: StudentRun, run_dir: Path, progress: bool, later: int = 0) -
                          lat.height, lat.width, int(lat.fps), min_start_frame=shift,
                          max_start_frame=int(taught.get("max_start_frame", 480)) + shift,
                          pool_size=run.gan_pool, cache_dir=run_dir, progress=progress,
-                         layout=str(taught.get("layout", "random")), pool_seed=int(taught.get("seed", run.seed)),
+                         layout=str(taught.get("layout", "random")), orbit=str(taught.get("orbit", "either")),
+                         pool_seed=int(taught.get("seed", run.seed)),
                          pool_batch=clip_batch_of(int(taught.get("batch_size", 0))))
 
 

@@ -98,6 +98,9 @@ class TeacherRun:
     # place). "canonical" with max_start_frame 0 makes where each object is, and so its
     # outline at every noise level, follow from the prompt.
     layout: str = "random"
+    # Which way the world's circling objects turn (engine.shapes.scene.SceneSampling.orbit):
+    # "either" (drawn) or "clockwise" (always).
+    orbit: str = "either"
     # Which of a clip's captions a step reads: "paraphrases" (a random one of its paraphrases,
     # which leave out sizes, the background or the motion and use synonyms) or "canonical"
     # (always the first, which names every attribute in the canonical words, so that a caption
@@ -282,7 +285,8 @@ def train_teacher(run: TeacherRun, run_dir: Path, out_dir: Path | None = None, t
     if run.data is None:
         data = ShapesLatents(autoencoder, run.latent_frames, clip_batch, run.seed, lat.height, lat.width,
                              int(lat.fps), max_start_frame=run.max_start_frame, pool_size=run.pool_size,
-                             cache_dir=run_dir, progress=progress, layout=run.layout, captions=run.captions)
+                             cache_dir=run_dir, progress=progress, layout=run.layout, captions=run.captions,
+                             orbit=run.orbit)
     else:
         data = VideoFolderLatents(autoencoder, run.data, run.latent_frames, clip_batch, run.seed, lat.height,
                                   lat.width, lat.fps, pool_size=run.pool_size, cache_dir=run_dir, progress=progress,

@@ -263,13 +263,14 @@ def _check_inputs(stage: str, run) -> None:
         raise CommandError("shape_critic (a weight >= 0) learns from the Shapes world's scenes: it needs the "
                            "Shapes world (no --data), a clip pool (pool_size > 0) and shape_critic_sigma in (0, 1]")
     if stage == "teacher":
-        from engine.shapes.scene import LAYOUTS
+        from engine.shapes.scene import LAYOUTS, ORBITS
 
-        if run.layout not in LAYOUTS or run.max_start_frame < 0:
-            raise CommandError(f"layout is one of {', '.join(LAYOUTS)} (got {run.layout!r}) and max_start_frame "
-                               f"a frame >= 0 (got {run.max_start_frame})")
-        if run.data is not None and (run.layout, run.max_start_frame) != ("random", 480):
-            raise CommandError("layout and max_start_frame say how the Shapes world's clips are drawn: "
+        if run.layout not in LAYOUTS or run.max_start_frame < 0 or run.orbit not in ORBITS:
+            raise CommandError(f"layout is one of {', '.join(LAYOUTS)} (got {run.layout!r}), orbit one of "
+                               f"{', '.join(ORBITS)} (got {run.orbit!r}) and max_start_frame a frame >= 0 "
+                               f"(got {run.max_start_frame})")
+        if run.data is not None and (run.layout, run.max_start_frame, run.orbit) != ("random", 480, "either"):
+            raise CommandError("layout, orbit and max_start_frame say how the Shapes world's clips are drawn: "
                                "they do not apply to --data")
     if stage == "teacher" and not 0 <= run.shape_layer <= run.model.transformer.num_layers:
         raise CommandError(f"shape_layer {run.shape_layer} is not a block of this "

@@ -240,8 +240,12 @@ def test_a_canonical_pool_holds_scene_starts_in_their_slots_and_a_file_of_its_ow
     ShapesLatents(ae, 2, 3, seed=0, height=32, width=32, pool_size=3, cache_dir=tmp_path, progress=False)
     canonical = ShapesLatents(ae, 2, 3, seed=0, height=32, width=32, pool_size=3, cache_dir=tmp_path,
                               progress=False, layout="canonical", max_start_frame=0)
+    clockwise = ShapesLatents(ae, 2, 3, seed=0, height=32, width=32, pool_size=3, cache_dir=tmp_path,
+                              progress=False, layout="canonical", max_start_frame=0, orbit="clockwise")
     assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
-        "latent-pool-0-3x8.safetensors", "latent-pool-canonical-start0-0-3x8.safetensors"]
+        "latent-pool-0-3x8.safetensors", "latent-pool-canonical-start0-0-3x8.safetensors",
+        "latent-pool-canonical-start0-clockwise-0-3x8.safetensors"]
+    assert clockwise.world.config.sampling.orbit == "clockwise"
     world = ShapesWorld(ShapesConfig(height=32, width=32, sampling=SceneSampling(layout="canonical")))
     clips = canonical.clips(0, stream=(2,))
     for clip in clips:  # each is its seed's canonical scene from its first frame
@@ -410,6 +414,10 @@ def test_teacher_command_refuses_single_frames_without_a_pool(tiny_autoencoder, 
     assert "layout" in capsys.readouterr().err
     assert cli_main([*base, "--set", "max_start_frame=-1"]) == 2
     assert "max_start_frame" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "orbit=widdershins"]) == 2
+    assert "orbit" in capsys.readouterr().err
+    assert cli_main([*base, "--set", "orbit=clockwise", "--data", str(tmp_path)]) == 2
+    assert "--data" in capsys.readouterr().err
     assert cli_main([*base, "--set", "layout=canonical", "--data", str(tmp_path)]) == 2
     assert "--data" in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
@@ -612,6 +620,12 @@ def test_dmd2_real_clips_are_drawn_as_the_teachers_were(tiny_teacher, tmp_path):
     real = student_mod.real_clips(replace(run, teacher=str(canonical)), tmp_path / "b", progress=False)
     assert (plain.world.config.sampling.layout, plain.max_start) == ("random", 480)
     assert (real.world.config.sampling.layout, real.max_start) == ("canonical", 0)
+    assert real.world.config.sampling.orbit == "either"
+    cfg["provenance"]["run"].update(orbit="clockwise")
+    (canonical / "model.json").write_text(json.dumps(cfg))
+    turning = student_mod.real_clips(replace(run, teacher=str(canonical)), tmp_path / "e", progress=False)
+    assert turning.world.config.sampling.orbit == "clockwise"
+    cfg["provenance"]["run"].update(orbit="either")
     assert [p.name.split("-0-")[0] for p in (tmp_path / "b").glob("*.safetensors")] == ["latent-pool-canonical-start0"]
     # the teacher's seed and clips per draw, not the run's: the very pool the teacher's run wrote
     cfg["provenance"]["run"].update(seed=5, batch_size=0)

@@ -3,6 +3,7 @@ drawn, endless streams, scene switches, and the torch dataset's seeding."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -84,6 +85,31 @@ def test_canonical_layout_starts_each_named_object_in_its_slot():
     assert anywhere.std(0).min() > 0.12 and anywhere.min() >= 0.2 and anywhere.max() <= 0.8
     with pytest.raises(ValueError, match="layout"):
         random_scene(np.random.default_rng(0), SceneSampling(layout="tidy"))
+
+
+def test_clockwise_orbits_turn_one_way_and_change_nothing_else():
+    """orbit="clockwise": every circling object turns clockwise, in frames as in its spec,
+    and the same seed draws the same scene otherwise (the direction is still drawn, so no
+    later draw moves); the default draws both directions."""
+    either, clockwise = SceneSampling(layout="canonical"), SceneSampling(layout="canonical", orbit="clockwise")
+    turned, circling = set(), 0
+    for seed in range(300):
+        a = random_scene(np.random.default_rng(seed), either)
+        b = random_scene(np.random.default_rng(seed), clockwise)
+        assert a.background == b.background and len(a.objects) == len(b.objects)
+        for oa, ob in zip(a.objects, b.objects, strict=True):
+            assert ob.clockwise or ob.motion != "circle"
+            assert dataclasses.replace(oa, clockwise=ob.clockwise) == ob
+            if oa.motion == "circle":
+                circling += 1
+                turned.add(oa.clockwise)
+                # the path's turn: with y pointing down, a clockwise path on screen turns positive
+                x, y, _ = object_state(ob, np.array([0.0, 0.1, 0.2]), 128, 128)
+                turn = (x[1] - x[0]) * (y[2] - y[1]) - (y[1] - y[0]) * (x[2] - x[1])
+                assert turn > 0, (seed, ob)
+    assert circling > 20 and turned == {True, False}
+    with pytest.raises(ValueError, match="orbit"):
+        random_scene(np.random.default_rng(0), SceneSampling(orbit="widdershins"))
 
 
 def test_scenes_use_distinct_colours_and_a_free_background():

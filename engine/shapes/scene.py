@@ -95,9 +95,15 @@ class SceneSampling:
     # the places known, the outline pays at every noise level (docs/default-model.md).
     layout: str = "random"
     jitter: float = 0.03
+    # "either": an orbit turns clockwise or anticlockwise (drawn, and not in the caption);
+    # "clockwise": always clockwise, so that "circling" names one path from where the object
+    # starts rather than two that part within half a second (the draw is made either way, so
+    # everything else a seed draws stays the same).
+    orbit: str = "either"
 
 
 LAYOUTS: tuple[str, ...] = ("random", "canonical")
+ORBITS: tuple[str, ...] = ("either", "clockwise")
 # (x, y) starting centres, fractions of the frame, for scenes of 1, 2 and 3 objects; more
 # objects than slots take random places.
 CANONICAL_SLOTS: dict[int, tuple[tuple[float, float], ...]] = {
@@ -121,7 +127,7 @@ def random_object(rng: np.random.Generator, sampling: SceneSampling, colour: str
         x=float(rng.uniform(0.2, 0.8)),
         y=float(rng.uniform(0.2, 0.8)),
         speed=float(rng.uniform(*sampling.speed_range)),
-        clockwise=bool(rng.integers(2)),
+        clockwise=bool(rng.integers(2)) or sampling.orbit == "clockwise",
     )
     if motion == "bounce":
         obj = replace(obj, y=float(rng.uniform(0.6, 0.8)))  # start on a floor low in the frame
@@ -162,6 +168,8 @@ def random_scene(rng: np.random.Generator, sampling: SceneSampling = SceneSampli
     colours = [str(c) for c in rng.choice(sampling.colours, size=count, replace=False)]
     if sampling.layout not in LAYOUTS:
         raise ValueError(f"unknown layout {sampling.layout!r}; one of {LAYOUTS}")
+    if sampling.orbit not in ORBITS:
+        raise ValueError(f"unknown orbit {sampling.orbit!r}; one of {ORBITS}")
     if sampling.layout == "canonical" and count in CANONICAL_SLOTS:
         objects_at = tuple(placed_object(rng, sampling, colour, aspect, slot)
                            for colour, slot in zip(colours, CANONICAL_SLOTS[count]))
