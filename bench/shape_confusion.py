@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--student", default="engine/models/shapes-default",
                     help="student model dir (its autoencoder also decodes the ground truth)")
     ap.add_argument("--teacher", default=None, help="teacher model dir (50 guided steps)")
+    ap.add_argument("--shared-noise", action="store_true",
+                    help="the teacher draws every latent frame from one noise (as distill_eval's --shared-noise)")
     ap.add_argument("--no-truth", action="store_true", help="skip the ground truth through the autoencoder")
     ap.add_argument("--motion", default="stop", choices=vocab.MOTIONS,
                     help="every object's motion, a word of the Shapes world's vocabulary (default: still)")
@@ -107,7 +109,7 @@ def main() -> None:
     if args.teacher:
         from distill.teacher import TeacherGenerator
 
-        contenders["teacher"] = TeacherGenerator(args.teacher, steps=50).generate
+        contenders["teacher"] = TeacherGenerator(args.teacher, steps=50, shared_noise=args.shared_noise).generate
     print(f"{len(scenes)} one-object prompts, motion {args.motion} (5 shapes x {len(PAIRS)} colours x 2 sizes) x "
           f"{args.seeds} seeds, {args.seconds:g} s; clips by the shape asked (rows) and found (columns)")
     out = {}
